@@ -1,0 +1,143 @@
+/// Every AMQP exchange, queue and routing key Batch uses, and the declarations that create them.
+///
+/// - `batch.events` (topic): facts that happened (`job.submitted`, `instance.finished`, `node.heartbeat`, …);
+///   services bind their own queue to the keys they care about, and users may bind theirs.
+/// - `batch.commands` (direct): work for one compute environment (`env.<EnvId>` → queue `batch.env.<EnvId>`).
+/// - `batch.dead-letter` (fanout) → queue `batch.dead-letter`: messages a consumer rejected as poison.
+///
+/// Every durable queue dead-letters into `batch.dead-letter`.
+public struct Topology: Sendable, Hashable {
+    public struct Exchange: Sendable, Hashable {
+        public enum Kind: String, Sendable { case direct, topic, fanout }
+        public var name: String
+        public var kind: Kind
+        public init(_ name: String, _ kind: Kind) {
+            self.name = name
+            self.kind = kind
+        }
+    }
+
+    public struct Queue: Sendable, Hashable {
+        public var name: String
+        public var durable: Bool
+        /// Dead-letter exchange for rejected messages; `nil` for none.
+        public var deadLetterExchange: String?
+        /// `quorum` or `classic`; `nil` leaves the broker's default.
+        public var queueType: String?
+        public init(
+            _ name: String, durable: Bool = true, deadLetterExchange: String? = Topology.deadLetterExchange,
+            queueType: String? = nil
+        ) {
+            self.name = name
+            self.durable = durable
+            self.deadLetterExchange = deadLetterExchange
+            self.queueType = queueType
+        }
+    }
+
+    public struct Binding: Sendable, Hashable {
+        public var queue: String
+        public var exchange: String
+        public var routingKey: String
+        public init(queue: String, exchange: String, routingKey: String) {
+            self.queue = queue
+            self.exchange = exchange
+            self.routingKey = routingKey
+        }
+    }
+
+    public var exchanges: [Exchange]
+    public var queues: [Queue]
+    public var bindings: [Binding]
+
+    public init(exchanges: [Exchange] = [], queues: [Queue] = [], bindings: [Binding] = []) {
+        self.exchanges = exchanges
+        self.queues = queues
+        self.bindings = bindings
+    }
+
+    /// Both topologies' declarations, without repeats.
+    public func merging(_ other: Topology) -> Topology {
+        func unique<T: Hashable>(_ a: [T], _ b: [T]) -> [T] {
+            var seen = Set<T>()
+            return (a + b).filter { seen.insert($0).inserted }
+        }
+        return Topology(
+            exchanges: unique(exchanges, other.exchanges),
+            queues: unique(queues, other.queues),
+            bindings: unique(bindings, other.bindings)
+        )
+    }
+}
+
+extension Topology {
+    // MARK: Names
+
+    public static let eventsExchange = "batch.events"
+    public static let commandsExchange = "batch.commands"
+    public static let deadLetterExchange = "batch.dead-letter"
+    public static let deadLetterQueue = "batch.dead-letter"
+    public static let schedulerQueue = "batch.scheduler"
+    public static let provisionerQueue = "batch.provisioner"
+
+    /// Routing keys on `batch.events`.
+    public enum Event {
+        public static let jobSubmitted = "job.submitted"
+        public static let instanceStarted = "instance.started"
+        public static let instanceFinished = "instance.finished"
+        public static let nodeHeartbeat = "node.heartbeat"
+        public static let nodeStopped = "node.stopped"
+        public static let computeEnvCreated = "env.created"
+    }
+
+    /// The work queue of a compute environment.
+    public static func workQueue(env: String) -> String { "batch.env.\(env)" }
+    /// The routing key on `batch.commands` that reaches a compute environment's work queue.
+    public static func workRoutingKey(env: String) -> String { "env.\(env)" }
+
+    // MARK: Declarations
+
+    /// Exchanges and the dead-letter queue: what every client declares.
+    public static let base = Topology(
+        exchanges: [
+            Exchange(eventsExchange, .topic),
+            Exchange(commandsExchange, .direct),
+            Exchange(deadLetterExchange, .fanout),
+        ],
+        queues: [Queue(deadLetterQueue, deadLetterExchange: nil)],
+        bindings: [Binding(queue: deadLetterQueue, exchange: deadLetterExchange, routingKey: "")]
+    )
+
+    /// The scheduler's queue: job and instance events.
+    public static let scheduler = base.merging(
+        Topology(
+            queues: [Queue(schedulerQueue)],
+            bindings: [Event.jobSubmitted, Event.instanceStarted, Event.instanceFinished].map {
+                Binding(queue: schedulerQueue, exchange: eventsExchange, routingKey: $0)
+            }
+        )
+    )
+
+    /// The provisioner's queue: environment and node events.
+    public static let provisioner = base.merging(
+        Topology(
+            queues: [Queue(provisionerQueue)],
+            bindings: [Event.computeEnvCreated, Event.nodeHeartbeat, Event.nodeStopped].map {
+                Binding(queue: provisionerQueue, exchange: eventsExchange, routingKey: $0)
+            }
+        )
+    )
+
+    /// A compute environment's work queue, bound to `batch.commands`.
+    public static func workQueue(forEnv env: String) -> Topology {
+        base.merging(
+            Topology(
+                queues: [Queue(workQueue(env: env))],
+                bindings: [
+                    Binding(
+                        queue: workQueue(env: env), exchange: commandsExchange, routingKey: workRoutingKey(env: env))
+                ]
+            )
+        )
+    }
+}

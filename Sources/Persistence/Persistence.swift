@@ -1,0 +1,1 @@
+// The PostgreSQL layer; see the files added with it.

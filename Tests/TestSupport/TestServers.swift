@@ -1,0 +1,165 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import Messaging
+import NIOCore
+import NIOFoundationCompat
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The real RabbitMQ and PostgreSQL that integration tests use: started by `scripts/servers start`, found through
+/// `BATCH_AMQP_URL`, `BATCH_RABBITMQ_MANAGEMENT_URL` and `BATCH_DATABASE_URL` (defaults match the script).
+public enum TestServers {
+    public struct Missing: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static let amqpURLString =
+        ProcessInfo.processInfo.environment["BATCH_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+    public static let managementURL =
+        ProcessInfo.processInfo.environment["BATCH_RABBITMQ_MANAGEMENT_URL"] ?? "http://guest:guest@127.0.0.1:15672/"
+    public static let databaseURLString =
+        ProcessInfo.processInfo.environment["BATCH_DATABASE_URL"] ?? "postgres://batch:batch@127.0.0.1:55432/batch"
+
+    /// The repository's root directory (for `scripts/servers` and the built executables).
+    public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The broker's URL, after checking that it accepts TCP connections; otherwise a clear error.
+    public static func rabbitMQ() throws -> AMQPURL {
+        let url = try AMQPURL(amqpURLString)
+        guard canConnect(host: url.host, port: url.port) else {
+            throw Missing(
+                description:
+                    "RabbitMQ is not reachable at \(url.host):\(url.port); start it with `scripts/servers start`")
+        }
+        return url
+    }
+
+    /// PostgreSQL's URL, after checking that it accepts TCP connections; otherwise a clear error.
+    public static func postgreSQL() throws -> URLComponents {
+        guard let url = URLComponents(string: databaseURLString), let host = url.host else {
+            throw Missing(description: "BATCH_DATABASE_URL is not a postgres:// URL")
+        }
+        guard canConnect(host: host, port: url.port ?? 5432) else {
+            throw Missing(
+                description:
+                    "PostgreSQL is not reachable at \(host):\(url.port ?? 5432); start it with `scripts/servers start`")
+        }
+        return url
+    }
+
+    public static func uniqueName(_ prefix: String) -> String {
+        "\(prefix).\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    static func canConnect(host: String, port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &address.sin_addr) == 1 else { return false }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        return result == 0
+    }
+}
+
+/// The RabbitMQ management API, for what tests need to see or break from outside a client.
+public enum RabbitManagement {
+    struct Connection: Decodable {
+        var name: String
+        var client_properties: [String: JSONValue]?
+    }
+
+    enum JSONValue: Decodable {
+        case string(String)
+        case other
+        init(from decoder: any Decoder) throws {
+            if let string = try? decoder.singleValueContainer().decode(String.self) {
+                self = .string(string)
+            } else {
+                self = .other
+            }
+        }
+    }
+
+    /// Closes, from the broker's side, every connection whose `connection_name` is `connectionName`, waiting up to
+    /// 20 s for the management API to list it (its statistics lag behind new connections). Returns how many closed.
+    @discardableResult
+    public static func closeConnections(named connectionName: String) async throws -> Int {
+        for _ in 0..<100 {
+            let closed = try await closeListedConnections(named: connectionName)
+            if closed > 0 { return closed }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        return 0
+    }
+
+    static func closeListedConnections(named connectionName: String) async throws -> Int {
+        let connections: [Connection] = try await get("api/connections?columns=name,client_properties")
+        var closed = 0
+        for connection in connections {
+            guard case .string(let name)? = connection.client_properties?["connection_name"], name == connectionName
+            else { continue }
+            let encoded = connection.name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+            var request = try request("api/connections/\(encoded)")
+            request.method = .DELETE
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            if response.status.code < 300 { closed += 1 }
+        }
+        return closed
+    }
+
+    /// How many messages a queue holds (ready and unacked), as the management API reports it.
+    public static func messageCount(queue: String) async throws -> Int {
+        struct Queue: Decodable { var messages: Int? }
+        let encoded = queue.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let result: Queue = try await get("api/queues/%2F/\(encoded)")
+        return result.messages ?? 0
+    }
+
+    /// Deletes queues a test made.
+    public static func deleteQueues(_ names: [String]) async throws {
+        for name in names {
+            let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+            var request = try request("api/queues/%2F/\(encoded)")
+            request.method = .DELETE
+            _ = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        }
+    }
+
+    static func get<T: Decodable>(_ path: String) async throws -> T {
+        let response = try await HTTPClient.shared.execute(try request(path), timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 16 << 20)
+        return try JSONDecoder().decode(T.self, from: Data(buffer: body))
+    }
+
+    static func request(_ path: String) throws -> HTTPClientRequest {
+        guard let base = URLComponents(string: TestServers.managementURL), let host = base.host else {
+            throw TestServers.Missing(description: "BATCH_RABBITMQ_MANAGEMENT_URL is not an http:// URL")
+        }
+        var request = HTTPClientRequest(url: "http://\(host):\(base.port ?? 15672)/\(path)")
+        let credentials = "\(base.user ?? "guest"):\(base.password ?? "guest")"
+        request.headers.add(name: "Authorization", value: "Basic \(Data(credentials.utf8).base64EncodedString())")
+        return request
+    }
+}
+
+extension Logger {
+    /// A logger for tests: warnings and worse, to stderr.
+    public static func test(_ label: String) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel =
+            ProcessInfo.processInfo.environment["BATCH_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))
+            ?? .warning
+        return logger
+    }
+}
