@@ -169,6 +169,14 @@ public final class AMQPClient: Sendable, Service {
         }
     }
 
+    /// How many messages are ready in `queue` (not counting those delivered and not yet acked), read from the
+    /// broker with a passive declare. Throws ``MessagingError/Code/declarationFailed`` if the queue does not exist.
+    public func readyMessageCount(queue: String) async throws -> Int {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int, any Error>) in
+            send(.inspect(queue: queue, continuation))
+        }
+    }
+
     // MARK: Internals shared with the driver
 
     enum Command: @unchecked Sendable {
@@ -177,6 +185,7 @@ public final class AMQPClient: Sendable, Service {
         case consume(ConsumerRegistration)
         case cancel(consumerID: Int)
         case declare(Topology, CheckedContinuation<Void, any Error>)
+        case inspect(queue: String, CheckedContinuation<Int, any Error>)
     }
 
     struct Settlement: Sendable {
@@ -224,6 +233,7 @@ public final class AMQPClient: Sendable, Service {
         switch command {
         case .publish(let pending): pending.forEach { $0.complete(error) }
         case .declare(_, let continuation): continuation.resume(throwing: error)
+        case .inspect(_, let continuation): continuation.resume(throwing: error)
         case .consume(let registration): registration.continuation.finish()
         case .settle, .cancel: break
         }

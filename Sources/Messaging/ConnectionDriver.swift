@@ -26,7 +26,8 @@ final class ConnectionDriver: @unchecked Sendable {
     /// Grows by one per connection; a settlement for an older generation is dropped.
     private var generation = 0
     private var topology: Topology
-    private var deferredDeclarations: [(Topology, CheckedContinuation<Void, any Error>)] = []
+    /// Declarations and inspections asked for while disconnected, carried out once connected.
+    private var deferred: [AMQPClient.Command] = []
 
     private var nextTag: UInt64 = 1
     private var lowestUnconfirmed: UInt64 = 1
@@ -100,29 +101,46 @@ final class ConnectionDriver: @unchecked Sendable {
     }
 
     private func applyCommands() {
-        for command in takeCommands() {
-            switch command {
-            case .publish(let pending):
-                waiting.append(contentsOf: pending)
-            case .settle(let settlement):
-                settle(settlement)
-            case .consume(let registration):
-                consumers[registration.id] = Consumer(registration: registration, channel: nil)
-                if connection != nil { attempt { try self.openConsumer(registration.id) } }
-            case .cancel(let id):
-                cancelConsumer(id)
-            case .declare(let extra, let continuation):
-                if connection == nil {
-                    deferredDeclarations.append((extra, continuation))
-                } else {
-                    do {
-                        try declare(extra)
-                        topology = topology.merging(extra)
-                        continuation.resume()
-                    } catch {
-                        continuation.resume(throwing: error)
-                        disconnect()
-                    }
+        for command in takeCommands() { apply(command) }
+    }
+
+    private func apply(_ command: AMQPClient.Command) {
+        switch command {
+        case .publish(let pending):
+            waiting.append(contentsOf: pending)
+        case .settle(let settlement):
+            settle(settlement)
+        case .consume(let registration):
+            consumers[registration.id] = Consumer(registration: registration, channel: nil)
+            if connection != nil { attempt { try self.openConsumer(registration.id) } }
+        case .cancel(let id):
+            cancelConsumer(id)
+        case .inspect(let queue, let continuation):
+            guard let connection else {
+                deferred.append(command)
+                return
+            }
+            let ok = withBytes(queue) { name in
+                amqp_queue_declare(connection, Self.controlChannel, name, 1, 0, 0, 0, amqp_empty_table)
+            }
+            do {
+                try Self.check(amqp_get_rpc_reply(connection), "inspecting queue \(queue)", .declarationFailed)
+                continuation.resume(returning: Int(ok?.pointee.message_count ?? 0))
+            } catch {
+                continuation.resume(throwing: error)
+                disconnect()
+            }
+        case .declare(let extra, let continuation):
+            if connection == nil {
+                deferred.append(command)
+            } else {
+                do {
+                    try declare(extra)
+                    topology = topology.merging(extra)
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                    disconnect()
                 }
             }
         }
@@ -378,22 +396,13 @@ final class ConnectionDriver: @unchecked Sendable {
 
         generation += 1
         for id in consumers.keys.sorted() { try openConsumer(id) }
-        let deferred = deferredDeclarations
-        deferredDeclarations = []
-        for (extra, continuation) in deferred {
-            do {
-                try declare(extra)
-                topology = topology.merging(extra)
-                continuation.resume()
-            } catch {
-                continuation.resume(throwing: error)
-                throw error
-            }
-        }
         client.shared.withLock {
             $0.connected = true
             $0.connectionCount += 1
         }
+        let waiting = deferred
+        deferred = []
+        waiting.forEach(apply)
     }
 
     /// Drops the connection. Unconfirmed publishes go back to the front of the queue, to be published again on
@@ -507,8 +516,8 @@ final class ConnectionDriver: @unchecked Sendable {
         unconfirmed = [:]
         waiting = []
         waitingHead = 0
-        for (_, continuation) in deferredDeclarations { continuation.resume(throwing: shutdown) }
-        deferredDeclarations = []
+        deferred.forEach { AMQPClient.fail($0, shutdown) }
+        deferred = []
         for consumer in consumers.values { consumer.registration.continuation.finish() }
         consumers = [:]
         let (leftover, waiters) = client.shared.withLock { state in

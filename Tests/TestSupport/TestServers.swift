@@ -118,14 +118,6 @@ public enum RabbitManagement {
         return closed
     }
 
-    /// How many messages a queue holds (ready and unacked), as the management API reports it.
-    public static func messageCount(queue: String) async throws -> Int {
-        struct Queue: Decodable { var messages: Int? }
-        let encoded = queue.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
-        let result: Queue = try await get("api/queues/%2F/\(encoded)")
-        return result.messages ?? 0
-    }
-
     /// Deletes queues a test made.
     public static func deleteQueues(_ names: [String]) async throws {
         for name in names {

@@ -1,0 +1,139 @@
+import BatchCore
+import Foundation
+
+// The messages Batch's services exchange. Events are past-tense facts on `batch.events`; `instance.run` is a
+// command on `batch.commands`, routed to one compute environment's work queue.
+
+/// A job was accepted by the gateway and written to the database.
+public struct JobSubmitted: MessageContract, Hashable {
+    public static let type = "job.submitted"
+    public var jobID: JobID
+
+    public init(jobID: JobID) { self.jobID = jobID }
+}
+
+/// Run one attempt of one task instance. Carries everything the executor needs; the executor never reads the
+/// database.
+public struct InstanceRun: MessageContract, Hashable {
+    public static let type = "instance.run"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+    public var instanceCount: Int
+    /// 1 for the first run, +1 per retry; a result for another attempt is stale.
+    public var attempt: Int
+    public var envID: EnvID
+    public var command: String
+    public var environment: [EnvVar]
+    public var timeoutSeconds: Int
+
+    public init(
+        jobID: JobID, taskName: String, instanceIndex: Int, instanceCount: Int, attempt: Int, envID: EnvID,
+        command: String, environment: [EnvVar], timeoutSeconds: Int
+    ) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+        self.instanceCount = instanceCount
+        self.attempt = attempt
+        self.envID = envID
+        self.command = command
+        self.environment = environment
+        self.timeoutSeconds = timeoutSeconds
+    }
+}
+
+/// An executor started an instance's attempt.
+public struct InstanceStarted: MessageContract, Hashable {
+    public static let type = "instance.started"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+    public var attempt: Int
+    public var nodeID: NodeID
+    public var startedAt: Date
+
+    public init(jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, nodeID: NodeID, startedAt: Date) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+        self.attempt = attempt
+        self.nodeID = nodeID
+        self.startedAt = startedAt
+    }
+}
+
+/// An instance's attempt ended: its exit code, or why it could not run.
+public struct InstanceFinished: MessageContract, Hashable {
+    public static let type = "instance.finished"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+    public var attempt: Int
+    public var nodeID: NodeID
+    /// The program's exit status; 128+N when killed by signal N; nil when it could not start.
+    public var exitCode: Int?
+    /// Why it failed, in words, when it did not exit 0.
+    public var reason: String?
+    public var finishedAt: Date
+
+    public init(
+        jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, nodeID: NodeID, exitCode: Int?,
+        reason: String?, finishedAt: Date
+    ) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+        self.attempt = attempt
+        self.nodeID = nodeID
+        self.exitCode = exitCode
+        self.reason = reason
+        self.finishedAt = finishedAt
+    }
+
+    public var succeeded: Bool { exitCode == 0 }
+}
+
+/// A compute environment was created; the provisioner makes its work queue and nodes.
+public struct ComputeEnvCreated: MessageContract, Hashable {
+    public static let type = "env.created"
+    public var envID: EnvID
+
+    public init(envID: EnvID) { self.envID = envID }
+}
+
+/// A node is alive, with how many of its slots are free.
+public struct NodeHeartbeat: MessageContract, Hashable {
+    public static let type = "node.heartbeat"
+    public var nodeID: NodeID
+    public var envID: EnvID
+    public var slots: Int
+    public var freeSlots: Int
+    public var host: String
+    public var pid: Int32
+    public var at: Date
+
+    public init(nodeID: NodeID, envID: EnvID, slots: Int, freeSlots: Int, host: String, pid: Int32, at: Date) {
+        self.nodeID = nodeID
+        self.envID = envID
+        self.slots = slots
+        self.freeSlots = freeSlots
+        self.host = host
+        self.pid = pid
+        self.at = at
+    }
+}
+
+/// A node stopped on purpose (shutdown), after finishing or handing back its work.
+public struct NodeStopped: MessageContract, Hashable {
+    public static let type = "node.stopped"
+    public var nodeID: NodeID
+    public var envID: EnvID
+    public var at: Date
+
+    public init(nodeID: NodeID, envID: EnvID, at: Date) {
+        self.nodeID = nodeID
+        self.envID = envID
+        self.at = at
+    }
+}

@@ -1,0 +1,156 @@
+import BatchCore
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// PostgreSQL through a pooled `PostgresClient`, with the schema's migrations and the ``Sealer`` for secrets.
+///
+/// Run it as a `Service` (it runs the pool) before using it; ``prepare()`` then applies migrations and checks
+/// the master key against the database.
+public final class Database: Sendable, Service {
+    /// Where the database is: `postgres://user:password@host:port/database`.
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var user: String
+        public var password: String?
+        public var database: String
+        /// Most connections the pool opens. Default 10.
+        public var maximumConnections: Int
+
+        public init(url: String, maximumConnections: Int = 10) throws {
+            guard let components = URLComponents(string: url),
+                components.scheme == "postgres" || components.scheme == "postgresql",
+                let host = components.host, !host.isEmpty
+            else {
+                throw DatabaseError("BATCH_DATABASE_URL must look like postgres://user:password@host:port/database")
+            }
+            self.host = host
+            self.port = components.port ?? 5432
+            self.user = components.user ?? "postgres"
+            self.password = components.password
+            let database = String(components.path.dropFirst())
+            self.database = database.isEmpty ? self.user : database
+            self.maximumConnections = maximumConnections
+        }
+
+        var client: PostgresClient.Configuration {
+            var configuration = PostgresClient.Configuration(
+                host: host, port: port, username: user, password: password, database: database, tls: .disable)
+            configuration.options.maximumConnections = maximumConnections
+            configuration.options.minimumConnections = 0
+            return configuration
+        }
+    }
+
+    public let client: PostgresClient
+    public let sealer: Sealer
+    public let logger: Logger
+    /// Signalled after a transaction that wrote outbox rows, so this process's relay publishes them at once.
+    public let outboxSignal = OutboxSignal()
+
+    public init(configuration: Configuration, sealer: Sealer, logger: Logger) {
+        self.client = PostgresClient(configuration: configuration.client, backgroundLogger: logger)
+        self.sealer = sealer
+        self.logger = logger
+    }
+
+    public func run() async {
+        await client.run()
+    }
+
+    /// Applies pending migrations and checks the master key. Throws a ``DatabaseError`` with a one-line reason.
+    public func prepare() async throws {
+        try await migrate()
+        try await verifyMasterKey()
+    }
+
+    /// Applies every migration not yet applied, each in its own transaction. Safe when several services start at
+    /// once: they take turns through a PostgreSQL advisory lock.
+    public func migrate() async throws {
+        let lockKey = 0x6261_7463_6800  // "batch"
+        try await client.withConnection { connection in
+            try await connection.query("SELECT pg_advisory_lock(\(lockKey))", logger: logger)
+            do {
+                try await connection.query(
+                    """
+                    CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version integer PRIMARY KEY,
+                        name text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now()
+                    )
+                    """, logger: logger)
+                var applied: Set<Int> = []
+                for try await version in try await connection.query(
+                    "SELECT version FROM schema_migrations", logger: logger
+                ).decode(Int.self) {
+                    applied.insert(version)
+                }
+                for migration in Migration.all where !applied.contains(migration.version) {
+                    try await connection.withTransaction(logger: logger) { connection in
+                        for statement in migration.statements {
+                            try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                        }
+                        try await connection.query(
+                            "INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
+                            logger: logger)
+                    }
+                    logger.info("migration applied", metadata: ["migration.version": "\(migration.version)"])
+                }
+            } catch {
+                _ = try? await connection.query("SELECT pg_advisory_unlock(\(lockKey))", logger: logger)
+                throw error
+            }
+            try await connection.query("SELECT pg_advisory_unlock(\(lockKey))", logger: logger)
+        }
+    }
+
+    /// Checks that the current master key is the one this database's sealed values were written with: each key id
+    /// leaves a sealed canary the first time it is used, and a key of the same id that cannot open it is wrong.
+    public func verifyMasterKey() async throws {
+        let key = sealer.current
+        let context = "keyring:\(key.id)"
+        let canary = "batch keyring canary \(key.id)"
+        try await client.query(
+            """
+            INSERT INTO keyring (key_id, canary_sealed) VALUES (\(key.id), \(try sealer.seal(canary, context: context)))
+            ON CONFLICT (key_id) DO NOTHING
+            """, logger: logger)
+        let rows = try await client.query(
+            "SELECT canary_sealed FROM keyring WHERE key_id = \(key.id)", logger: logger)
+        for try await sealed in rows.decode(String.self) {
+            guard (try? sealer.open(sealed, context: context)) == canary else {
+                throw DatabaseError(
+                    "the master key \(key.id) does not open this database's sealed data: wrong BATCH_MASTER_KEY")
+            }
+        }
+    }
+
+    /// Runs `body` in a transaction; signals the outbox relay after a commit.
+    public func transaction<Result: Sendable>(
+        _ body: (PostgresConnection) async throws -> Result
+    ) async throws -> Result {
+        let result = try await client.withTransaction(logger: logger) { connection in
+            try await body(connection)
+        }
+        outboxSignal.signal()
+        return result
+    }
+}
+
+/// A database failure with a one-line reason, fit for a log line or a service's exit message.
+public struct DatabaseError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+extension PostgresQuery {
+    /// A query of fixed SQL with no bindings (migrations).
+    init(unsafeSQL sql: String) {
+        var interpolation = PostgresQuery.StringInterpolation(literalCapacity: sql.count, interpolationCount: 0)
+        interpolation.appendLiteral(sql)
+        self.init(stringInterpolation: interpolation)
+    }
+}

@@ -1,0 +1,143 @@
+/// The schema, as numbered migrations applied in order. Never edit a released migration; add one.
+///
+/// Each migration is a list of statements (the extended query protocol runs one statement per query) applied in
+/// one transaction.
+public struct Migration: Sendable {
+    public var version: Int
+    public var name: String
+    public var statements: [String]
+}
+
+extension Migration {
+    public static let all: [Migration] = [
+        Migration(
+            version: 1, name: "walking skeleton",
+            statements: [
+                """
+                CREATE TABLE users (
+                    user_id text PRIMARY KEY,
+                    name text NOT NULL UNIQUE,
+                    disabled boolean NOT NULL DEFAULT false,
+                    created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                """
+                CREATE TABLE credentials (
+                    secret_id text PRIMARY KEY,
+                    user_id text NOT NULL REFERENCES users ON DELETE CASCADE,
+                    secret_key_sealed text NOT NULL,
+                    disabled boolean NOT NULL DEFAULT false,
+                    created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                """
+                CREATE TABLE keyring (
+                    key_id text PRIMARY KEY,
+                    canary_sealed text NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                """
+                CREATE TABLE compute_envs (
+                    env_id text PRIMARY KEY,
+                    user_id text NOT NULL REFERENCES users,
+                    name text NOT NULL,
+                    description text,
+                    env_type text NOT NULL,
+                    driver text NOT NULL DEFAULT 'process',
+                    desired_node_count integer NOT NULL,
+                    spec text NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE INDEX compute_envs_user ON compute_envs (user_id)",
+                """
+                CREATE TABLE compute_nodes (
+                    node_id text PRIMARY KEY,
+                    env_id text NOT NULL REFERENCES compute_envs ON DELETE CASCADE,
+                    state text NOT NULL,
+                    slots integer NOT NULL,
+                    free_slots integer NOT NULL,
+                    host text,
+                    pid integer,
+                    last_heartbeat timestamptz,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    updated_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE INDEX compute_nodes_env ON compute_nodes (env_id)",
+                """
+                CREATE TABLE jobs (
+                    job_id text PRIMARY KEY,
+                    user_id text NOT NULL REFERENCES users,
+                    name text,
+                    description text,
+                    priority integer NOT NULL DEFAULT 0,
+                    state text NOT NULL,
+                    state_reason text,
+                    dependency_rule text NOT NULL,
+                    dependences text NOT NULL,
+                    spec_sealed text NOT NULL,
+                    client_token text,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    updated_at timestamptz NOT NULL DEFAULT now(),
+                    end_time timestamptz,
+                    UNIQUE (user_id, client_token)
+                )
+                """,
+                "CREATE INDEX jobs_user ON jobs (user_id, created_at DESC)",
+                """
+                CREATE TABLE tasks (
+                    job_id text NOT NULL REFERENCES jobs ON DELETE CASCADE,
+                    task_name text NOT NULL,
+                    position integer NOT NULL,
+                    state text NOT NULL,
+                    state_reason text,
+                    instance_num integer NOT NULL,
+                    env_id text,
+                    max_retry_count integer NOT NULL,
+                    timeout_seconds integer NOT NULL,
+                    spec_sealed text NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    start_time timestamptz,
+                    end_time timestamptz,
+                    PRIMARY KEY (job_id, task_name)
+                )
+                """,
+                """
+                CREATE TABLE task_instances (
+                    job_id text NOT NULL,
+                    task_name text NOT NULL,
+                    instance_index integer NOT NULL,
+                    state text NOT NULL,
+                    attempt integer NOT NULL DEFAULT 0,
+                    exit_code integer,
+                    node_id text,
+                    state_reason text,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    launch_time timestamptz,
+                    end_time timestamptz,
+                    PRIMARY KEY (job_id, task_name, instance_index),
+                    FOREIGN KEY (job_id, task_name) REFERENCES tasks ON DELETE CASCADE
+                )
+                """,
+                """
+                CREATE TABLE outbox (
+                    id bigserial PRIMARY KEY,
+                    exchange text NOT NULL,
+                    routing_key text NOT NULL,
+                    message_id text NOT NULL,
+                    message_type text,
+                    correlation_id text,
+                    body_sealed text NOT NULL,
+                    mandatory boolean NOT NULL DEFAULT false,
+                    attempts integer NOT NULL DEFAULT 0,
+                    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+                    created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE INDEX outbox_due ON outbox (next_attempt_at, id)",
+            ]
+        )
+    ]
+}

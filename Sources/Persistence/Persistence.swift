@@ -1,1 +1,0 @@
-// The PostgreSQL layer; see the files added with it.

@@ -1,0 +1,117 @@
+import BatchCore
+import Foundation
+import Messaging
+import PostgresNIO
+import TestSupport
+import Testing
+
+@testable import Persistence
+
+@Suite("Database against a real PostgreSQL", .timeLimit(.minutes(2)))
+struct DatabaseTests {
+    @Test("migrations apply to an empty database and re-running them changes nothing")
+    func migrations() async throws {
+        try await TestDatabase.withDatabase(prepare: false) { database, _ in
+            try await database.migrate()
+            let tables = try await tableNames(database)
+            #expect(
+                tables.isSuperset(of: [
+                    "users", "credentials", "compute_envs", "compute_nodes", "jobs", "tasks", "task_instances",
+                    "outbox", "schema_migrations", "keyring",
+                ]))
+            try await database.migrate()
+            let versions = try await database.client.query("SELECT count(*) FROM schema_migrations")
+                .decode(Int.self).collect()
+            #expect(versions == [Migration.all.count])
+        }
+    }
+
+    @Test("two services migrating at once both succeed and apply each migration once")
+    func concurrentMigrations() async throws {
+        let (name, url) = try await TestDatabase.create()
+        defer { Task { try await TestDatabase.drop(name) } }
+        let key = Sealer.Key.generate(id: "k1")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<3 {
+                group.addTask { try await TestDatabase.withDatabase(url: url, key: key) { _ in } }
+            }
+            try await group.waitForAll()
+        }
+        let count = try await TestDatabase.withDatabase(url: url, key: key, prepare: false) { database in
+            try await database.client.query("SELECT count(*) FROM schema_migrations").decode(Int.self).collect()
+        }
+        #expect(count == [Migration.all.count])
+        try await TestDatabase.drop(name)
+    }
+
+    @Test("sealed fields round-trip and the raw row shows no plain text")
+    func sealedSecretKey() async throws {
+        try await TestDatabase.withDatabase { database, _ in
+            let users = UserStore(database: database)
+            let created = try await users.createUser(name: "alice")
+            let raw = try await database.client.query(
+                "SELECT secret_key_sealed FROM credentials WHERE secret_id = \(created.secretID)"
+            ).decode(String.self).collect()
+            #expect(raw.count == 1)
+            #expect(!raw[0].contains(created.secretKey))
+            #expect(raw[0].hasPrefix("test:"))
+            let credential = try #require(try await users.credential(secretID: created.secretID))
+            #expect(credential.secretKey == created.secretKey)
+            #expect(credential.userID == created.userID)
+        }
+    }
+
+    @Test("a sealed value does not open in another context or with another key")
+    func sealingContexts() throws {
+        let sealer = Sealer(current: .generate(id: "k1"))
+        let sealed = try sealer.seal("echo secret", context: "tasks.spec:job-1/a")
+        #expect(try sealer.open(sealed, context: "tasks.spec:job-1/a") == "echo secret")
+        #expect(throws: SealingError.self) { try sealer.open(sealed, context: "tasks.spec:job-2/a") }
+        #expect(throws: SealingError.self) {
+            try Sealer(current: .generate(id: "k1")).open(sealed, context: "tasks.spec:job-1/a")
+        }
+        // Rotation: a new current key still opens values sealed by the retired one.
+        let rotated = Sealer(current: .generate(id: "k2"), retired: [sealer.current])
+        #expect(try rotated.open(sealed, context: "tasks.spec:job-1/a") == "echo secret")
+        #expect(try rotated.seal("x", context: "c").hasPrefix("k2:"))
+    }
+
+    @Test("a wrong master key fails loudly at start-up")
+    func wrongMasterKey() async throws {
+        let (name, url) = try await TestDatabase.create()
+        try await TestDatabase.withDatabase(url: url, key: .generate(id: "k1")) { _ in }
+        await #expect {
+            try await TestDatabase.withDatabase(url: url, key: .generate(id: "k1")) { _ in }
+        } throws: { error in
+            "\(error)".contains("does not open this database's sealed data")
+        }
+        try await TestDatabase.drop(name)
+    }
+
+    @Test(
+        "a missing or malformed master key is refused with a one-line reason",
+        arguments: [nil, "", "k1", "k1:not-base64!", "k1:\(Data(count: 16).base64EncodedString())"])
+    func malformedMasterKey(configuration: String?) {
+        #expect {
+            _ = try Sealer(configuration: configuration)
+        } throws: { error in
+            let message = "\(error)"
+            return message.hasPrefix("BATCH_MASTER_KEY") && !message.contains("\n")
+        }
+    }
+
+    func tableNames(_ database: Database) async throws -> Set<String> {
+        Set(
+            try await database.client.query(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            ).decode(String.self).collect())
+    }
+}
+
+extension AsyncSequence where Element: Sendable {
+    func collect() async throws -> [Element] {
+        var result: [Element] = []
+        for try await element in self { result.append(element) }
+        return result
+    }
+}
