@@ -147,11 +147,11 @@ public enum RabbitManagement {
 
 extension Logger {
     /// A logger for tests: warnings and worse, to stderr.
-    public static func test(_ label: String) -> Logger {
+    public static func test(_ label: String, level: Logger.Level = .warning) -> Logger {
         var logger = Logger(label: label)
         logger.logLevel =
             ProcessInfo.processInfo.environment["BATCH_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))
-            ?? .warning
+            ?? level
         return logger
     }
 }
