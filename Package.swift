@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // Pure domain: specs, validation, DAG, state machines, request signing. No I/O.
@@ -87,6 +88,7 @@ let package = Package(
             dependencies: [
                 "BatchCore", "Messaging", "Persistence", "BatchRuntime",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -95,6 +97,8 @@ let package = Package(
             name: "SchedulerService",
             dependencies: [
                 "BatchCore", "Messaging", "Persistence", "BatchRuntime",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -103,6 +107,7 @@ let package = Package(
             name: "ProvisionerService",
             dependencies: [
                 "BatchCore", "Messaging", "Persistence", "BatchRuntime",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -111,6 +116,7 @@ let package = Package(
             name: "ExecutorService",
             dependencies: [
                 "BatchCore", "Messaging", "BatchRuntime",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -119,6 +125,7 @@ let package = Package(
             name: "batchctl",
             dependencies: [
                 "BatchCore", "Persistence",
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
@@ -133,6 +140,8 @@ let package = Package(
             dependencies: [
                 "BatchCore", "Persistence", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

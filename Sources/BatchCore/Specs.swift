@@ -83,7 +83,7 @@ public struct Application: Codable, Sendable, Hashable {
     /// `LOCAL` (the command exists on the node) or `PACKAGE` (a `.tar.gz` fetched from `PackagePath`).
     public var deliveryForm: String
     public var command: String?
-    public var commands: [CommandLine]?
+    public var commands: [TaskCommandLine]?
     public var packagePath: String?
     public var docker: Docker?
 
@@ -94,7 +94,8 @@ public struct Application: Codable, Sendable, Hashable {
     }
 }
 
-public struct CommandLine: Codable, Sendable, Hashable {
+/// One line of `Commands` (the API's `CommandLine`).
+public struct TaskCommandLine: Codable, Sendable, Hashable {
     public var command: String
 }
 

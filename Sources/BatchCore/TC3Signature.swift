@@ -74,8 +74,9 @@ public enum TC3Signature {
         secretKey: String, method: String = "POST", query: String = "", headers: [String: String],
         signedHeaders: [String], body: some Collection<UInt8>, timestamp: Int, date: String, service: String
     ) -> String {
+        // Names and values are lowercased and trimmed, as Tencent Cloud's signature v3 specifies.
         let canonicalHeaders = signedHeaders.map {
-            "\($0):\(headers[$0, default: ""].trimmingCharacters(in: .whitespaces))\n"
+            "\($0):\(headers[$0, default: ""].lowercased().trimmingCharacters(in: .whitespaces))\n"
         }
         .joined()
         let canonicalRequest = [

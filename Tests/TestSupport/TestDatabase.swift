@@ -70,7 +70,7 @@ public enum TestDatabase {
 
 extension PostgresQuery {
     /// Fixed SQL with no bindings, for test set-up (database names cannot be bound).
-    init(unsafe sql: String) {
+    public init(unsafe sql: String) {
         var interpolation = PostgresQuery.StringInterpolation(literalCapacity: sql.count, interpolationCount: 0)
         interpolation.appendLiteral(sql)
         self.init(stringInterpolation: interpolation)

@@ -118,6 +118,31 @@ public enum RabbitManagement {
         return closed
     }
 
+    /// Creates a vhost and gives the management user every permission on it.
+    public static func createVhost(_ name: String) async throws {
+        let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        var create = try request("api/vhosts/\(encoded)")
+        create.method = .PUT
+        _ = try await HTTPClient.shared.execute(create, timeout: .seconds(10))
+        let user = URLComponents(string: TestServers.managementURL)?.user ?? "guest"
+        var permissions = try request("api/permissions/\(encoded)/\(user)")
+        permissions.method = .PUT
+        permissions.headers.add(name: "Content-Type", value: "application/json")
+        permissions.body = .bytes(ByteBuffer(string: #"{"configure":".*","write":".*","read":".*"}"#))
+        let response = try await HTTPClient.shared.execute(permissions, timeout: .seconds(10))
+        guard response.status.code < 300 else {
+            throw TestServers.Missing(
+                description: "cannot set permissions on vhost \(name): HTTP \(response.status.code)")
+        }
+    }
+
+    public static func deleteVhost(_ name: String) async throws {
+        let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        var request = try request("api/vhosts/\(encoded)")
+        request.method = .DELETE
+        _ = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+    }
+
     /// Deletes queues a test made.
     public static func deleteQueues(_ names: [String]) async throws {
         for name in names {

@@ -1,0 +1,132 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A child process started with `posix_spawn` in a process group of its own, so that it and everything it starts
+/// can be signalled together; its exit is awaited on a thread of its own (`waitpid` blocks).
+public final class ChildProcess: Sendable {
+    public let pid: pid_t
+    private let exit: Task<Termination, Never>
+
+    /// How a child ended.
+    public enum Termination: Sendable, Hashable, CustomStringConvertible {
+        case exited(Int32)
+        case signalled(Int32)
+
+        /// The shell's convention: the exit status, or 128 + the signal number.
+        public var code: Int {
+            switch self {
+            case .exited(let status): Int(status)
+            case .signalled(let signal): 128 + Int(signal)
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .exited(let status): "exited with code \(status)"
+            case .signalled(let signal): "killed by signal \(signal)"
+            }
+        }
+    }
+
+    public struct SpawnError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Starts `executable` with `arguments` and exactly `environment`, in `directory`, with stdin from /dev/null and
+    /// stdout/stderr appended to the given files (or inherited when nil).
+    public init(
+        executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
+        stdout: String? = nil, stderr: String? = nil
+    ) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let stdout {
+            posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        }
+        if let stderr {
+            posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        }
+        if let directory {
+            guard let addChdir = Self.addChdir else {
+                throw SpawnError(description: "this C library cannot set a child's working directory")
+            }
+            addChdir(&actions, directory)
+        }
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var defaultSignals = sigset_t()
+        sigfillset(&defaultSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard status == 0 else {
+            throw SpawnError(description: "cannot start \(executable): \(String(cString: strerror(status)))")
+        }
+        self.pid = pid
+        let child = pid
+        self.exit = Task.detached {
+            await withCheckedContinuation { continuation in
+                Thread.detachNewThread {
+                    var status: Int32 = 0
+                    while waitpid(child, &status, 0) == -1 && errno == EINTR {}
+                    let signal = status & 0x7f
+                    continuation.resume(returning: signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal))
+                }
+            }
+        }
+    }
+
+    /// glibc's `posix_spawn_file_actions_addchdir_np` (2.29+), which its headers hide from Swift.
+    private static let addChdir:
+        (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)? = {
+            guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np")
+            else {
+                return nil
+            }
+            return unsafeBitCast(
+                symbol,
+                to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)
+                    .self)
+        }()
+
+    /// Waits for the child to end.
+    public func wait() async -> Termination { await exit.value }
+
+    /// Sends `signal` to the child's whole process group.
+    public func signalGroup(_ signal: Int32) {
+        kill(-pid, signal)
+    }
+
+    /// SIGTERM to the group, then SIGKILL after `grace` if it is still there; returns how it ended.
+    @discardableResult
+    public func terminate(grace: Duration = .seconds(5)) async -> Termination {
+        signalGroup(SIGTERM)
+        let killer = Task {
+            try await Task.sleep(for: grace)
+            signalGroup(SIGKILL)
+        }
+        let termination = await wait()
+        killer.cancel()
+        return termination
+    }
+}

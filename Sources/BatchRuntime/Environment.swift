@@ -1,0 +1,37 @@
+import Foundation
+
+/// Reads `BATCH_*` environment variables, the fallback for every command-line option of the services.
+public enum Environment {
+    public static func value(_ name: String) -> String? {
+        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
+        return value
+    }
+
+    public static func value(_ name: String, default fallback: String) -> String {
+        value(name) ?? fallback
+    }
+
+    public static func int(_ name: String, default fallback: Int) -> Int {
+        value(name).flatMap(Int.init) ?? fallback
+    }
+
+    /// The broker URL: `BATCH_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/`.
+    public static var amqpURL: String { value("BATCH_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/") }
+    /// The database URL: `BATCH_DATABASE_URL`, default `postgres://batch:batch@127.0.0.1:55432/batch`.
+    public static var databaseURL: String {
+        value("BATCH_DATABASE_URL", default: "postgres://batch:batch@127.0.0.1:55432/batch")
+    }
+}
+
+/// Stops a service before it starts, with one line on stderr and exit status 1.
+public struct StartupError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Prints `error` as one line on stderr and exits with status 1.
+public func exitWithError(_ service: String, _ error: any Error) -> Never {
+    let line = "\(error)".split(separator: "\n").first.map(String.init) ?? "unknown error"
+    FileHandle.standardError.write(Data("\(service): \(line)\n".utf8))
+    exit(1)
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Logging
+import Messaging
+import Metrics
+import ServiceLifecycle
+
+/// Consumes one queue and hands each delivery to `handle`, at most `concurrency` at a time, with at most
+/// `prefetch` (default twice `concurrency`) delivered and not yet acked.
+///
+/// - The handler returning normally acks the message (after its effect is durable: the handler's job).
+/// - A ``PoisonMessage`` error (the body cannot be decoded) rejects it to the dead-letter queue with a log line,
+///   so one bad message never blocks the queue.
+/// - Any other error requeues it after a short pause: a transient failure (database down) is retried.
+///
+/// On graceful shutdown it stops taking deliveries and lets the ones in hand finish.
+public struct EventConsumer: Service {
+    let amqp: AMQPClient
+    let queue: String
+    let concurrency: Int
+    let prefetch: Int
+    let logger: Logger
+    let handle: @Sendable (Delivery) async throws -> Void
+
+    public init(
+        amqp: AMQPClient, queue: String, concurrency: Int = 8, prefetch: Int? = nil, logger: Logger,
+        handle: @escaping @Sendable (Delivery) async throws -> Void
+    ) {
+        self.amqp = amqp
+        self.queue = queue
+        self.concurrency = concurrency
+        self.prefetch = prefetch ?? concurrency * 2
+        self.logger = logger
+        self.handle = handle
+    }
+
+    public func run() async throws {
+        let deliveries = amqp.consume(queue: queue, prefetch: UInt16(clamping: prefetch))
+        let consumed = Counter(label: "batch.messages.consumed", dimensions: [("queue", queue), ("outcome", "ack")])
+        let rejected = Counter(label: "batch.messages.consumed", dimensions: [("queue", queue), ("outcome", "dead")])
+        let requeued = Counter(
+            label: "batch.messages.consumed", dimensions: [("queue", queue), ("outcome", "requeue")])
+        let latency = Timer(label: "batch.messages.handler.duration", dimensions: [("queue", queue)])
+        await withTaskGroup(of: Void.self) { group in
+            var running = 0
+            for await delivery in deliveries.cancelOnGracefulShutdown() {
+                if running >= concurrency {
+                    await group.next()
+                    running -= 1
+                }
+                running += 1
+                group.addTask {
+                    let start = ContinuousClock.now
+                    do {
+                        try await handle(delivery)
+                        delivery.ack()
+                        consumed.increment()
+                    } catch let poison as PoisonMessage {
+                        logger.error(
+                            "poison message sent to the dead-letter queue",
+                            metadata: [
+                                "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
+                                "message.id": "\(delivery.messageID ?? "?")", "error": "\(poison.reason)",
+                            ])
+                        delivery.reject()
+                        rejected.increment()
+                    } catch {
+                        logger.warning(
+                            "handler failed, message requeued",
+                            metadata: [
+                                "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
+                                "error": "\(String(reflecting: error))",
+                            ])
+                        try? await Task.sleep(for: .milliseconds(200))
+                        delivery.nack(requeue: true)
+                        requeued.increment()
+                    }
+                    latency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+                }
+            }
+            await group.waitForAll()
+        }
+    }
+}
+
+/// A message that can never be handled (it does not decode): it goes to the dead-letter queue.
+public struct PoisonMessage: Error {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
+
+extension Delivery {
+    /// Decodes the envelope, turning a failure into ``PoisonMessage``.
+    public func decode<Payload: MessageContract>(_ type: Payload.Type) throws -> Envelope<Payload> {
+        do {
+            return try Envelope<Payload>.decode(body)
+        } catch {
+            throw PoisonMessage("\(error)")
+        }
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
+    }
+}

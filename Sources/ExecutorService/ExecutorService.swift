@@ -1,0 +1,125 @@
+import ArgumentParser
+import BatchCore
+import BatchRuntime
+import Foundation
+import Hummingbird
+import Logging
+import Messaging
+import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The agent on a compute node: takes `instance.run` messages from its environment's work queue (prefetch = its
+/// slots), runs each instance, reports start and end, and acks only after the result is confirmed by the broker.
+/// It never touches the database.
+@main
+struct ExecutorService: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ExecutorService",
+        abstract: "Run task instances for one compute environment.",
+        discussion: "Example: ExecutorService --env-id env-ab12cd34 --slots 4")
+
+    @Option(help: "The compute environment whose work this node takes (BATCH_ENV_ID).")
+    var envId: String = Environment.value("BATCH_ENV_ID", default: "")
+
+    @Option(help: "This node's id (BATCH_NODE_ID, default a new node-… id).")
+    var nodeId: String = Environment.value("BATCH_NODE_ID", default: NodeID.generate().rawValue)
+
+    @Option(help: "Instances run at once (BATCH_NODE_SLOTS, default the number of CPUs).")
+    var slots: Int = Environment.int("BATCH_NODE_SLOTS", default: ProcessInfo.processInfo.activeProcessorCount)
+
+    @Option(help: "Where instances' work dirs and logs go (BATCH_WORK_DIR, default .batch/nodes/<node id>).")
+    var workDir: String?
+
+    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
+    var amqpURL: String = Environment.amqpURL
+
+    @Option(help: "Seconds between heartbeats.")
+    var heartbeatInterval: Int = Environment.int("BATCH_HEARTBEAT_INTERVAL", default: 3)
+
+    @Flag(help: "Exit when the parent process (the provisioner that started this node) exits.")
+    var exitWithParent = false
+
+    func validate() throws {
+        guard EnvID(validating: envId) != nil else {
+            throw ValidationError("--env-id (or BATCH_ENV_ID) must be an environment id such as env-ab12cd34")
+        }
+        guard NodeID(validating: nodeId) != nil else {
+            throw ValidationError("--node-id must be a node id such as node-ab12cd34")
+        }
+        guard slots >= 1 else { throw ValidationError("--slots must be at least 1") }
+    }
+
+    func run() async throws {
+        var logger = Observability.bootstrap(service: "executor")
+        logger[metadataKey: "node.id"] = "\(nodeId)"
+        let envID = EnvID(rawValue: envId)
+        let nodeID = NodeID(rawValue: nodeId)
+        let root = URL(fileURLWithPath: workDir ?? ".batch/nodes/\(nodeId)", isDirectory: true).standardizedFileURL
+        let amqp: AMQPClient
+        do {
+            try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+            amqp = AMQPClient(
+                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-executor-\(nodeId)"),
+                topology: .workQueue(forEnv: envID.rawValue), logger: logger)
+        } catch {
+            exitWithError("ExecutorService", error)
+        }
+        let runner = InstanceRunner(
+            amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, logger: logger)
+        let heartbeat = Heartbeat(
+            amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval),
+            parent: exitWithParent ? getppid() : nil, logger: logger)
+        logger.info(
+            "executor starting", metadata: ["env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)"])
+        try await ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: amqp),
+                    .init(service: heartbeat, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(
+                        service: EventConsumer(
+                            amqp: amqp, queue: Topology.workQueue(env: envID.rawValue), concurrency: slots,
+                            prefetch: slots, logger: logger, handle: runner.run),
+                        successTerminationBehavior: .gracefullyShutdownGroup),
+                ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        ).run()
+    }
+}
+
+/// Publishes `node.heartbeat` every few seconds with the node's free slots, and `node.stopped` on shutdown.
+struct Heartbeat: Service {
+    let amqp: AMQPClient
+    let runner: InstanceRunner
+    let interval: Duration
+    /// When set, the node shuts down once this process is no longer its parent (the provisioner died).
+    let parent: pid_t?
+    let logger: Logger
+
+    func run() async throws {
+        let host = ProcessInfo.processInfo.hostName
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            if let parent, getppid() != parent {
+                logger.warning("the provisioner that started this node is gone; stopping")
+                break
+            }
+            let beat = NodeHeartbeat(
+                nodeID: runner.nodeID, envID: runner.envID, slots: runner.slots, freeSlots: runner.freeSlots,
+                host: host, pid: getpid(), at: Date())
+            do {
+                try await amqp.publish(
+                    try OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeHeartbeat, payload: beat))
+            } catch {
+                logger.warning("heartbeat not published", metadata: ["error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: parent == nil ? interval : .seconds(1)) }
+        }
+        try? await amqp.publish(
+            try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeStopped,
+                payload: NodeStopped(nodeID: runner.nodeID, envID: runner.envID, at: Date())))
+    }
+}

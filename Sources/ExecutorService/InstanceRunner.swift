@@ -1,0 +1,111 @@
+import BatchCore
+import BatchRuntime
+import Foundation
+import Logging
+import Messaging
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Runs one `instance.run` message: reports the start, runs the command in the instance's work dir with the
+/// `BATCH_*` variables, enforces the timeout, and reports the end. The caller acks after this returns, so the
+/// message is only gone once its result is confirmed by the broker.
+final class InstanceRunner: Sendable {
+    let amqp: AMQPClient
+    let nodeID: NodeID
+    let envID: EnvID
+    let slots: Int
+    let workRoot: URL
+    let logger: Logger
+    private let busy = Atomic<Int>(0)
+
+    init(amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, logger: Logger) {
+        self.amqp = amqp
+        self.nodeID = nodeID
+        self.envID = envID
+        self.slots = slots
+        self.workRoot = workRoot
+        self.logger = logger
+    }
+
+    var freeSlots: Int { max(0, slots - busy.load(ordering: .relaxed)) }
+
+    @Sendable func run(_ delivery: Delivery) async throws {
+        let run = try delivery.decode(InstanceRun.self).payload
+        var logger = self.logger
+        logger[metadataKey: "job.id"] = "\(run.jobID)"
+        logger[metadataKey: "task.name"] = "\(run.taskName)"
+        logger[metadataKey: "instance.index"] = "\(run.instanceIndex)"
+        logger[metadataKey: "instance.attempt"] = "\(run.attempt)"
+        busy.add(1, ordering: .relaxed)
+        defer { busy.subtract(1, ordering: .relaxed) }
+
+        let directory = workRoot.appendingPathComponent(
+            "\(run.jobID)/\(run.taskName)/\(run.instanceIndex)/attempt-\(run.attempt)", isDirectory: true)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try await publish(
+            InstanceStarted(
+                jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
+                nodeID: nodeID, startedAt: Date()),
+            routingKey: Topology.Event.instanceStarted, job: run.jobID)
+        logger.info("instance started")
+
+        let (exitCode, reason) = await execute(run, in: directory, logger: logger)
+        try await publish(
+            InstanceFinished(
+                jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
+                nodeID: nodeID, exitCode: exitCode, reason: reason, finishedAt: Date()),
+            routingKey: Topology.Event.instanceFinished, job: run.jobID)
+        logger.info("instance finished", metadata: ["exit.code": "\(exitCode.map(String.init) ?? "none")"])
+    }
+
+    /// Runs the command; returns its exit code (nil if it could not start) and, unless it exited 0, why.
+    func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> (Int?, String?) {
+        var environment = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": directory.path,
+            "TMPDIR": directory.path,
+            "LANG": "C.UTF-8",
+        ]
+        for variable in run.environment { environment[variable.name] = variable.value }
+        environment["BATCH_JOB_ID"] = run.jobID.rawValue
+        environment["BATCH_TASK_NAME"] = run.taskName
+        environment["BATCH_TASK_INSTANCE_INDEX"] = String(run.instanceIndex)
+        environment["BATCH_TASK_INSTANCE_NUM"] = String(run.instanceCount)
+        environment["BATCH_TASK_ATTEMPT"] = String(run.attempt)
+        environment["BATCH_NODE_ID"] = nodeID.rawValue
+        environment["BATCH_WORK_DIR"] = directory.path
+
+        let child: ChildProcess
+        do {
+            child = try ChildProcess(
+                executable: "/bin/sh", arguments: ["-c", run.command], environment: environment,
+                directory: directory.path, stdout: directory.appendingPathComponent("stdout.log").path,
+                stderr: directory.appendingPathComponent("stderr.log").path)
+        } catch {
+            logger.warning("instance could not start", metadata: ["error": "\(error)"])
+            return (nil, "could not start: \(error)")
+        }
+        let timedOut = Atomic<Bool>(false)
+        let timeout = Task {
+            try await Task.sleep(for: .seconds(run.timeoutSeconds))
+            timedOut.store(true, ordering: .relaxed)
+            await child.terminate()
+        }
+        let termination = await child.wait()
+        timeout.cancel()
+        if timedOut.load(ordering: .relaxed) {
+            return (termination.code, "timed out after \(run.timeoutSeconds) s")
+        }
+        return (termination.code, termination == .exited(0) ? nil : termination.description)
+    }
+
+    func publish<Payload: MessageContract>(_ payload: Payload, routingKey: String, job: JobID) async throws {
+        try await amqp.publish(
+            try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: routingKey, payload: payload,
+                correlationID: job.rawValue))
+    }
+}

@@ -1,0 +1,90 @@
+import BatchCore
+import BatchRuntime
+import Foundation
+import Logging
+import Messaging
+import Persistence
+import ServiceLifecycle
+
+/// Keeps each environment at its desired node count and records what nodes report.
+///
+/// As a `Service` it reconciles every environment at start and every few seconds (a node that died is replaced),
+/// and stops its nodes on shutdown.
+struct Provisioner: Service {
+    let database: Database
+    let amqp: AMQPClient
+    let driver: any NodeDriver
+    let envs: ComputeEnvStore
+    let nodeSlots: Int
+    let logger: Logger
+    let interval: Duration = .seconds(5)
+
+    init(database: Database, amqp: AMQPClient, driver: any NodeDriver, nodeSlots: Int, logger: Logger) {
+        self.database = database
+        self.amqp = amqp
+        self.driver = driver
+        self.envs = ComputeEnvStore(database: database)
+        self.nodeSlots = nodeSlots
+        self.logger = logger
+    }
+
+    func run() async throws {
+        let envs = self.envs
+        await driver.onNodeExit { node, _, _ in
+            try? await envs.deleteNode(node)
+        }
+        // Nodes of an earlier run of this provisioner stopped with it (they watch their parent).
+        try await database.client.query(
+            "DELETE FROM compute_nodes WHERE env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')")
+        while !Task.isShuttingDownGracefully {
+            do {
+                for env in try await envs.all() where env.driver == driver.name {
+                    try await reconcile(env.envID, desired: env.desired)
+                }
+            } catch {
+                logger.warning("reconciling environments failed", metadata: ["error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+        await driver.shutdown()
+    }
+
+    /// Starts or stops nodes until `env` has `desired` of them.
+    func reconcile(_ env: EnvID, desired: Int) async throws {
+        try await amqp.declare(.workQueue(forEnv: env.rawValue))
+        let running = await driver.nodes(of: env)
+        if running.count < desired {
+            for _ in running.count..<desired {
+                let node = NodeID.generate()
+                try await envs.nodeCreating(node, env: env, slots: nodeSlots, host: ProcessInfo.processInfo.hostName)
+                do {
+                    try await driver.createNode(node, env: env, slots: nodeSlots)
+                } catch {
+                    try await envs.setNodeState(node, "CREATION_FAILED")
+                    throw error
+                }
+            }
+        } else if running.count > desired {
+            for node in running.suffix(running.count - desired) {
+                try await envs.setNodeState(node, "DELETING")
+                await driver.destroyNode(node)
+                try await envs.deleteNode(node)
+            }
+        }
+    }
+
+    @Sendable func handle(_ delivery: Delivery) async throws {
+        switch delivery.type {
+        case ComputeEnvCreated.type:
+            let event = try delivery.decode(ComputeEnvCreated.self).payload
+            guard let env = try await envs.find(event.envID) else { return }
+            if env.driver == driver.name { try await reconcile(event.envID, desired: env.desired) }
+        case NodeHeartbeat.type:
+            try await envs.heartbeat(try delivery.decode(NodeHeartbeat.self).payload)
+        case NodeStopped.type:
+            try await envs.deleteNode(try delivery.decode(NodeStopped.self).payload.nodeID)
+        default:
+            throw PoisonMessage("the provisioner does not handle messages of type \(delivery.type ?? "(none)")")
+        }
+    }
+}

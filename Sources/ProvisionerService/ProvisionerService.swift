@@ -1,0 +1,87 @@
+import ArgumentParser
+import BatchCore
+import BatchRuntime
+import Foundation
+import Hummingbird
+import Logging
+import Messaging
+import Persistence
+import ServiceLifecycle
+
+/// Owns compute environments and nodes: makes each environment's work queue, keeps its desired number of nodes
+/// running through a ``NodeDriver``, and records the nodes' heartbeats.
+@main
+struct ProvisionerService: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ProvisionerService",
+        abstract: "Keep compute environments' nodes running.",
+        discussion: "Example: BATCH_MASTER_KEY=k1:… ProvisionerService --node-slots 4")
+
+    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
+    var amqpURL: String = Environment.amqpURL
+
+    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
+    var databaseURL: String = Environment.databaseURL
+
+    @Option(help: "Slots of each node the process driver starts (BATCH_NODE_SLOTS, default 2).")
+    var nodeSlots: Int = Environment.int("BATCH_NODE_SLOTS", default: 2)
+
+    @Option(help: "The ExecutorService binary (BATCH_EXECUTOR_PATH, default next to this one).")
+    var executorPath: String = Environment.value("BATCH_EXECUTOR_PATH") ?? ProvisionerService.siblingExecutable
+
+    @Option(help: "Where nodes keep their work dirs and logs (BATCH_NODES_DIR, default .batch/nodes).")
+    var nodesDir: String = Environment.value("BATCH_NODES_DIR", default: ".batch/nodes")
+
+    @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_PROVISIONER_OPS_PORT).")
+    var opsPort: Int = Environment.int("BATCH_PROVISIONER_OPS_PORT", default: 0)
+
+    static var siblingExecutable: String {
+        let me =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("ExecutorService").path
+    }
+
+    func run() async throws {
+        let logger = Observability.bootstrap(service: "provisioner")
+        let database: Database
+        let amqp: AMQPClient
+        do {
+            guard FileManager.default.isExecutableFile(atPath: executorPath) else {
+                throw StartupError("no ExecutorService binary at \(executorPath); set BATCH_EXECUTOR_PATH")
+            }
+            let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
+            database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
+            amqp = AMQPClient(
+                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-provisioner"),
+                topology: .provisioner, logger: logger)
+        } catch {
+            exitWithError("ProvisionerService", error)
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await database.run() }
+            do {
+                try await database.prepare()
+            } catch {
+                exitWithError("ProvisionerService", error)
+            }
+            let driver = ProcessNodeDriver(
+                executable: executorPath, nodesDirectory: URL(fileURLWithPath: nodesDir).standardizedFileURL,
+                amqpURL: amqpURL, logger: logger)
+            let provisioner = Provisioner(
+                database: database, amqp: amqp, driver: driver, nodeSlots: nodeSlots, logger: logger)
+            var services: [any Service] = [
+                amqp,
+                OutboxRelay(database: database, amqp: amqp, logger: logger),
+                provisioner,
+                EventConsumer(amqp: amqp, queue: Topology.provisionerQueue, logger: logger, handle: provisioner.handle),
+            ]
+            if opsPort > 0 {
+                services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })
+            }
+            try await ServiceGroup(
+                configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            ).run()
+            group.cancelAll()
+        }
+    }
+}

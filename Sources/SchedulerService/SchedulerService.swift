@@ -1,0 +1,69 @@
+import ArgumentParser
+import BatchRuntime
+import Hummingbird
+import Logging
+import Messaging
+import Persistence
+import ServiceLifecycle
+
+/// Owns job, task and instance state: consumes job and instance events, applies BatchCore's decisions in one
+/// transaction per event (state and outgoing messages together), and dispatches instances.
+@main
+struct SchedulerService: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "SchedulerService",
+        abstract: "Run jobs' DAGs: release tasks, dispatch instances, finish jobs.",
+        discussion: "Example: BATCH_MASTER_KEY=k1:… SchedulerService --ops-port 9101")
+
+    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
+    var amqpURL: String = Environment.amqpURL
+
+    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
+    var databaseURL: String = Environment.databaseURL
+
+    /// Port of /healthz, /readyz and /metrics on 127.0.0.1; 0 for none. Default `BATCH_SCHEDULER_OPS_PORT` or 0.
+    @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_SCHEDULER_OPS_PORT).")
+    var opsPort: Int = Environment.int("BATCH_SCHEDULER_OPS_PORT", default: 0)
+
+    /// Events handled at once. Default 8.
+    @Option(help: "Events handled at once.")
+    var concurrency: Int = Environment.int("BATCH_SCHEDULER_CONCURRENCY", default: 8)
+
+    func run() async throws {
+        let logger = Observability.bootstrap(service: "scheduler")
+        let database: Database
+        let amqp: AMQPClient
+        do {
+            let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
+            database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
+            amqp = AMQPClient(
+                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-scheduler"),
+                topology: .scheduler, logger: logger)
+        } catch {
+            exitWithError("SchedulerService", error)
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await database.run() }
+            do {
+                try await database.prepare()
+            } catch {
+                exitWithError("SchedulerService", error)
+            }
+            let scheduler = JobScheduler(database: database, logger: logger)
+            var services: [any Service] = [
+                amqp,
+                OutboxRelay(database: database, amqp: amqp, logger: logger),
+                EventConsumer(
+                    amqp: amqp, queue: Topology.schedulerQueue, concurrency: concurrency, logger: logger,
+                    handle: scheduler.handle),
+            ]
+            if opsPort > 0 {
+                services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })
+            }
+            try await ServiceGroup(
+                configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            ).run()
+            group.cancelAll()
+        }
+    }
+}

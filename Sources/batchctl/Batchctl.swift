@@ -1,0 +1,231 @@
+import ArgumentParser
+import AsyncHTTPClient
+import BatchCore
+import Foundation
+import Logging
+import Persistence
+
+/// The command-line client: API calls signed with a user's key pair, and administration.
+@main
+struct Batchctl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "batchctl",
+        abstract: "Command-line client for Batch.",
+        discussion: """
+            Examples:
+              batchctl admin create-user alice
+              batchctl call DescribeJob '{"JobId": "job-ab12cd34"}'
+            """,
+        subcommands: [Admin.self, Call.self])
+
+    /// Prints one line on stderr and exits non-zero, as every failing batchctl command does.
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("batchctl: \(message)\n".utf8))
+        Foundation.exit(1)
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+// MARK: - admin
+
+struct Admin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage users and key pairs (talks to PostgreSQL directly; needs BATCH_MASTER_KEY).",
+        discussion: "Example: batchctl admin create-user alice --output json",
+        subcommands: [CreateUser.self, DisableUser.self, EnableUser.self])
+
+    struct DatabaseOptions: ParsableArguments {
+        @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
+        var databaseURL: String =
+            ProcessInfo.processInfo.environment["BATCH_DATABASE_URL"]
+            ?? "postgres://batch:batch@127.0.0.1:55432/batch"
+
+        /// Runs `body` with a prepared database, failing with one line if it cannot be reached or the key is wrong.
+        func withDatabase<R: Sendable>(_ body: (Database) async throws -> R) async throws -> R {
+            var logger = Logger(label: "batchctl")
+            logger.logLevel = .critical
+            let database: Database
+            do {
+                let sealer = try Sealer(configuration: ProcessInfo.processInfo.environment["BATCH_MASTER_KEY"])
+                database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
+            } catch {
+                Batchctl.fail("\(error)")
+            }
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await database.run() }
+                defer { group.cancelAll() }
+                do {
+                    try await database.prepare()
+                    return try await body(database)
+                } catch let error as DatabaseError {
+                    Batchctl.fail(error.message)
+                } catch let error as SealingError {
+                    Batchctl.fail(error.message)
+                } catch {
+                    Batchctl.fail("cannot use the database at \(databaseURL.redactingPassword): \(error)")
+                }
+            }
+        }
+    }
+
+    struct CreateUser: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a user and a key pair; prints the SecretId and the SecretKey (shown only here).",
+            discussion: "Example: batchctl admin create-user alice")
+
+        @Argument(help: "The user's name: letters, digits, - _ . @")
+        var name: String
+
+        @Option(help: "text or json")
+        var output: OutputFormat = .text
+
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            let created = try await database.withDatabase { try await UserStore(database: $0).createUser(name: name) }
+            switch output {
+            case .text:
+                print("UserId:    \(created.userID)\nSecretId:  \(created.secretID)\nSecretKey: \(created.secretKey)")
+            case .json:
+                let object = [
+                    "userId": created.userID.rawValue, "name": created.name, "secretId": created.secretID,
+                    "secretKey": created.secretKey,
+                ]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            }
+        }
+    }
+
+    struct DisableUser: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Disable a user: every key pair of theirs is refused from now on.",
+            discussion: "Example: batchctl admin disable-user alice")
+
+        @Argument var name: String
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            let found = try await database.withDatabase {
+                try await UserStore(database: $0).setDisabled(name: name, true)
+            }
+            if !found { Batchctl.fail("no user named \(name)") }
+        }
+    }
+
+    struct EnableUser: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Enable a disabled user again.", discussion: "Example: batchctl admin enable-user alice")
+
+        @Argument var name: String
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            let found = try await database.withDatabase {
+                try await UserStore(database: $0).setDisabled(name: name, false)
+            }
+            if !found { Batchctl.fail("no user named \(name)") }
+        }
+    }
+}
+
+// MARK: - call
+
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Call an API action with a JSON body and print the JSON response.",
+        discussion: """
+            Example: batchctl call SubmitJob @job.json
+            The key pair comes from --secret-id/--secret-key, BATCH_SECRET_ID/BATCH_SECRET_KEY, or
+            .batch/credentials (JSON with secretId, secretKey, endpoint).
+            """)
+
+    @Argument(help: "The action, e.g. DescribeJob")
+    var action: String
+
+    @Argument(help: "The request body: JSON, or @FILE to read it from a file (default {})")
+    var body: String = "{}"
+
+    @Option(help: "The gateway's host:port (BATCH_ENDPOINT, default from .batch/credentials or 127.0.0.1:8080)")
+    var endpoint: String?
+
+    @Option var secretId: String?
+    @Option var secretKey: String?
+
+    func run() async throws {
+        let credentials = Credentials.load(endpoint: endpoint, secretID: secretId, secretKey: secretKey)
+        guard let secretID = credentials.secretID, let secretKey = credentials.secretKey else {
+            Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
+        }
+        var payload = Array(body.utf8)
+        if body.hasPrefix("@") {
+            guard let data = FileManager.default.contents(atPath: String(body.dropFirst())) else {
+                Batchctl.fail("cannot read \(body.dropFirst())")
+            }
+            payload = Array(data)
+        }
+        guard (try? JSONSerialization.jsonObject(with: Data(payload))) is [String: Any] else {
+            Batchctl.fail("the request body is not a JSON object")
+        }
+        let host = credentials.endpoint
+        var request = HTTPClientRequest(url: "http://\(host)/")
+        request.method = .POST
+        for (name, value) in TC3Signature.signedRequestHeaders(
+            secretID: secretID, secretKey: secretKey, host: host, action: action, body: payload,
+            timestamp: Int(Date().timeIntervalSince1970))
+        {
+            request.headers.add(name: name, value: value)
+        }
+        request.body = .bytes(payload)
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        } catch {
+            Batchctl.fail("cannot reach the gateway at \(host): \(error)")
+        }
+        let data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let inner = object["Response"] as? [String: Any]
+        else {
+            Batchctl.fail("the gateway answered HTTP \(response.status.code) without a Batch response")
+        }
+        if let error = inner["Error"] as? [String: Any] {
+            Batchctl.fail("\(error["Code"] ?? "Error"): \(error["Message"] ?? "")")
+        }
+        let pretty = try JSONSerialization.data(withJSONObject: inner, options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: pretty, as: UTF8.self))
+    }
+}
+
+/// A key pair and the gateway to use, from options, environment variables, or `.batch/credentials`.
+struct Credentials {
+    var endpoint: String
+    var secretID: String?
+    var secretKey: String?
+
+    static func load(endpoint: String?, secretID: String?, secretKey: String?) -> Credentials {
+        let environment = ProcessInfo.processInfo.environment
+        var file: [String: String] = [:]
+        if let data = FileManager.default.contents(atPath: environment["BATCH_CREDENTIALS"] ?? ".batch/credentials"),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        {
+            file = object.compactMapValues { $0 as? String }
+        }
+        return Credentials(
+            endpoint: endpoint ?? environment["BATCH_ENDPOINT"] ?? file["endpoint"] ?? "127.0.0.1:8080",
+            secretID: secretID ?? environment["BATCH_SECRET_ID"] ?? file["secretId"],
+            secretKey: secretKey ?? environment["BATCH_SECRET_KEY"] ?? file["secretKey"])
+    }
+}
+
+extension String {
+    /// The URL with its password replaced by `***`.
+    var redactingPassword: String {
+        guard var components = URLComponents(string: self), components.password != nil else { return self }
+        components.password = "***"
+        return components.string ?? self
+    }
+}
