@@ -55,7 +55,7 @@ public final class ChildProcess: Sendable {
             guard let addChdir = Self.addChdir else {
                 throw SpawnError(description: "this C library cannot set a child's working directory")
             }
-            addChdir(&actions, directory)
+            _ = addChdir(&actions, directory)
         }
 
         var attributes = posix_spawnattr_t()

@@ -54,7 +54,7 @@ struct Admin: AsyncParsableCommand {
             } catch {
                 Batchctl.fail("\(error)")
             }
-            return try await withThrowingTaskGroup(of: Void.self) { group in
+            return await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await database.run() }
                 defer { group.cancelAll() }
                 do {

@@ -80,7 +80,7 @@ final class Stack: @unchecked Sendable {
         process.environment = environment
         process.currentDirectoryURL = directory
         let log = directory.appendingPathComponent("\(service).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle
         process.standardError = handle
