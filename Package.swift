@@ -131,6 +131,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Throughput of the messaging layer against the real broker (scripts/bench).
+        .executableTarget(
+            name: "batch-bench",
+            dependencies: ["Messaging", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "BatchCoreTests", dependencies: ["BatchCore"], swiftSettings: swiftSettings),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(

@@ -100,22 +100,28 @@ struct Heartbeat: Service {
 
     func run() async throws {
         let host = ProcessInfo.processInfo.hostName
+        var next = ContinuousClock.now
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if let parent, getppid() != parent {
                 logger.warning("the provisioner that started this node is gone; stopping")
                 break
             }
-            let beat = NodeHeartbeat(
-                nodeID: runner.nodeID, envID: runner.envID, slots: runner.slots, freeSlots: runner.freeSlots,
-                host: host, pid: getpid(), at: Date())
-            do {
-                try await amqp.publish(
-                    try OutgoingMessage(
-                        exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeHeartbeat, payload: beat))
-            } catch {
-                logger.warning("heartbeat not published", metadata: ["error": "\(error)"])
+            if ContinuousClock.now >= next {
+                next = ContinuousClock.now + interval
+                let beat = NodeHeartbeat(
+                    nodeID: runner.nodeID, envID: runner.envID, slots: runner.slots, freeSlots: runner.freeSlots,
+                    host: host, pid: getpid(), at: Date())
+                do {
+                    try await amqp.publish(
+                        try OutgoingMessage(
+                            exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeHeartbeat,
+                            payload: beat))
+                } catch {
+                    logger.warning("heartbeat not published", metadata: ["error": "\(error)"])
+                }
             }
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: parent == nil ? interval : .seconds(1)) }
+            // Wake every second to notice a vanished parent quickly.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: min(.seconds(1), interval)) }
         }
         try? await amqp.publish(
             try OutgoingMessage(

@@ -14,6 +14,7 @@ import NIOFoundationCompat
 public enum TestServers {
     public struct Missing: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     public static let amqpURLString =
@@ -178,5 +179,26 @@ extension Logger {
             ProcessInfo.processInfo.environment["BATCH_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))
             ?? level
         return logger
+    }
+}
+
+extension TestServers {
+    /// Runs a program to its end and returns its exit status (posix_spawn and waitpid: Foundation's `Process`
+    /// sometimes never notices the end of a script that leaves daemons behind).
+    public static func runProgram(_ path: String, _ arguments: [String]) async -> Int32 {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                let argv = ([path] + arguments).map { strdup($0) } + [nil]
+                defer { argv.forEach { free($0) } }
+                var pid: pid_t = 0
+                guard posix_spawn(&pid, path, nil, nil, argv, environ) == 0 else {
+                    continuation.resume(returning: -1)
+                    return
+                }
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+                continuation.resume(returning: (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+            }
+        }
     }
 }
