@@ -31,23 +31,10 @@ struct APIGateway: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "gateway")
-        let database: Database
-        let amqp: AMQPClient
-        do {
-            let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
-            database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
-            amqp = AMQPClient(
-                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-gateway"), logger: logger)
-        } catch {
-            exitWithError("APIGateway", error)
-        }
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await database.run() }
-            do {
-                try await database.prepare()
-            } catch {
-                exitWithError("APIGateway", error)
-            }
+        let bootstrap = ServiceBootstrap(
+            service: "APIGateway", databaseURL: databaseURL, amqpURL: amqpURL, topology: .base, logger: logger)
+        let (database, amqp) = (bootstrap.database, bootstrap.amqp)
+        try await bootstrap.withPreparedDatabase {
             let api = BatchAPI(database: database, logger: logger)
             let router = Router()
             router.post("/") { request, context in try await api.respond(to: request, context: context) }
@@ -65,7 +52,6 @@ struct APIGateway: AsyncParsableCommand {
                     services: [amqp, OutboxRelay(database: database, amqp: amqp, logger: logger), app],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await services.run()
-            group.cancelAll()
         }
     }
 }

@@ -69,10 +69,10 @@ public struct OutboxRelay: Service {
     public func run() async throws {
         let signal = database.outboxSignal
         let interval = configuration.pollInterval
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isCancelled {
-                    try await Task.sleep(for: interval)
+                    try? await Task.sleep(for: interval)
                     signal.signal()
                 }
             }

@@ -43,27 +43,16 @@ struct ProvisionerService: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "provisioner")
-        let database: Database
-        let amqp: AMQPClient
-        do {
-            guard FileManager.default.isExecutableFile(atPath: executorPath) else {
-                throw StartupError("no ExecutorService binary at \(executorPath); set BATCH_EXECUTOR_PATH")
-            }
-            let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
-            database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
-            amqp = AMQPClient(
-                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-provisioner"),
-                topology: .provisioner, logger: logger)
-        } catch {
-            exitWithError("ProvisionerService", error)
+        guard FileManager.default.isExecutableFile(atPath: executorPath) else {
+            exitWithError(
+                "ProvisionerService",
+                StartupError("no ExecutorService binary at \(executorPath); set BATCH_EXECUTOR_PATH"))
         }
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await database.run() }
-            do {
-                try await database.prepare()
-            } catch {
-                exitWithError("ProvisionerService", error)
-            }
+        let bootstrap = ServiceBootstrap(
+            service: "ProvisionerService", databaseURL: databaseURL, amqpURL: amqpURL, topology: .provisioner,
+            logger: logger)
+        let (database, amqp) = (bootstrap.database, bootstrap.amqp)
+        try await bootstrap.withPreparedDatabase {
             let driver = ProcessNodeDriver(
                 executable: executorPath, nodesDirectory: URL(fileURLWithPath: nodesDir).standardizedFileURL,
                 amqpURL: amqpURL, logger: logger)
@@ -81,7 +70,6 @@ struct ProvisionerService: AsyncParsableCommand {
             try await ServiceGroup(
                 configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             ).run()
-            group.cancelAll()
         }
     }
 }

@@ -31,24 +31,11 @@ struct SchedulerService: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
-        let database: Database
-        let amqp: AMQPClient
-        do {
-            let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
-            database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
-            amqp = AMQPClient(
-                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-scheduler"),
-                topology: .scheduler, logger: logger)
-        } catch {
-            exitWithError("SchedulerService", error)
-        }
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await database.run() }
-            do {
-                try await database.prepare()
-            } catch {
-                exitWithError("SchedulerService", error)
-            }
+        let bootstrap = ServiceBootstrap(
+            service: "SchedulerService", databaseURL: databaseURL, amqpURL: amqpURL, topology: .scheduler,
+            logger: logger)
+        let (database, amqp) = (bootstrap.database, bootstrap.amqp)
+        try await bootstrap.withPreparedDatabase {
             let scheduler = JobScheduler(database: database, logger: logger)
             var services: [any Service] = [
                 amqp,
@@ -63,7 +50,6 @@ struct SchedulerService: AsyncParsableCommand {
             try await ServiceGroup(
                 configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             ).run()
-            group.cancelAll()
         }
     }
 }

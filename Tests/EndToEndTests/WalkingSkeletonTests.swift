@@ -132,3 +132,29 @@ struct WalkingSkeletonTests {
         await stack.stop()
     }
 }
+
+@Suite("Service start-up refusals")
+struct StartupRefusalTests {
+    @Test(
+        "a service without a usable master key stops with one line on stderr",
+        arguments: [
+            ("APIGateway", nil as String?), ("SchedulerService", "k1:tooshort"), ("ProvisionerService", "nonsense"),
+        ])
+    func masterKeyRequired(service: String, key: String?) throws {
+        let process = Process()
+        process.executableURL = Stack.binDirectory.appendingPathComponent(service)
+        var environment = ["PATH": "/usr/bin:/bin", "BATCH_DATABASE_URL": TestServers.databaseURLString]
+        environment["BATCH_MASTER_KEY"] = key
+        environment["BATCH_EXECUTOR_PATH"] = Stack.binDirectory.appendingPathComponent("ExecutorService").path
+        process.environment = environment
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let output = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 1)
+        #expect(output.hasPrefix("\(service): BATCH_MASTER_KEY"))
+        #expect(output.split(separator: "\n").count == 1)
+    }
+}
