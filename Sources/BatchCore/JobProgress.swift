@@ -1,8 +1,14 @@
-/// What the scheduler knows of a job at one moment: each task's state and its instances' states.
+/// The state machine of one job: its tasks' states, their instances' state counts, and which tasks may run.
 ///
-/// ``advance()`` is the pure decision the scheduler carries out after every event: which tasks to start now that
-/// their predecessors allow it, which can never run because a predecessor ended the wrong way, and the job's new
-/// state. It changes the snapshot as the actions will change the database, so calling it again returns nothing.
+/// Task states follow from their instances (``StateCounts/rolledUp``) once the task started; before that a task is
+/// `SUBMITTED`, then `PENDING` while it waits for predecessors, `RUNNABLE` when released, or `FAILED` when a
+/// predecessor ended the way `TaskExecutionDependOn` refuses. The job's state follows from its tasks'
+/// (``jobState(of:)``).
+///
+/// Legal task transitions: `SUBMITTED → PENDING → RUNNABLE → STARTING → RUNNING → SUCCEED | FAILED |
+/// FAILED_INTERRUPTED`, `SUBMITTED | PENDING → FAILED` (blocked, or terminated), and, on `RetryJobs`, a final
+/// task back to `PENDING`. Events return the ``Action``s the scheduler carries out; a snapshot loaded from the
+/// database and one kept in memory give the same answers.
 public struct JobProgress: Sendable, Hashable {
     public struct TaskProgress: Sendable, Hashable {
         public var name: String
@@ -17,106 +23,206 @@ public struct JobProgress: Sendable, Hashable {
     }
 
     public enum Action: Sendable, Hashable {
-        /// Create the task's instances and dispatch them.
+        /// Create the task's instances and make them runnable.
         case startTask(String)
         /// The task can never run; it ends `FAILED` with this reason and none of its instances run.
         case skipTask(String, reason: String)
-        /// A task's state follows from its instances.
+        /// A task's state follows from its instances (or it now waits for predecessors).
         case setTaskState(String, ExecutionState)
         /// The job's state changed.
         case setJobState(ExecutionState)
     }
 
     public private(set) var state: ExecutionState
-    public private(set) var tasks: [String: TaskProgress]
     public let graph: JobGraph
     public let rule: DependencyRule
+    private var taskStates: [ExecutionState]
+    private var instanceCounts: [StateCounts]
+    private var taskCounts: StateCounts
+    public private(set) var readiness: DagReadiness
 
+    /// A job as loaded from the database. Final tasks are replayed into the readiness counters in topological
+    /// order: O(tasks + edges).
     public init(state: ExecutionState, tasks: [TaskProgress], graph: JobGraph, rule: DependencyRule) {
         self.state = state
-        self.tasks = Dictionary(uniqueKeysWithValues: tasks.map { ($0.name, $0) })
         self.graph = graph
         self.rule = rule
-    }
-
-    /// Whether a task may start, must wait, or can never run, given its predecessors.
-    public enum Readiness: Sendable, Hashable {
-        case ready
-        case waiting
-        case blocked(reason: String)
-    }
-
-    public func readiness(of task: String) -> Readiness {
-        var waiting = false
-        for predecessor in graph.predecessors[task] ?? [] {
-            guard let progress = tasks[predecessor] else { continue }
-            guard progress.state.isFinal else {
-                waiting = true
-                continue
-            }
-            switch rule {
-            case .preTaskSucceed where progress.state != .succeed:
-                return .blocked(reason: "predecessor task \(predecessor) ended \(progress.state.rawValue)")
-            case .preTaskAtLeastPartlySucceed where progress.instances[.succeed] == 0:
-                return .blocked(reason: "no instance of predecessor task \(predecessor) succeeded")
-            default:
-                continue
-            }
+        var states = Array(repeating: ExecutionState.submitted, count: graph.tasks.count)
+        var counts = Array(repeating: StateCounts(), count: graph.tasks.count)
+        for task in tasks {
+            guard let index = graph.index[task.name] else { continue }
+            states[index] = task.state
+            counts[index] = task.instances
         }
-        return waiting ? .waiting : .ready
+        self.taskStates = states
+        self.instanceCounts = counts
+        self.taskCounts = StateCounts(Dictionary(states.map { ($0, 1) }, uniquingKeysWith: +))
+        var readiness = DagReadiness(graph: graph, rule: rule)
+        let order = (try? graph.topologicalOrder().get()) ?? graph.tasks
+        for name in order {
+            let index = graph.index[name]!
+            if states[index].isFinal { _ = readiness.finish(index, Self.outcome(states[index], counts[index])) }
+        }
+        self.readiness = readiness
     }
 
-    /// Applies what follows from the current states and returns the actions that carry it out, in order.
+    /// A new job: every task `SUBMITTED`, no instances.
+    public init(graph: JobGraph, rule: DependencyRule) {
+        self.init(state: .submitted, tasks: [], graph: graph, rule: rule)
+    }
+
+    public var tasks: [String: TaskProgress] {
+        Dictionary(
+            uniqueKeysWithValues: graph.tasks.indices.map {
+                (
+                    graph.tasks[$0],
+                    TaskProgress(name: graph.tasks[$0], state: taskStates[$0], instances: instanceCounts[$0])
+                )
+            })
+    }
+
+    public func task(_ name: String) -> TaskProgress? {
+        graph.index[name].map { TaskProgress(name: name, state: taskStates[$0], instances: instanceCounts[$0]) }
+    }
+
+    /// How many tasks are in each state.
+    public var taskStateCounts: StateCounts { taskCounts }
+
+    // MARK: Events
+
+    /// Applies everything that follows from the current states: releases ready tasks, blocks those that can never
+    /// run, rolls started tasks up from their instances, and sets the job's state. O(tasks); for a job loaded from
+    /// the database. Calling it again returns nothing.
     public mutating func advance() -> [Action] {
         guard !state.isFinal else { return [] }
         var actions: [Action] = []
-        // Topological order lets a blocked task block its successors in the same pass.
         let order = (try? graph.topologicalOrder().get()) ?? graph.tasks
         for name in order {
-            guard var task = tasks[name] else { continue }
-            if task.state == .submitted || task.state == .pending {
-                switch readiness(of: name) {
+            let index = graph.index[name]!
+            if taskStates[index] == .submitted || taskStates[index] == .pending {
+                switch readiness.status[index] {
                 case .ready:
-                    task.state = .runnable
+                    setTask(index, .runnable)
                     actions.append(.startTask(name))
                 case .blocked(let reason):
-                    task.state = .failed
+                    setTask(index, .failed)
                     actions.append(.skipTask(name, reason: reason))
-                case .waiting:
-                    if task.state == .submitted {
-                        task.state = .pending
+                case .waiting, .finished:
+                    if taskStates[index] == .submitted {
+                        setTask(index, .pending)
                         actions.append(.setTaskState(name, .pending))
                     }
                 }
-            } else if !task.state.isFinal, task.instances.total > 0 {
-                let rolled = task.instances.rolledUp
-                if rolled != task.state, rolled > task.state || rolled.isFinal {
-                    task.state = rolled
-                    actions.append(.setTaskState(name, rolled))
-                }
+            } else if !taskStates[index].isFinal, instanceCounts[index].total > 0 {
+                actions += rollUp(index)
             }
-            tasks[name] = task
         }
-        let jobState = Self.jobState(of: tasks.values.map(\.state))
-        if jobState != state {
-            state = jobState
-            actions.append(.setJobState(jobState))
+        actions += updateJobState()
+        return actions
+    }
+
+    /// A task's instances now have `counts`: rolls the task up, and when it finishes releases or blocks its
+    /// successors. Costs in proportion to the finished task's successors (and those its failure blocks).
+    public mutating func instancesChanged(task name: String, counts: StateCounts) -> [Action] {
+        guard let index = graph.index[name], !taskStates[index].isFinal else { return [] }
+        instanceCounts[index] = counts
+        var actions = rollUp(index)
+        actions += updateJobState()
+        return actions
+    }
+
+    /// Ends every task that has not finished: those not started end `FAILED` with `reason`; started ones are
+    /// left to their instances, which the caller terminates. Returns the tasks that never started.
+    public mutating func terminate(reason: String) -> [Action] {
+        var actions: [Action] = []
+        for index in graph.tasks.indices where taskStates[index] == .submitted || taskStates[index] == .pending {
+            setTask(index, .failed)
+            actions.append(.skipTask(graph.tasks[index], reason: reason))
+        }
+        actions += updateJobState()
+        return actions
+    }
+
+    /// `RetryJobs`: tasks that did not succeed go back to `PENDING` with their failed instances to be run again;
+    /// readiness is recomputed, and tasks whose predecessors all succeeded are started again, in DAG order.
+    /// Only a `FAILED` job can be retried; otherwise nothing happens.
+    public mutating func retry() -> [Action] {
+        guard state == .failed || state == .failedInterrupted else { return [] }
+        var actions: [Action] = []
+        for index in graph.tasks.indices where taskStates[index].isFinal && taskStates[index] != .succeed {
+            setTask(index, .pending)
+            instanceCounts[index][.failed] = 0
+            instanceCounts[index][.failedInterrupted] = 0
+            actions.append(.setTaskState(graph.tasks[index], .pending))
+        }
+        state = .pending
+        actions.append(.setJobState(.pending))
+        readiness = DagReadiness(graph: graph, rule: rule)
+        for name in (try? graph.topologicalOrder().get()) ?? graph.tasks {
+            let index = graph.index[name]!
+            if taskStates[index] == .succeed { _ = readiness.finish(index, .succeeded) }
+        }
+        return actions + advance()
+    }
+
+    // MARK: Internals
+
+    private mutating func setTask(_ index: Int, _ state: ExecutionState) {
+        taskCounts[taskStates[index]] -= 1
+        taskStates[index] = state
+        taskCounts[state] += 1
+    }
+
+    private mutating func rollUp(_ index: Int) -> [Action] {
+        let rolled = instanceCounts[index].rolledUp
+        let current = taskStates[index]
+        guard rolled != current, rolled > current || rolled.isFinal else { return [] }
+        setTask(index, rolled)
+        var actions: [Action] = [.setTaskState(graph.tasks[index], rolled)]
+        if rolled.isFinal {
+            let change = readiness.finish(index, Self.outcome(rolled, instanceCounts[index]))
+            for released in change.released
+            where taskStates[released] == .submitted || taskStates[released] == .pending {
+                setTask(released, .runnable)
+                actions.append(.startTask(graph.tasks[released]))
+            }
+            for (blocked, reason) in change.blocked where !taskStates[blocked].isFinal {
+                setTask(blocked, .failed)
+                actions.append(.skipTask(graph.tasks[blocked], reason: reason))
+            }
         }
         return actions
+    }
+
+    private mutating func updateJobState() -> [Action] {
+        let next = Self.jobState(taskCounts)
+        guard next != state else { return [] }
+        state = next
+        return [.setJobState(next)]
+    }
+
+    static func outcome(_ state: ExecutionState, _ counts: StateCounts) -> DagReadiness.Outcome {
+        if state == .succeed { return .succeeded }
+        return counts[.succeed] > 0 ? .partlySucceeded : .failed
     }
 
     /// A job is final when every task is: `SUCCEED` when all succeeded, else `FAILED_INTERRUPTED` when a task
     /// kept a node for inspection, else `FAILED`. Otherwise it shows the most advanced state of a running task.
     public static func jobState(of taskStates: [ExecutionState]) -> ExecutionState {
-        guard !taskStates.isEmpty else { return .submitted }
-        if taskStates.allSatisfy(\.isFinal) {
-            if taskStates.allSatisfy({ $0 == .succeed }) { return .succeed }
-            return taskStates.contains(.failedInterrupted) ? .failedInterrupted : .failed
+        jobState(StateCounts(Dictionary(taskStates.map { ($0, 1) }, uniquingKeysWith: +)))
+    }
+
+    static func jobState(_ counts: StateCounts) -> ExecutionState {
+        let total = counts.total
+        guard total > 0 else { return .submitted }
+        if counts.finished == total {
+            if counts[.succeed] == total { return .succeed }
+            return counts[.failedInterrupted] > 0 ? .failedInterrupted : .failed
         }
-        if taskStates.contains(.running) { return .running }
-        if taskStates.contains(.starting) { return .starting }
-        if taskStates.contains(.runnable) { return .runnable }
-        // Tasks wait on predecessors that already finished, or all are pending.
-        return taskStates.contains(where: \.isFinal) ? .running : .pending
+        if counts[.running] > 0 { return .running }
+        if counts[.starting] > 0 { return .starting }
+        if counts[.runnable] > 0 { return .runnable }
+        // Tasks wait on predecessors that already finished, or all are still pending.
+        return counts.finished > 0 ? .running : (counts[.submitted] == total ? .submitted : .pending)
     }
 }

@@ -16,7 +16,7 @@ public struct ComputeEnvStore: Sendable {
     /// Throws ``APIError`` `LimitExceeded.ComputeEnvQuota` past the user's quota.
     public func create(user: UserID, spec: NamedComputeEnv, driver: String = "process") async throws -> EnvID {
         let envID = EnvID.generate()
-        let specJSON = String(decoding: try BatchJSON.encode(spec), as: UTF8.self)
+        let specSealed = try database.sealer.seal(try BatchJSON.encode(spec), context: "compute_envs.spec:\(envID)")
         let logger = database.logger
         let sealer = database.sealer
         try await database.transaction { connection in
@@ -31,9 +31,10 @@ public struct ComputeEnvStore: Sendable {
             }
             try await connection.query(
                 """
-                INSERT INTO compute_envs (env_id, user_id, name, description, env_type, driver, desired_node_count, spec)
+                INSERT INTO compute_envs (env_id, user_id, name, description, env_type, driver, desired_node_count,
+                    spec_sealed)
                 VALUES (\(envID.rawValue), \(user.rawValue), \(spec.envName), \(spec.envDescription),
-                    \(spec.envType ?? "MANAGED"), \(driver), \(spec.desiredComputeNodeCount), \(specJSON))
+                    \(spec.envType ?? "MANAGED"), \(driver), \(spec.desiredComputeNodeCount), \(specSealed))
                 """, logger: logger)
             try await Outbox.enqueue(
                 [

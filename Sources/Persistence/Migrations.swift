@@ -138,6 +138,13 @@ extension Migration {
                 """,
                 "CREATE INDEX outbox_due ON outbox (next_attempt_at, id)",
             ]
-        )
+        ),
+        Migration(
+            version: 2, name: "compute environment specs sealed",
+            statements: [
+                // Environment specs hold storage credentials and login passwords: sealed from now on.
+                "ALTER TABLE compute_envs RENAME COLUMN spec TO spec_sealed"
+            ]
+        ),
     ]
 }

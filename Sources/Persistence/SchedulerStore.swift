@@ -97,8 +97,7 @@ public struct SchedulerStore: Sendable {
             UPDATE tasks SET state = 'RUNNABLE', start_time = now()
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
-        let command =
-            spec.application.command ?? (spec.application.commands ?? []).map(\.command).joined(separator: "\n")
+        let command = spec.application?.script ?? ""
         return try (0..<count).map { index in
             try OutgoingMessage(
                 exchange: Topology.commandsExchange, routingKey: Topology.workRoutingKey(env: envID),

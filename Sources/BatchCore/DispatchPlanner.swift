@@ -1,0 +1,74 @@
+import Foundation
+
+/// Decides which runnable instances go to their environments now: higher job `Priority` first (then older jobs,
+/// then task and index order), no more than an environment's free slots, no more than a task's
+/// `MaxConcurrentNum`, none in retry back-off. Those left get a ``PendingReason``.
+public enum DispatchPlanner {
+    /// A task, by job and name.
+    public struct TaskKey: Sendable, Hashable {
+        public var job: JobID
+        public var task: String
+        public init(job: JobID, task: String) {
+            self.job = job
+            self.task = task
+        }
+    }
+
+    /// An instance that is `RUNNABLE` and not dispatched.
+    public struct Candidate: Sendable, Hashable {
+        public var task: TaskKey
+        public var index: Int
+        public var env: EnvID
+        public var priority: Int
+        public var submittedAt: Date
+        public var notBefore: Date?
+
+        public init(task: TaskKey, index: Int, env: EnvID, priority: Int, submittedAt: Date, notBefore: Date? = nil) {
+            self.task = task
+            self.index = index
+            self.env = env
+            self.priority = priority
+            self.submittedAt = submittedAt
+            self.notBefore = notBefore
+        }
+    }
+
+    public struct Plan: Sendable, Hashable {
+        public var dispatch: [Candidate] = []
+        public var waiting: [Candidate: PendingReason] = [:]
+    }
+
+    /// - Parameters:
+    ///   - freeSlots: slots free in each environment, not counting instances already dispatched and not started.
+    ///   - active: instances of each task dispatched, starting or running.
+    ///   - maxConcurrent: each task's `MaxConcurrentNum`, when it has one.
+    public static func plan(
+        _ candidates: [Candidate], freeSlots: [EnvID: Int], active: [TaskKey: Int], maxConcurrent: [TaskKey: Int],
+        now: Date
+    ) -> Plan {
+        var plan = Plan()
+        var free = freeSlots
+        var running = active
+        var queuedAhead: [EnvID: Int] = [:]
+        let ordered = candidates.sorted {
+            ($0.priority, $1.submittedAt, $1.task.job.rawValue, $1.task.task, $1.index)
+                > ($1.priority, $0.submittedAt, $0.task.job.rawValue, $0.task.task, $0.index)
+        }
+        for candidate in ordered {
+            if let notBefore = candidate.notBefore, now < notBefore {
+                plan.waiting[candidate] = .retryBackoff(until: notBefore)
+            } else if let limit = maxConcurrent[candidate.task], running[candidate.task, default: 0] >= limit {
+                plan.waiting[candidate] = .maxConcurrentReached(limit: limit)
+            } else if free[candidate.env, default: 0] <= 0 {
+                plan.waiting[candidate] = .noFreeNode(
+                    env: candidate.env, queuedAhead: queuedAhead[candidate.env, default: 0])
+                queuedAhead[candidate.env, default: 0] += 1
+            } else {
+                free[candidate.env, default: 0] -= 1
+                running[candidate.task, default: 0] += 1
+                plan.dispatch.append(candidate)
+            }
+        }
+        return plan
+    }
+}
