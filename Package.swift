@@ -137,6 +137,13 @@ let package = Package(
             dependencies: ["Messaging", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // Validates, orders and runs a 10,000-task DAG (Benchmarks/, results in docs/benchmarks.md).
+        .executableTarget(
+            name: "dag-bench",
+            dependencies: ["BatchCore"],
+            path: "Benchmarks/DagBenchmark",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "BatchCoreTests", dependencies: ["BatchCore"], swiftSettings: swiftSettings),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(

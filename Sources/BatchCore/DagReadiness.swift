@@ -47,6 +47,8 @@ public struct DagReadiness: Sendable, Hashable {
     public let rule: DependencyRule
     public private(set) var status: [Status]
     private var unsatisfied: [Int]
+    /// Successor visits made so far by ``finish(_:_:)``: the work readiness did, counted rather than timed.
+    public private(set) var visits = 0
 
     /// Every task waiting, except those without predecessors, which are ready.
     public init(graph: JobGraph, rule: DependencyRule) {
@@ -78,6 +80,7 @@ public struct DagReadiness: Sendable, Hashable {
         var change = Change()
         if accepts(outcome) {
             for successor in graph.successorIndices[task] {
+                visits += 1
                 unsatisfied[successor] -= 1
                 if unsatisfied[successor] == 0, status[successor] == .waiting {
                     status[successor] = .ready
@@ -95,6 +98,7 @@ public struct DagReadiness: Sendable, Hashable {
         var stack = [(graph.successorIndices[task], reason)]
         while var (successors, reason) = stack.popLast() {
             while let successor = successors.popLast() {
+                visits += 1
                 switch status[successor] {
                 case .waiting, .ready:
                     status[successor] = .blocked(reason: reason)

@@ -10,7 +10,9 @@ public struct ExitCodePattern: Sendable, Hashable {
             codes = Int.min...Int.max
             return
         }
-        let bounds = text.split(separator: "-", maxSplits: 1).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        let bounds = text.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false).map {
+            Int($0.trimmingCharacters(in: .whitespaces))
+        }
         switch bounds.count {
         case 1:
             guard let code = bounds[0], (0...255).contains(code) else { return nil }

@@ -5,12 +5,13 @@ import PostgresNIO
 
 /// Compute environments and their nodes, scoped to their owner.
 public struct ComputeEnvStore: Sendable {
-    /// Per-user limit on compute environments.
-    public static let quota = 10
-
     let database: Database
+    let quotas: Quotas
 
-    public init(database: Database) { self.database = database }
+    public init(database: Database, quotas: Quotas = Quotas()) {
+        self.database = database
+        self.quotas = quotas
+    }
 
     /// Creates a named environment and, in the same transaction, the `env.created` event.
     /// Throws ``APIError`` `LimitExceeded.ComputeEnvQuota` past the user's quota.
@@ -26,9 +27,7 @@ public struct ComputeEnvStore: Sendable {
                 try await connection.query(
                     "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue)", logger: logger
                 ).decode(Int.self).first { _ in true } ?? 0
-            guard count < Self.quota else {
-                throw APIError(.computeEnvQuota, "at most \(Self.quota) compute environments per user")
-            }
+            if let violation = quotas.check(.computeEnvs, current: count) { throw violation.apiError }
             try await connection.query(
                 """
                 INSERT INTO compute_envs (env_id, user_id, name, description, env_type, driver, desired_node_count,

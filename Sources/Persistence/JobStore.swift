@@ -5,12 +5,13 @@ import PostgresNIO
 
 /// Jobs as the API sees them: submission and reads, scoped to their owner.
 public struct JobStore: Sendable {
-    /// Per-user limit on jobs kept (not deleted).
-    public static let quota = 1000
-
     let database: Database
+    let quotas: Quotas
 
-    public init(database: Database) { self.database = database }
+    public init(database: Database, quotas: Quotas = Quotas()) {
+        self.database = database
+        self.quotas = quotas
+    }
 
     /// Writes a validated job, its tasks and the `job.submitted` event in one transaction.
     ///
@@ -36,9 +37,7 @@ public struct JobStore: Sendable {
                 try await connection.query(
                     "SELECT count(*) FROM jobs WHERE user_id = \(user.rawValue)", logger: logger
                 ).decode(Int.self).first { _ in true } ?? 0
-            guard count < Self.quota else {
-                throw APIError(.jobQuota, "at most \(Self.quota) jobs per user; delete finished jobs first")
-            }
+            if let violation = quotas.check(.jobs, current: count) { throw violation.apiError }
             let named = Set(spec.tasks.compactMap { $0.envId.map(EnvID.init(rawValue:)) })
             let owned = try await envs.owned(named, user: user, on: connection)
             for (index, task) in spec.tasks.enumerated() {

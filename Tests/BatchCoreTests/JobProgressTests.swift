@@ -85,3 +85,92 @@ struct JobProgressTests {
         #expect(final.advance() == [.setTaskState("merge", .succeed), .setJobState(.succeed)])
     }
 }
+
+@Suite("Job progress: termination and RetryJobs")
+struct JobTerminationTests {
+    let pipeline = JobGraph(
+        tasks: ["split", "align", "merge"],
+        dependences: [
+            Dependence(startTask: "split", endTask: "align"), Dependence(startTask: "align", endTask: "merge"),
+        ])
+
+    @Test("terminating a job fails the tasks not started; the running one ends with its instances")
+    func terminate() {
+        var job = JobProgress(
+            state: .running,
+            tasks: [
+                .init(name: "split", state: .running, instances: StateCounts([.running: 2])),
+                .init(name: "align", state: .pending), .init(name: "merge", state: .pending),
+            ], graph: pipeline, rule: .preTaskSucceed)
+        #expect(
+            job.terminate(reason: "terminated by user") == [
+                .skipTask("align", reason: "terminated by user"), .skipTask("merge", reason: "terminated by user"),
+            ])
+        #expect(job.state == .running)
+        #expect(
+            job.instancesChanged(task: "split", counts: StateCounts([.failed: 2])) == [
+                .setTaskState("split", .failed), .setJobState(.failed),
+            ])
+    }
+
+    @Test("RetryJobs runs again only what did not succeed, in DAG order")
+    func retry() {
+        var job = JobProgress(
+            state: .failed,
+            tasks: [
+                .init(name: "split", state: .succeed, instances: StateCounts([.succeed: 1])),
+                .init(name: "align", state: .failed, instances: StateCounts([.succeed: 18, .failed: 2])),
+                .init(name: "merge", state: .failed),
+            ], graph: pipeline, rule: .preTaskSucceed)
+        let actions = job.retry()
+        #expect(
+            actions == [
+                .setTaskState("align", .pending), .setTaskState("merge", .pending), .setJobState(.pending),
+                .startTask("align"), .setJobState(.runnable),
+            ])
+        #expect(job.task("align")?.instances == StateCounts([.succeed: 18]))
+        #expect(job.task("split")?.state == .succeed)
+    }
+
+    @Test("only a failed job can be retried")
+    func retryNeedsFailure() {
+        var job = JobProgress(
+            state: .succeed, tasks: pipeline.tasks.map { .init(name: $0, state: .succeed) }, graph: pipeline,
+            rule: .preTaskSucceed)
+        #expect(job.retry().isEmpty)
+    }
+}
+
+@Suite("Readiness cost")
+struct ReadinessCostTests {
+    /// A diamond (`a` → `b`, `c` → `d`) beside `others` unrelated tasks.
+    func diamond(beside others: Int) -> JobGraph {
+        JobGraph(
+            tasks: ["a", "b", "c", "d"] + (0..<others).map { "x\($0)" },
+            dependences: [
+                Dependence(startTask: "a", endTask: "b"), Dependence(startTask: "a", endTask: "c"),
+                Dependence(startTask: "b", endTask: "d"), Dependence(startTask: "c", endTask: "d"),
+            ])
+    }
+
+    @Test("finishing a task visits its successors only, however large the job", arguments: [0, 10, 10_000])
+    func visitsOnlySuccessors(others: Int) {
+        var progress = JobProgress(graph: diamond(beside: others), rule: .preTaskSucceed)
+        _ = progress.advance()
+        let done = StateCounts([.succeed: 1])
+        #expect(progress.instancesChanged(task: "a", counts: done).contains(.startTask("b")))
+        #expect(progress.readiness.visits == 2)
+        _ = progress.instancesChanged(task: "b", counts: done)
+        #expect(progress.readiness.visits == 3)
+    }
+
+    @Test("a failure blocks exactly the tasks below it")
+    func failureVisitsItsCone() {
+        var progress = JobProgress(graph: diamond(beside: 1000), rule: .preTaskSucceed)
+        _ = progress.advance()
+        let actions = progress.instancesChanged(task: "a", counts: StateCounts([.failed: 1]))
+        #expect(
+            Set(actions.compactMap { if case .skipTask(let name, _) = $0 { name } else { nil } }) == ["b", "c", "d"])
+        #expect(progress.readiness.visits <= 4)
+    }
+}
