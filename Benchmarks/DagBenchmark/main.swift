@@ -14,18 +14,6 @@ func option(_ name: String, default fallback: Int) -> Int {
     return value
 }
 
-/// SplitMix64, so every run measures the same graph.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
@@ -37,7 +25,7 @@ func measure<T>(_ body: () throws -> T) rethrows -> (T, Double) {
 }
 
 func run(tasks taskCount: Int, edges edgeCount: Int) throws {
-    var random = SeededRandom(state: 42)
+    var random = SeededRandomNumberGenerator(seed: 42)  // every run measures the same graph
     let names = (0..<taskCount).map { "task-\($0)" }
     let order = Array(0..<taskCount).shuffled(using: &random)
     var dependences: [Dependence] = []

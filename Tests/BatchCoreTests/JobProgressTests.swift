@@ -2,13 +2,13 @@ import Testing
 
 @testable import BatchCore
 
+/// split → align → merge.
+let pipeline = JobGraph(
+    tasks: ["split", "align", "merge"],
+    dependences: [Dependence(startTask: "split", endTask: "align"), Dependence(startTask: "align", endTask: "merge")])
+
 @Suite("Job progress: DAG readiness and state roll-up")
 struct JobProgressTests {
-    let pipeline = JobGraph(
-        tasks: ["split", "align", "merge"],
-        dependences: [
-            Dependence(startTask: "split", endTask: "align"), Dependence(startTask: "align", endTask: "merge"),
-        ])
 
     func progress(
         _ states: [String: ExecutionState], rule: DependencyRule = .preTaskSucceed, job: ExecutionState = .submitted
@@ -88,11 +88,6 @@ struct JobProgressTests {
 
 @Suite("Job progress: termination and RetryJobs")
 struct JobTerminationTests {
-    let pipeline = JobGraph(
-        tasks: ["split", "align", "merge"],
-        dependences: [
-            Dependence(startTask: "split", endTask: "align"), Dependence(startTask: "align", endTask: "merge"),
-        ])
 
     @Test("terminating a job fails the tasks not started; the running one ends with its instances")
     func terminate() {

@@ -1,19 +1,6 @@
 @testable import BatchCore
 
-/// SplitMix64: a small, fast generator whose sequence a seed fixes, so a failing case can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+typealias SeededRandom = SeededRandomNumberGenerator
 
 /// Random DAGs: edges only from a lower to a higher position in a random permutation, so there is no cycle.
 enum RandomDAG {
