@@ -1,8 +1,12 @@
 import ArgumentParser
+import BatchCore
 import BatchRuntime
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import Messaging
+import NIOSSL
 import Persistence
 import ServiceLifecycle
 
@@ -12,16 +16,46 @@ import ServiceLifecycle
 struct APIGateway: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "APIGateway",
-        abstract: "Serve the Batch API.",
-        discussion: "Example: BATCH_MASTER_KEY=k1:$(head -c 32 /dev/urandom | base64) APIGateway --port 8080")
+        abstract: "Serve the Batch API over HTTPS (or plain HTTP for local development).",
+        discussion: """
+            Example: APIGateway --tls-certificate cert.pem --tls-key key.pem --port 8443
+                     APIGateway --insecure-http --port 8080
+            """)
 
-    /// Address to listen on. Default `BATCH_GATEWAY_HOST` or 127.0.0.1.
     @Option(help: "Address to listen on (BATCH_GATEWAY_HOST, default 127.0.0.1).")
     var host: String = Environment.value("BATCH_GATEWAY_HOST", default: "127.0.0.1")
 
-    /// Port to listen on. Default `BATCH_GATEWAY_PORT` or 8080.
     @Option(help: "Port to listen on (BATCH_GATEWAY_PORT, default 8080).")
     var port: Int = Environment.int("BATCH_GATEWAY_PORT", default: 8080)
+
+    @Option(name: .customLong("tls-certificate"), help: "PEM certificate chain for HTTPS (BATCH_TLS_CERTIFICATE).")
+    var tlsCertificateOption: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key for HTTPS (BATCH_TLS_KEY).")
+    var tlsKeyOption: String?
+
+    var tlsCertificate: String? { tlsCertificateOption ?? Environment.value("BATCH_TLS_CERTIFICATE") }
+    var tlsKey: String? { tlsKeyOption ?? Environment.value("BATCH_TLS_KEY") }
+
+    @Flag(name: .customLong("insecure-http"), help: "Serve plain HTTP, for local development (BATCH_INSECURE_HTTP=1).")
+    var insecureHTTPFlag = false
+
+    var insecureHTTP: Bool { insecureHTTPFlag || Environment.value("BATCH_INSECURE_HTTP") == "1" }
+
+    @Option(help: "Largest request body in bytes (BATCH_MAX_BODY_SIZE, default 1 MiB).")
+    var maxBodySize: Int = Environment.int("BATCH_MAX_BODY_SIZE", default: 1 << 20)
+
+    @Option(help: "Zone reported for jobs and environments that name none (BATCH_ZONE, default local).")
+    var zone: String = Environment.value("BATCH_ZONE", default: "local")
+
+    @Option(help: "Jobs a user may keep (BATCH_QUOTA_JOBS, default 1000).")
+    var quotaJobs: Int = Environment.int("BATCH_QUOTA_JOBS", default: 1000)
+
+    @Option(help: "Task templates a user may keep (BATCH_QUOTA_TEMPLATES, default 50).")
+    var quotaTemplates: Int = Environment.int("BATCH_QUOTA_TEMPLATES", default: 50)
+
+    @Option(help: "Compute environments a user may keep (BATCH_QUOTA_ENVS, default 10).")
+    var quotaEnvs: Int = Environment.int("BATCH_QUOTA_ENVS", default: 10)
 
     @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
     var amqpURL: String = Environment.amqpURL
@@ -31,20 +65,38 @@ struct APIGateway: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "gateway")
+        let server: HTTPServerBuilder
+        do {
+            server = try makeServer()
+        } catch {
+            exitWithError("APIGateway", error)
+        }
+        var quotas = Quotas()
+        quotas.jobsPerUser = quotaJobs
+        quotas.taskTemplatesPerUser = quotaTemplates
+        quotas.computeEnvsPerUser = quotaEnvs
         let bootstrap = ServiceBootstrap(
             service: "APIGateway", databaseURL: databaseURL, amqpURL: amqpURL, topology: .base, logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
-            let api = BatchAPI(database: database, logger: logger)
+            let api = BatchAPI(
+                database: database, quotas: quotas, zone: zone, maxBodySize: maxBodySize, logger: logger)
             let router = Router()
             router.post("/") { request, context in try await api.respond(to: request, context: context) }
-            Observability.addOperationalRoutes(to: router) { amqp.isConnected }
+            Observability.addOperationalRoutes(to: router) {
+                guard amqp.isConnected else { return false }
+                return (try? await database.client.query("SELECT 1")) != nil
+            }
             let app = Application(
-                router: router,
+                router: router, server: server,
                 configuration: .init(address: .hostname(host, port: port), serverName: "batch-gateway"),
                 onServerRunning: { channel in
                     logger.info(
-                        "gateway listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+                        "gateway listening",
+                        metadata: [
+                            "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                            "tls": "\(tlsCertificate != nil)",
+                        ])
                 },
                 logger: logger)
             let services = ServiceGroup(
@@ -52,6 +104,25 @@ struct APIGateway: AsyncParsableCommand {
                     services: [amqp, OutboxRelay(database: database, amqp: amqp, logger: logger), app],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await services.run()
+        }
+    }
+
+    /// HTTPS with the given certificate and key; plain HTTP only with `--insecure-http`.
+    func makeServer() throws -> HTTPServerBuilder {
+        switch (tlsCertificate, tlsKey) {
+        case (let certificate?, let key?):
+            let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
+            let configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+            return try .tls(.http1(), tlsConfiguration: configuration)
+        case (nil, nil) where insecureHTTP:
+            return .http1()
+        case (nil, nil):
+            throw StartupError(
+                "give --tls-certificate and --tls-key (BATCH_TLS_CERTIFICATE, BATCH_TLS_KEY), or --insecure-http for "
+                    + "local development")
+        default:
+            throw StartupError("give both --tls-certificate and --tls-key")
         }
     }
 }

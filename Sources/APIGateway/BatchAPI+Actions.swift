@@ -4,151 +4,70 @@ import Logging
 import Persistence
 
 extension BatchAPI {
-    /// Runs one action for `user` and returns what goes inside `Response`.
-    func perform(action: String, body: [UInt8], user: UserID, logger: Logger) async throws -> any Encodable & Sendable {
-        switch action {
-        case "SubmitJob":
-            return try await submitJob(try decode(SubmitJobRequest.self, body), user: user, logger: logger)
-        case "DescribeJob": return try await describeJob(try decode(DescribeJobRequest.self, body), user: user)
-        case "DescribeTask": return try await describeTask(try decode(DescribeTaskRequest.self, body), user: user)
-        case "CreateComputeEnv":
-            return try await createComputeEnv(try decode(CreateComputeEnvRequest.self, body), user: user)
-        case "DescribeComputeEnv":
-            return try await describeComputeEnv(try decode(DescribeComputeEnvRequest.self, body), user: user)
-        case "":
-            throw APIError(.missingParameter, "the X-TC-Action header is missing")
-        default:
+    /// Every action the gateway serves, by name.
+    static let actions: [String: @Sendable (BatchAPI, ActionContext) async throws -> any Encodable & Sendable] = [
+        // Jobs
+        "SubmitJob": { try await $0.submitJob($1) },
+        "DescribeJob": { try await $0.describeJob($1) },
+        "DescribeJobs": { try await $0.describeJobs($1) },
+        "DescribeJobSubmitInfo": { try await $0.describeJobSubmitInfo($1) },
+        "DescribeTask": { try await $0.describeTask($1) },
+        "DescribeTaskLogs": { try await $0.describeTaskLogs($1) },
+        "TerminateJob": { try await $0.terminateJob($1) },
+        "TerminateTaskInstance": { try await $0.terminateTaskInstance($1) },
+        "DeleteJob": { try await $0.deleteJob($1) },
+        "RetryJobs": { try await $0.retryJobs($1) },
+        "DescribeJobMonitorData": { try await $0.describeJobMonitorData($1) },
+        // Task templates
+        "CreateTaskTemplate": { try await $0.createTaskTemplate($1) },
+        "DescribeTaskTemplates": { try await $0.describeTaskTemplates($1) },
+        "ModifyTaskTemplate": { try await $0.modifyTaskTemplate($1) },
+        "DeleteTaskTemplates": { try await $0.deleteTaskTemplates($1) },
+        // Compute environments
+        "CreateComputeEnv": { try await $0.createComputeEnv($1) },
+        "DescribeComputeEnv": { try await $0.describeComputeEnv($1) },
+        "DescribeComputeEnvs": { try await $0.describeComputeEnvs($1) },
+        "ModifyComputeEnv": { try await $0.modifyComputeEnv($1) },
+        "DeleteComputeEnv": { try await $0.deleteComputeEnv($1) },
+        "DescribeComputeEnvActivities": { try await $0.describeComputeEnvActivities($1) },
+        "DescribeComputeEnvCreateInfo": { try await $0.describeComputeEnvCreateInfo($1) },
+        "DescribeComputeEnvCreateInfos": { try await $0.describeComputeEnvCreateInfos($1) },
+        "TerminateComputeNode": { try await $0.terminateComputeNode($1) },
+        "TerminateComputeNodes": { try await $0.terminateComputeNodes($1) },
+        "AttachInstances": { try await $0.attachInstances($1) },
+        "DetachInstances": { try await $0.detachInstances($1) },
+        // What this installation offers
+        "DescribeAvailableCvmInstanceTypes": { try await $0.describeAvailableCvmInstanceTypes($1) },
+        "DescribeCvmZoneInstanceConfigInfos": { try await $0.describeCvmZoneInstanceConfigInfos($1) },
+        "DescribeInstanceCategories": { try await $0.describeInstanceCategories($1) },
+    ]
+
+    /// Runs one action for the caller and returns what goes inside `Response`.
+    func perform(action: String, context: ActionContext) async throws -> any Encodable & Sendable {
+        guard !action.isEmpty else { throw APIError(.missingParameter, "the X-TC-Action header is missing") }
+        guard let handler = Self.actions[action] else {
             throw APIError(.invalidAction, "action \(action.prefix(64)) is not supported")
         }
-    }
-
-    // MARK: Jobs
-
-    struct SubmitJobRequest: Decodable {
-        var job: JobSpec
-        var clientToken: String?
-    }
-
-    struct SubmitJobResponse: Encodable, Sendable {
-        var jobId: JobID
-    }
-
-    func submitJob(_ request: SubmitJobRequest, user: UserID, logger: Logger) async throws -> SubmitJobResponse {
-        let problems = request.job.validate()
-        guard problems.isEmpty else { throw APIError(problems: problems) }
-        if let index = request.job.tasks.firstIndex(where: { $0.computeEnv != nil }) {
-            throw APIError(
-                "UnsupportedOperation",
-                "Job.Tasks[\(index)].ComputeEnv: anonymous compute environments are not supported yet; give an EnvId")
-        }
-        if let token = request.clientToken, token.count > 64 || !token.allSatisfy(\.isASCII) {
-            throw APIError(.invalidParameterValue, "ClientToken: at most 64 ASCII characters")
-        }
-        let jobID = try await jobs.submit(user: user, spec: request.job, clientToken: request.clientToken)
-        logger.info("job submitted", metadata: ["job.id": "\(jobID)"])
-        return SubmitJobResponse(jobId: jobID)
-    }
-
-    struct DescribeJobRequest: Decodable {
-        var jobId: String
-    }
-
-    func describeJob(_ request: DescribeJobRequest, user: UserID) async throws -> JobView {
-        let jobID = try parseJobID(request.jobId)
-        guard let view = try await jobs.view(jobID, user: user) else {
-            throw APIError(.jobNotFound, "JobId: no job \(jobID)")
-        }
-        return view
-    }
-
-    struct DescribeTaskRequest: Decodable {
-        var jobId: String
-        var taskName: String
-        var offset: Int?
-        var limit: Int?
-    }
-
-    struct DescribeTaskResponse: Encodable, Sendable {
-        var jobId: JobID
-        var taskName: String
-        var taskState: ExecutionState
-        var taskInstanceTotalCount: Int
-        var taskInstanceSet: [TaskInstanceView]
-    }
-
-    func describeTask(_ request: DescribeTaskRequest, user: UserID) async throws -> DescribeTaskResponse {
-        let jobID = try parseJobID(request.jobId)
-        let offset = request.offset ?? 0
-        let limit = request.limit ?? 100
-        guard offset >= 0 else { throw APIError(.invalidParameterValue, "Offset must not be negative") }
-        guard (1...1000).contains(limit) else { throw APIError(.invalidParameterValue, "Limit must be 1 to 1000") }
-        guard
-            let task = try await jobs.instances(
-                of: jobID, task: request.taskName, user: user, offset: offset, limit: limit)
-        else {
-            throw APIError("ResourceNotFound.Task", "TaskName: job \(jobID) has no task \(request.taskName.prefix(60))")
-        }
-        return DescribeTaskResponse(
-            jobId: jobID, taskName: request.taskName, taskState: task.state, taskInstanceTotalCount: task.total,
-            taskInstanceSet: task.instances)
-    }
-
-    // MARK: Compute environments
-
-    struct CreateComputeEnvRequest: Decodable {
-        var computeEnv: NamedComputeEnv
-    }
-
-    struct CreateComputeEnvResponse: Encodable, Sendable {
-        var envId: EnvID
-    }
-
-    func createComputeEnv(_ request: CreateComputeEnvRequest, user: UserID) async throws -> CreateComputeEnvResponse {
-        let problems = request.computeEnv.validate()
-        guard problems.isEmpty else { throw APIError(problems: problems) }
-        return CreateComputeEnvResponse(envId: try await envs.create(user: user, spec: request.computeEnv))
-    }
-
-    struct DescribeComputeEnvRequest: Decodable {
-        var envId: String
-    }
-
-    func describeComputeEnv(_ request: DescribeComputeEnvRequest, user: UserID) async throws -> ComputeEnvView {
-        guard let envID = EnvID(validating: request.envId) else {
-            throw APIError(.envIdMalformed, "EnvId: not an environment id (env-…)")
-        }
-        guard let view = try await envs.view(envID, user: user) else {
-            throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
-        }
-        return view
-    }
-
-    // MARK: Helpers
-
-    func parseJobID(_ string: String) throws -> JobID {
-        guard let jobID = JobID(validating: string) else {
-            throw APIError(.jobIdMalformed, "JobId: not a job id (job-…)")
-        }
-        return jobID
+        return try await handler(self, context)
     }
 
     /// Decodes a request body; a wrong type or a missing field becomes `InvalidParameter` naming the field.
-    func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8]) throws -> T {
+    static func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8]) throws -> T {
         do {
             return try BatchJSON.decode(type, from: body.isEmpty ? Array("{}".utf8) : body)
         } catch let DecodingError.keyNotFound(key, context) {
-            throw APIError(.missingParameter, "\(Self.fieldPath(context.codingPath + [key])): required")
+            throw APIError(.missingParameter, "\(fieldPath(context.codingPath + [key])): required")
         } catch let DecodingError.typeMismatch(expected, context) {
-            throw APIError(
-                .invalidParameter, "\(Self.fieldPath(context.codingPath)): expected \(Self.describe(expected))")
+            throw APIError(.invalidParameter, "\(fieldPath(context.codingPath)): expected \(describe(expected))")
         } catch let DecodingError.valueNotFound(expected, context) {
             throw APIError(
-                .invalidParameter,
-                "\(Self.fieldPath(context.codingPath)): expected \(Self.describe(expected)), got null")
+                .invalidParameter, "\(fieldPath(context.codingPath)): expected \(describe(expected)), got null")
         } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
-            throw APIError(.invalidParameter, "the request body is not valid JSON")
+            throw APIError(.invalidParameter, "the request body is not a valid JSON object")
         } catch DecodingError.dataCorrupted(let context) {
-            throw APIError(.invalidParameterValue, "\(Self.fieldPath(context.codingPath)): invalid value")
+            throw APIError(.invalidParameterValue, "\(fieldPath(context.codingPath)): invalid value")
+        } catch {
+            throw APIError(.invalidParameter, "the request body is not a valid JSON object")
         }
     }
 
@@ -171,8 +90,66 @@ extension BatchAPI {
         case is String.Type: "a string"
         case is Int.Type: "an integer"
         case is Bool.Type: "a boolean"
+        case is Double.Type: "a number"
         case is [Any].Type: "an array"
         default: "an object"
         }
     }
+
+    static func jobID(_ string: String, field: String = "JobId") throws -> JobID {
+        guard let id = JobID(validating: string) else {
+            throw APIError(.jobIdMalformed, "\(field): not a job id (job-…)")
+        }
+        return id
+    }
+
+    static func envID(_ string: String, field: String = "EnvId") throws -> EnvID {
+        guard let id = EnvID(validating: string) else {
+            throw APIError(.envIdMalformed, "\(field): not an environment id (env-…)")
+        }
+        return id
+    }
+
+    static func templateID(_ string: String, field: String) throws -> TaskTemplateID {
+        guard let id = TaskTemplateID(validating: string) else {
+            throw APIError(.taskTemplateIdMalformed, "\(field): not a task template id (tmpl-…)")
+        }
+        return id
+    }
+
+    static func nodeID(_ string: String, field: String) throws -> NodeID {
+        guard let id = NodeID(validating: string) else {
+            throw APIError(.computeNodeIdMalformed, "\(field): not a compute node id (node-…)")
+        }
+        return id
+    }
+
+    /// A list of ids, 1 to `maximum` of them, without repeats.
+    static func ids<ID>(_ strings: [String], field: String, maximum: Int = 100, parse: (String, String) throws -> ID)
+        throws -> [ID]
+    {
+        guard !strings.isEmpty else { throw APIError(.missingParameter, "\(field): give at least one") }
+        guard strings.count <= maximum else { throw APIError(.limitExceededValue, "\(field): at most \(maximum)") }
+        guard Set(strings).count == strings.count else {
+            throw APIError(.invalidParameterValue, "\(field): has repeats")
+        }
+        return try strings.enumerated().map { try parse($1, "\(field)[\($0)]") }
+    }
+}
+
+/// What an action gets: the caller, the body and a logger carrying the request id.
+struct ActionContext: Sendable {
+    var user: UserID
+    var body: [UInt8]
+    var logger: Logger
+
+    func decode<T: Decodable>(_ type: T.Type) throws -> T { try BatchAPI.decode(type, body) }
+}
+
+/// A response with nothing but `RequestId`.
+struct EmptyResponse: Encodable, Sendable {}
+
+/// `Placement` of a request: only `Zone` is used.
+struct PlacementRequest: Decodable {
+    var zone: String?
 }

@@ -3,7 +3,9 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import Metrics
 import Persistence
+import Synchronization
 
 /// Tencent Cloud Batch API 3.0 over HTTP: authenticates a request, runs its action and wraps the answer in
 /// `{"Response": {…, "RequestId": …}}`.
@@ -13,56 +15,91 @@ import Persistence
 /// before the API layer (a body over the size limit) get a 4xx.
 struct BatchAPI: Sendable {
     static let version = "2017-03-12"
-    static let maxBodySize = 1 << 20
     /// How far `X-TC-Timestamp` may be from the server's clock.
     static let clockSkew = 300
 
     let database: Database
     let logger: Logger
-    let users: UserStore
+    let credentials: CredentialCache
     let jobs: JobStore
     let envs: ComputeEnvStore
+    let templates: TemplateStore
+    /// The zone jobs and environments are placed in when a request names none.
+    let zone: String
+    let catalog: NodeCatalog
+    let maxBodySize: Int
 
-    init(database: Database, logger: Logger) {
+    init(database: Database, quotas: Quotas, zone: String, maxBodySize: Int, logger: Logger) {
         self.database = database
         self.logger = logger
-        self.users = UserStore(database: database)
-        self.jobs = JobStore(database: database)
-        self.envs = ComputeEnvStore(database: database)
+        self.credentials = CredentialCache(users: UserStore(database: database))
+        self.jobs = JobStore(database: database, quotas: quotas)
+        self.envs = ComputeEnvStore(database: database, quotas: quotas)
+        self.templates = TemplateStore(database: database, quotas: quotas)
+        self.zone = zone
+        self.catalog = NodeCatalog(zone: zone)
+        self.maxBodySize = maxBodySize
     }
 
     func respond(to request: Request, context: some RequestContext) async throws -> Response {
+        let start = ContinuousClock.now
         let requestID = UUID().uuidString.lowercased()
         let action = request.headers[.tcAction] ?? ""
+        let metricAction = Self.actions[action] == nil ? "unknown" : action
         var logger = self.logger
         logger[metadataKey: "request.id"] = "\(requestID)"
-        logger[metadataKey: "api.action"] = "\(action)"
-        let body: ByteBuffer
+        logger[metadataKey: "api.action"] = "\(action.prefix(64))"
+        let response: Response
+        var outcome = "ok"
         do {
-            body = try await request.body.collect(upTo: Self.maxBodySize)
-        } catch {
-            return Self.errorResponse(
-                APIError(.requestSizeLimitExceeded, "the request body is larger than \(Self.maxBodySize) bytes"),
-                requestID: requestID, status: .contentTooLarge)
-        }
-        do {
+            // Refuse an oversized body before reading it, by its declared length, and while reading it otherwise.
+            if let length = request.headers[.contentLength].flatMap(Int.init), length > maxBodySize {
+                throw BodyTooLarge()
+            }
+            let body = try await request.body.collect(upTo: maxBodySize)
             let bytes = Array(body.readableBytesView)
             let user = try await authenticate(request, body: bytes)
             logger[metadataKey: "user.id"] = "\(user)"
             guard request.headers[.tcVersion] == Self.version else {
                 throw APIError(.invalidParameterValue, "X-TC-Version must be \(Self.version)")
             }
-            let payload = try await perform(action: action, body: bytes, user: user, logger: logger)
-            return Self.jsonResponse(payload, requestID: requestID)
+            let payload = try await perform(
+                action: action, context: ActionContext(user: user, body: bytes, logger: logger))
+            response = Self.jsonResponse(payload, requestID: requestID)
+        } catch is BodyTooLarge {
+            outcome = APIError.Code.requestSizeLimitExceeded.rawValue
+            response = Self.errorResponse(
+                APIError(.requestSizeLimitExceeded, "the request body is larger than \(maxBodySize) bytes"),
+                requestID: requestID, status: .contentTooLarge)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            outcome = APIError.Code.requestSizeLimitExceeded.rawValue
+            response = Self.errorResponse(
+                APIError(.requestSizeLimitExceeded, "the request body is larger than \(maxBodySize) bytes"),
+                requestID: requestID, status: .contentTooLarge)
         } catch let error as APIError {
+            outcome = error.code.rawValue
             logger.info("request refused", metadata: ["error.code": "\(error.code.rawValue)"])
-            return Self.errorResponse(error, requestID: requestID)
+            response = Self.errorResponse(error, requestID: requestID)
+        } catch let error as Quotas.Violation {
+            outcome = error.code.rawValue
+            response = Self.errorResponse(error.apiError, requestID: requestID)
         } catch {
+            outcome = APIError.Code.internalError.rawValue
             logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
-            return Self.errorResponse(
+            response = Self.errorResponse(
                 APIError(.internalError, "internal error; quote request id \(requestID)"), requestID: requestID)
         }
+        let outcomeClass = outcome == "ok" ? "ok" : String(outcome.prefix { $0 != "." })
+        Counter(label: "batch.api.requests", dimensions: [("action", metricAction), ("outcome", outcomeClass)])
+            .increment()
+        Timer(label: "batch.api.request.duration", dimensions: [("action", metricAction)])
+            .recordNanoseconds(
+                (ContinuousClock.now - start).components.attoseconds / 1_000_000_000
+                    + (ContinuousClock.now - start).components.seconds * 1_000_000_000)
+        return response
     }
+
+    struct BodyTooLarge: Error {}
 
     // MARK: Authentication
 
@@ -90,7 +127,8 @@ struct BatchAPI: Sendable {
         guard authorization.signedHeaders.contains("content-type"), authorization.signedHeaders.contains("host") else {
             throw APIError(.signatureFailure, "SignedHeaders must include content-type and host")
         }
-        guard let credential = try await users.credential(secretID: authorization.secretID), !credential.disabled else {
+        guard let credential = try await credentials.credential(secretID: authorization.secretID), !credential.disabled
+        else {
             throw APIError(.secretIdNotFound, "the SecretId is unknown or disabled")
         }
         var headers: [String: String] = [:]
@@ -163,4 +201,28 @@ extension HTTPField.Name {
     static let tcVersion = Self("X-TC-Version")!
     static let tcTimestamp = Self("X-TC-Timestamp")!
     static let tcRegion = Self("X-TC-Region")!
+}
+
+/// Key pairs looked up by SecretId, kept for a few seconds so that a burst of requests costs one query; a
+/// disabled user is refused within ``ttl``.
+final class CredentialCache: Sendable {
+    let users: UserStore
+    let ttl: Duration
+    private let entries = Mutex<[String: (UserStore.Credential?, ContinuousClock.Instant)]>([:])
+
+    init(users: UserStore, ttl: Duration = .seconds(5)) {
+        self.users = users
+        self.ttl = ttl
+    }
+
+    func credential(secretID: String) async throws -> UserStore.Credential? {
+        let now = ContinuousClock.now
+        if let (credential, expiry) = entries.withLock({ $0[secretID] }), now < expiry { return credential }
+        let credential = try await users.credential(secretID: secretID)
+        entries.withLock { entries in
+            if entries.count > 10_000 { entries.removeAll() }
+            entries[secretID] = (credential, now + ttl)
+        }
+        return credential
+    }
 }

@@ -1,6 +1,8 @@
 import Foundation
 
-/// Counts of instances (or tasks) per state, as the API shows them (`TaskInstanceMetrics`, `TaskMetrics`).
+// What the Describe actions return, with the API's field names.
+
+/// Counts of instances (or tasks) per state (`TaskInstanceMetrics`, `TaskMetrics`).
 public struct StateMetrics: Codable, Sendable, Hashable {
     public var submittedCount = 0
     public var pendingCount = 0
@@ -23,12 +25,19 @@ public struct StateMetrics: Codable, Sendable, Hashable {
     }
 }
 
+/// Where a job or environment is (`Placement`); here the installation's zone.
+public struct PlacementView: Codable, Sendable, Hashable {
+    public var zone: String?
+    public init(zone: String?) { self.zone = zone }
+}
+
 /// One task in `DescribeJob`'s `TaskSet`.
 public struct TaskView: Codable, Sendable, Hashable {
     public var taskName: String
     public var taskState: ExecutionState
     public var createTime: Date
     public var endTime: Date?
+    /// Ours: why the task is in its state (blocked by a predecessor, terminated).
     public var stateReason: String?
 
     public init(taskName: String, taskState: ExecutionState, createTime: Date, endTime: Date?, stateReason: String?) {
@@ -49,8 +58,9 @@ public struct TaskInstanceView: Codable, Sendable, Hashable {
     public var computeNodeInstanceId: String?
     public var createTime: Date
     public var launchTime: Date?
+    public var runningTime: Date?
     public var endTime: Date?
-    /// Attempts so far (ours): 1 for the first run, +1 per retry.
+    /// Ours: attempts so far: 1 for the first run, +1 per retry.
     public var attempt: Int
 
     public init(
@@ -64,8 +74,22 @@ public struct TaskInstanceView: Codable, Sendable, Hashable {
         self.computeNodeInstanceId = computeNodeInstanceId
         self.createTime = createTime
         self.launchTime = launchTime
+        self.runningTime = launchTime
         self.endTime = endTime
         self.attempt = attempt
+    }
+}
+
+/// `DescribeTaskLogs`' entries: the end of each stream (at most 2048 bytes, base64).
+public struct TaskInstanceLog: Codable, Sendable, Hashable {
+    public var taskInstanceIndex: Int
+    public var stdoutLog: String?
+    public var stderrLog: String?
+
+    public init(taskInstanceIndex: Int, stdoutLog: String?, stderrLog: String?) {
+        self.taskInstanceIndex = taskInstanceIndex
+        self.stdoutLog = stdoutLog
+        self.stderrLog = stderrLog
     }
 }
 
@@ -74,6 +98,7 @@ public struct JobView: Codable, Sendable, Hashable {
     public var jobId: JobID
     public var jobName: String?
     public var jobDescription: String?
+    public var zone: String?
     public var priority: Int
     public var jobState: ExecutionState
     public var createTime: Date
@@ -83,15 +108,20 @@ public struct JobView: Codable, Sendable, Hashable {
     public var dependenceSet: [Dependence]
     public var taskMetrics: StateMetrics
     public var taskInstanceMetrics: StateMetrics
+    public var tags: [Tag]
+    /// `TERMINATE` while a termination is under way.
+    public var nextAction: String?
 
     public init(
-        jobId: JobID, jobName: String?, jobDescription: String?, priority: Int, jobState: ExecutionState,
-        createTime: Date, endTime: Date?, stateReason: String?, taskSet: [TaskView], dependenceSet: [Dependence],
-        taskMetrics: StateMetrics, taskInstanceMetrics: StateMetrics
+        jobId: JobID, jobName: String?, jobDescription: String?, zone: String?, priority: Int,
+        jobState: ExecutionState, createTime: Date, endTime: Date?, stateReason: String?, taskSet: [TaskView],
+        dependenceSet: [Dependence], taskMetrics: StateMetrics, taskInstanceMetrics: StateMetrics, tags: [Tag],
+        nextAction: String?
     ) {
         self.jobId = jobId
         self.jobName = jobName
         self.jobDescription = jobDescription
+        self.zone = zone
         self.priority = priority
         self.jobState = jobState
         self.createTime = createTime
@@ -101,45 +131,222 @@ public struct JobView: Codable, Sendable, Hashable {
         self.dependenceSet = dependenceSet
         self.taskMetrics = taskMetrics
         self.taskInstanceMetrics = taskInstanceMetrics
+        self.tags = tags
+        self.nextAction = nextAction
     }
 }
 
-/// What `DescribeComputeEnv` returns about one environment.
+/// One job in `DescribeJobs`' `JobSet`.
+public struct JobSummaryView: Codable, Sendable, Hashable {
+    public var jobId: JobID
+    public var jobName: String?
+    public var jobState: ExecutionState
+    public var priority: Int
+    public var placement: PlacementView
+    public var createTime: Date
+    public var endTime: Date?
+    public var taskMetrics: StateMetrics
+    public var tags: [Tag]
+
+    public init(
+        jobId: JobID, jobName: String?, jobState: ExecutionState, priority: Int, placement: PlacementView,
+        createTime: Date, endTime: Date?, taskMetrics: StateMetrics, tags: [Tag]
+    ) {
+        self.jobId = jobId
+        self.jobName = jobName
+        self.jobState = jobState
+        self.priority = priority
+        self.placement = placement
+        self.createTime = createTime
+        self.endTime = endTime
+        self.taskMetrics = taskMetrics
+        self.tags = tags
+    }
+}
+
+/// One template in `DescribeTaskTemplates`' `TaskTemplateSet`.
+public struct TaskTemplateView: Codable, Sendable, Hashable {
+    public var taskTemplateId: TaskTemplateID
+    public var taskTemplateName: String
+    public var taskTemplateDescription: String?
+    public var taskTemplateInfo: TaskSpec
+    public var createTime: Date
+    public var tags: [Tag]
+
+    public init(
+        taskTemplateId: TaskTemplateID, taskTemplateName: String, taskTemplateDescription: String?,
+        taskTemplateInfo: TaskSpec, createTime: Date, tags: [Tag]
+    ) {
+        self.taskTemplateId = taskTemplateId
+        self.taskTemplateName = taskTemplateName
+        self.taskTemplateDescription = taskTemplateDescription
+        self.taskTemplateInfo = taskTemplateInfo
+        self.createTime = createTime
+        self.tags = tags
+    }
+}
+
+/// Counts of an environment's nodes per state (`ComputeNodeMetrics`).
+public struct ComputeNodeMetrics: Codable, Sendable, Hashable {
+    public var submittedCount = 0
+    public var creatingCount = 0
+    public var creationFailedCount = 0
+    public var createdCount = 0
+    public var runningCount = 0
+    public var deletingCount = 0
+    public var abnormalCount = 0
+
+    public init(states: [String]) {
+        for state in states {
+            switch ComputeNodeState(rawValue: state) {
+            case .pending, .submitted: submittedCount += 1
+            case .creating: creatingCount += 1
+            case .creationFailed: creationFailedCount += 1
+            case .created: createdCount += 1
+            case .running: runningCount += 1
+            case .deleting: deletingCount += 1
+            case .abnormal: abnormalCount += 1
+            case nil: break
+            }
+        }
+    }
+}
+
+/// One node (`ComputeNode`).
+public struct ComputeNodeView: Codable, Sendable, Hashable {
+    public var computeNodeId: NodeID
+    public var computeNodeInstanceId: String?
+    public var computeNodeState: String
+    public var cpu: Int
+    public var mem: Int
+    public var resourceCreatedTime: Date
+    public var taskInstanceNumAvailable: Int
+    public var agentVersion: String?
+    public var privateIpAddresses: [String]
+    public var resourceType: String
+    /// `BATCH_CREATED` or `USER_ATTACHED`.
+    public var resourceOrigin: String
+
+    public init(
+        computeNodeId: NodeID, computeNodeInstanceId: String?, computeNodeState: String, cpu: Int, mem: Int,
+        resourceCreatedTime: Date, taskInstanceNumAvailable: Int, privateIpAddresses: [String], resourceOrigin: String
+    ) {
+        self.computeNodeId = computeNodeId
+        self.computeNodeInstanceId = computeNodeInstanceId
+        self.computeNodeState = computeNodeState
+        self.cpu = cpu
+        self.mem = mem
+        self.resourceCreatedTime = resourceCreatedTime
+        self.taskInstanceNumAvailable = taskInstanceNumAvailable
+        self.agentVersion = "batch-executor/1"
+        self.privateIpAddresses = privateIpAddresses
+        self.resourceType = "CVM"
+        self.resourceOrigin = resourceOrigin
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case computeNodeId, computeNodeInstanceId, computeNodeState, cpu, mem, resourceCreatedTime
+        case taskInstanceNumAvailable, agentVersion, privateIpAddresses, resourceType, resourceOrigin
+    }
+}
+
+/// One environment in `DescribeComputeEnvs`, or `DescribeComputeEnv` (which adds its nodes).
 public struct ComputeEnvView: Codable, Sendable, Hashable {
     public var envId: EnvID
     public var envName: String
     public var envDescription: String?
+    public var placement: PlacementView
+    public var createTime: Date
+    public var computeNodeMetrics: ComputeNodeMetrics
     public var envType: String
     public var desiredComputeNodeCount: Int
-    public var createTime: Date
-    public var computeNodeSet: [ComputeNodeView]
+    public var resourceType: String
+    /// `DELETING` while the environment is being deleted.
+    public var nextAction: String?
+    public var attachedComputeNodeCount: Int
+    public var tags: [Tag]
+    /// Only in `DescribeComputeEnv`.
+    public var computeNodeSet: [ComputeNodeView]?
 
     public init(
-        envId: EnvID, envName: String, envDescription: String?, envType: String, desiredComputeNodeCount: Int,
-        createTime: Date, computeNodeSet: [ComputeNodeView]
+        envId: EnvID, envName: String, envDescription: String?, zone: String?, createTime: Date, envType: String,
+        desiredComputeNodeCount: Int, nextAction: String?, tags: [Tag], nodes: [ComputeNodeView],
+        includeNodes: Bool
     ) {
         self.envId = envId
         self.envName = envName
         self.envDescription = envDescription
+        self.placement = PlacementView(zone: zone)
+        self.createTime = createTime
+        self.computeNodeMetrics = ComputeNodeMetrics(states: nodes.map(\.computeNodeState))
         self.envType = envType
         self.desiredComputeNodeCount = desiredComputeNodeCount
-        self.createTime = createTime
-        self.computeNodeSet = computeNodeSet
+        self.resourceType = "CVM"
+        self.nextAction = nextAction
+        self.attachedComputeNodeCount = nodes.filter { $0.resourceOrigin == "USER_ATTACHED" }.count
+        self.tags = tags
+        self.computeNodeSet = includeNodes ? nodes : nil
     }
 }
 
-public struct ComputeNodeView: Codable, Sendable, Hashable {
-    public var computeNodeId: NodeID
-    public var computeNodeState: String
-    public var taskInstanceNumAvailable: Int
-    public var resourceCreatedTime: Date
+/// One scale event of an environment (`Activity`).
+public struct ActivityView: Codable, Sendable, Hashable {
+    public var activityId: String
+    public var computeNodeId: String?
+    /// `create` or `destroy`.
+    public var computeNodeActivityType: String
+    public var envId: EnvID
+    public var cause: String?
+    /// `SUBMITTED`, `PROCESSING`, `SUCCEED` or `FAILED`.
+    public var activityState: String
+    public var stateReason: String?
+    public var startTime: Date
+    public var endTime: Date?
+    public var instanceId: String?
 
     public init(
-        computeNodeId: NodeID, computeNodeState: String, taskInstanceNumAvailable: Int, resourceCreatedTime: Date
+        activityId: String, computeNodeId: String?, computeNodeActivityType: String, envId: EnvID, cause: String?,
+        activityState: String, stateReason: String?, startTime: Date, endTime: Date?, instanceId: String?
     ) {
+        self.activityId = activityId
         self.computeNodeId = computeNodeId
-        self.computeNodeState = computeNodeState
-        self.taskInstanceNumAvailable = taskInstanceNumAvailable
-        self.resourceCreatedTime = resourceCreatedTime
+        self.computeNodeActivityType = computeNodeActivityType
+        self.envId = envId
+        self.cause = cause
+        self.activityState = activityState
+        self.stateReason = stateReason
+        self.startTime = startTime
+        self.endTime = endTime
+        self.instanceId = instanceId
     }
+}
+
+extension TaskSpec {
+    /// The task as a Describe action shows it: environment variable values, storage keys and registry passwords
+    /// replaced by `******` (only the request that set them ever carried them).
+    public var redacted: TaskSpec {
+        var task = self
+        task.envVars = envVars?.map { EnvVar(name: $0.name, value: Redaction.mask) }
+        task.authentications = authentications?.map {
+            Authentication(scene: $0.scene, secretId: $0.secretId, secretKey: Redaction.mask)
+        }
+        if task.application?.docker?.password != nil { task.application?.docker?.password = Redaction.mask }
+        return task
+    }
+}
+
+extension NamedComputeEnv {
+    /// The environment as a Describe action shows it, secrets masked.
+    public var redacted: NamedComputeEnv {
+        var env = self
+        env.authentications = authentications?.map {
+            Authentication(scene: $0.scene, secretId: $0.secretId, secretKey: Redaction.mask)
+        }
+        if env.envData?.loginSettings?.password != nil { env.envData?.loginSettings?.password = Redaction.mask }
+        return env
+    }
+}
+
+public enum Redaction {
+    public static let mask = "******"
 }

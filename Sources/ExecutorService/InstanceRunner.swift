@@ -56,7 +56,9 @@ final class InstanceRunner: Sendable {
         try await publish(
             InstanceFinished(
                 jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
-                nodeID: nodeID, exitCode: exitCode, reason: reason, finishedAt: Date()),
+                nodeID: nodeID, exitCode: exitCode, reason: reason, finishedAt: Date(),
+                stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
+                stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log"))),
             routingKey: Topology.Event.instanceFinished, job: run.jobID)
         logger.info("instance finished", metadata: ["exit.code": "\(exitCode.map(String.init) ?? "none")"])
     }
@@ -100,6 +102,15 @@ final class InstanceRunner: Sendable {
             return (termination.code, "timed out after \(run.timeoutSeconds) s")
         }
         return (termination.code, termination == .exited(0) ? nil : termination.description)
+    }
+
+    /// The last `count` bytes of a file, or nil when it cannot be read.
+    static func tail(of file: URL, count: Int = 2048) -> [UInt8]? {
+        guard let handle = try? FileHandle(forReadingFrom: file) else { return nil }
+        defer { try? handle.close() }
+        guard let size = try? handle.seekToEnd() else { return nil }
+        try? handle.seek(toOffset: size > UInt64(count) ? size - UInt64(count) : 0)
+        return (try? handle.readToEnd()).map { Array($0) } ?? []
     }
 
     func publish<Payload: MessageContract>(_ payload: Payload, routingKey: String, job: JobID) async throws {

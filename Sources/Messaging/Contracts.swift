@@ -76,11 +76,16 @@ public struct InstanceFinished: MessageContract, Hashable {
     /// Why it failed, in words, when it did not exit 0.
     public var reason: String?
     public var finishedAt: Date
+    /// The last bytes (at most 2048) of the attempt's stdout and stderr, for `DescribeTaskLogs`.
+    public var stdoutTail: [UInt8]?
+    public var stderrTail: [UInt8]?
 
     public init(
         jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, nodeID: NodeID, exitCode: Int?,
-        reason: String?, finishedAt: Date
+        reason: String?, finishedAt: Date, stdoutTail: [UInt8]? = nil, stderrTail: [UInt8]? = nil
     ) {
+        self.stdoutTail = stdoutTail
+        self.stderrTail = stderrTail
         self.jobID = jobID
         self.taskName = taskName
         self.instanceIndex = instanceIndex
@@ -135,5 +140,67 @@ public struct NodeStopped: MessageContract, Hashable {
         self.nodeID = nodeID
         self.envID = envID
         self.at = at
+    }
+}
+
+/// A user asked to terminate a job (`TerminateJob`).
+public struct JobTerminationRequested: MessageContract, Hashable {
+    public static let type = "job.termination-requested"
+    public var jobID: JobID
+    public var reason: String
+
+    public init(jobID: JobID, reason: String) {
+        self.jobID = jobID
+        self.reason = reason
+    }
+}
+
+/// A user asked to terminate one instance (`TerminateTaskInstance`).
+public struct InstanceTerminationRequested: MessageContract, Hashable {
+    public static let type = "instance.termination-requested"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+
+    public init(jobID: JobID, taskName: String, instanceIndex: Int) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+    }
+}
+
+/// A user asked to run a failed job's failed instances again (`RetryJobs`).
+public struct JobRetryRequested: MessageContract, Hashable {
+    public static let type = "job.retry-requested"
+    public var jobID: JobID
+
+    public init(jobID: JobID) { self.jobID = jobID }
+}
+
+/// An environment's desired node count or name changed (`ModifyComputeEnv`).
+public struct ComputeEnvModified: MessageContract, Hashable {
+    public static let type = "env.modified"
+    public var envID: EnvID
+
+    public init(envID: EnvID) { self.envID = envID }
+}
+
+/// A user asked to delete an environment (`DeleteComputeEnv`): its nodes go, then the environment.
+public struct ComputeEnvDeletionRequested: MessageContract, Hashable {
+    public static let type = "env.deletion-requested"
+    public var envID: EnvID
+
+    public init(envID: EnvID) { self.envID = envID }
+}
+
+/// A user asked to terminate nodes (`TerminateComputeNode(s)`, `DetachInstances`).
+public struct NodeTerminationRequested: MessageContract, Hashable {
+    public static let type = "node.termination-requested"
+    public var envID: EnvID
+    public var nodeIDs: [NodeID]
+
+    public init(envID: EnvID, nodeIDs: [NodeID]) {
+        self.envID = envID
+        self.nodeIDs = nodeIDs
     }
 }

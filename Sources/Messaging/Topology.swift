@@ -83,11 +83,17 @@ extension Topology {
     /// Routing keys on `batch.events`.
     public enum Event {
         public static let jobSubmitted = "job.submitted"
+        public static let jobTerminationRequested = "job.termination-requested"
+        public static let jobRetryRequested = "job.retry-requested"
+        public static let instanceTerminationRequested = "instance.termination-requested"
         public static let instanceStarted = "instance.started"
         public static let instanceFinished = "instance.finished"
         public static let nodeHeartbeat = "node.heartbeat"
         public static let nodeStopped = "node.stopped"
         public static let computeEnvCreated = "env.created"
+        public static let computeEnvModified = "env.modified"
+        public static let computeEnvDeletionRequested = "env.deletion-requested"
+        public static let nodeTerminationRequested = "node.termination-requested"
     }
 
     /// The work queue of a compute environment.
@@ -112,7 +118,10 @@ extension Topology {
     public static let scheduler = base.merging(
         Topology(
             queues: [Queue(schedulerQueue)],
-            bindings: [Event.jobSubmitted, Event.instanceStarted, Event.instanceFinished].map {
+            bindings: [
+                Event.jobSubmitted, Event.jobTerminationRequested, Event.jobRetryRequested,
+                Event.instanceTerminationRequested, Event.instanceStarted, Event.instanceFinished,
+            ].map {
                 Binding(queue: schedulerQueue, exchange: eventsExchange, routingKey: $0)
             }
         )
@@ -122,7 +131,10 @@ extension Topology {
     public static let provisioner = base.merging(
         Topology(
             queues: [Queue(provisionerQueue)],
-            bindings: [Event.computeEnvCreated, Event.nodeHeartbeat, Event.nodeStopped].map {
+            bindings: [
+                Event.computeEnvCreated, Event.computeEnvModified, Event.computeEnvDeletionRequested,
+                Event.nodeTerminationRequested, Event.nodeHeartbeat, Event.nodeStopped,
+            ].map {
                 Binding(queue: provisionerQueue, exchange: eventsExchange, routingKey: $0)
             }
         )

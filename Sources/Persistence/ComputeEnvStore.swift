@@ -3,7 +3,8 @@ import Foundation
 import Messaging
 import PostgresNIO
 
-/// Compute environments and their nodes, scoped to their owner.
+/// Compute environments, their nodes and their activities. The API's calls are scoped to the environment's owner;
+/// the provisioner's calls are not.
 public struct ComputeEnvStore: Sendable {
     let database: Database
     let quotas: Quotas
@@ -13,54 +14,338 @@ public struct ComputeEnvStore: Sendable {
         self.quotas = quotas
     }
 
+    var logger: Logger { database.logger }
+
+    // MARK: The API's calls
+
     /// Creates a named environment and, in the same transaction, the `env.created` event.
     /// Throws ``APIError`` `LimitExceeded.ComputeEnvQuota` past the user's quota.
-    public func create(user: UserID, spec: NamedComputeEnv, driver: String = "process") async throws -> EnvID {
+    public func create(user: UserID, spec: NamedComputeEnv, zone: String?, driver: String = "process") async throws
+        -> EnvID
+    {
         let envID = EnvID.generate()
         let specSealed = try database.sealer.seal(try BatchJSON.encode(spec), context: "compute_envs.spec:\(envID)")
-        let logger = database.logger
-        let sealer = database.sealer
-        try await database.transaction { connection in
-            try await connection.query(
-                "SELECT 1 FROM users WHERE user_id = \(user.rawValue) FOR UPDATE", logger: logger)
-            let count =
-                try await connection.query(
-                    "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue)", logger: logger
-                ).decode(Int.self).first { _ in true } ?? 0
+        let tags = String(decoding: try BatchJSON.encode(spec.tags ?? []), as: UTF8.self)
+        let logger = self.logger
+        let quotas = self.quotas
+        try await withEvent(
+            routingKey: Topology.Event.computeEnvCreated, ComputeEnvCreated(envID: envID), env: envID
+        ) { connection in
+            try await JobStore.lockUser(user, on: connection, logger: logger)
+            let count = try await JobStore.count(
+                "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
             if let violation = quotas.check(.computeEnvs, current: count) { throw violation.apiError }
             try await connection.query(
                 """
                 INSERT INTO compute_envs (env_id, user_id, name, description, env_type, driver, desired_node_count,
-                    spec_sealed)
+                    spec_sealed, zone, tags)
                 VALUES (\(envID.rawValue), \(user.rawValue), \(spec.envName), \(spec.envDescription),
-                    \(spec.envType ?? "MANAGED"), \(driver), \(spec.desiredComputeNodeCount), \(specSealed))
+                    \(spec.envType ?? "MANAGED"), \(driver), \(spec.desiredComputeNodeCount), \(specSealed), \(zone),
+                    \(tags)::jsonb)
                 """, logger: logger)
-            try await Outbox.enqueue(
-                [
-                    try OutgoingMessage(
-                        exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvCreated,
-                        payload: ComputeEnvCreated(envID: envID), correlationID: envID.rawValue)
-                ], on: connection, sealer: sealer, logger: logger)
+            return true
         }
         return envID
     }
 
     /// The environment with its nodes, if it exists and belongs to `user`.
     public func view(_ envID: EnvID, user: UserID) async throws -> ComputeEnvView? {
-        let rows = try await database.client.query(
-            """
-            SELECT name, description, env_type, desired_node_count, created_at FROM compute_envs
-            WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue)
-            """, logger: database.logger)
-        guard
-            let (name, description, type, desired, created) = try await rows.decode(
-                (String, String?, String, Int, Date).self
-            ).first(where: { _ in true })
-        else { return nil }
-        return ComputeEnvView(
-            envId: envID, envName: name, envDescription: description, envType: type,
-            desiredComputeNodeCount: desired, createTime: created, computeNodeSet: try await nodes(of: envID))
+        try await list(
+            user: user, envIDs: [envID], filters: FilterSet([], supported: []), paging: .all, includeNodes: true
+        )
+        .envs.first
     }
+
+    /// `DescribeComputeEnvs`: the user's environments by ids and filters (`zone`, `env-id`, `env-name`,
+    /// `env-state`, `resource-type`, `next-action`, `tag-key`, `tag-value`, `tag:<key>`).
+    public func list(
+        user: UserID, envIDs: [EnvID]?, filters: FilterSet, paging: Paging, includeNodes: Bool = false
+    ) async throws -> (total: Int, envs: [ComputeEnvView]) {
+        var query = SQLBuilder("FROM compute_envs e WHERE e.user_id = ")
+        query.append(query.bind(user.rawValue))
+        if let envIDs { query.append(" AND e.env_id = ANY(\(query.bind(envIDs.map(\.rawValue))))") }
+        for (column, name) in [
+            ("e.env_id", "env-id"), ("e.name", "env-name"), ("e.zone", "zone"), ("e.next_action", "next-action"),
+        ] {
+            if let values = filters[name] { query.append(" AND \(column) = ANY(\(query.bind(values)))") }
+        }
+        if let types = filters["resource-type"], !types.contains("CVM") { query.append(" AND false") }
+        JobStore.appendTagFilters(filters, column: "e.tags", to: &query)
+        let total = try await JobStore.count(query.countQuery, client: database.client, logger: logger)
+        query.append(
+            " ORDER BY e.created_at DESC, e.env_id LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))"
+        )
+        query.prepend(
+            """
+            SELECT e.env_id, e.name, e.description, e.zone, e.created_at, e.env_type, e.desired_node_count,
+                e.next_action, e.tags::text
+            """)
+        var envs: [ComputeEnvView] = []
+        for try await (id, name, description, zone, created, type, desired, next, tags) in try await database.client
+            .query(query.query, logger: logger).decode(
+                (String, String, String?, String?, Date, String, Int, String?, String).self)
+        {
+            let envID = EnvID(rawValue: id)
+            envs.append(
+                ComputeEnvView(
+                    envId: envID, envName: name, envDescription: description, zone: zone, createTime: created,
+                    envType: type, desiredComputeNodeCount: desired, nextAction: next,
+                    tags: try BatchJSON.decode([Tag].self, from: Array(tags.utf8)), nodes: try await nodes(of: envID),
+                    includeNodes: includeNodes))
+        }
+        return (total, envs)
+    }
+
+    /// `DescribeComputeEnvCreateInfo(s)`: environments as created (with later changes), secrets masked.
+    public func createInfos(user: UserID, envIDs: [EnvID]?, filters: FilterSet, paging: Paging) async throws
+        -> (total: Int, envs: [(EnvID, NamedComputeEnv)])
+    {
+        var query = SQLBuilder("FROM compute_envs e WHERE e.user_id = ")
+        query.append(query.bind(user.rawValue))
+        if let envIDs { query.append(" AND e.env_id = ANY(\(query.bind(envIDs.map(\.rawValue))))") }
+        for (column, name) in [("e.env_id", "env-id"), ("e.name", "env-name"), ("e.zone", "zone")] {
+            if let values = filters[name] { query.append(" AND \(column) = ANY(\(query.bind(values)))") }
+        }
+        let total = try await JobStore.count(query.countQuery, client: database.client, logger: logger)
+        query.append(
+            " ORDER BY e.created_at DESC, e.env_id LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))"
+        )
+        query.prepend("SELECT e.env_id, e.spec_sealed, e.name, e.description, e.desired_node_count")
+        var result: [(EnvID, NamedComputeEnv)] = []
+        for try await (id, sealed, name, description, desired) in try await database.client.query(
+            query.query, logger: logger
+        ).decode((String, String, String, String?, Int).self) {
+            var spec = try BatchJSON.decode(
+                NamedComputeEnv.self, from: try database.sealer.openBytes(sealed, context: "compute_envs.spec:\(id)"))
+            spec.envName = name
+            spec.envDescription = description
+            spec.desiredComputeNodeCount = desired
+            result.append((EnvID(rawValue: id), spec.redacted))
+        }
+        return (total, result)
+    }
+
+    /// `ModifyComputeEnv`: a new desired node count, name, description or instance types; the provisioner
+    /// reconciles.
+    public func modify(
+        _ envID: EnvID, user: UserID, desired: Int?, name: String?, description: String?, instanceTypes: [String]?
+    ) async throws {
+        let logger = self.logger
+        let sealer = database.sealer
+        try await withEvent(routingKey: Topology.Event.computeEnvModified, ComputeEnvModified(envID: envID), env: envID)
+        {
+            connection in
+            let rows = try await connection.query(
+                """
+                SELECT spec_sealed, next_action FROM compute_envs
+                WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE
+                """, logger: logger)
+            guard let (sealed, next) = try await rows.decode((String, String?).self).first(where: { _ in true }) else {
+                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+            }
+            guard next == nil else {
+                throw APIError(
+                    "UnsupportedOperation.ComputeEnvAcceptOtherRequest", "EnvId: the environment is being deleted")
+            }
+            var spec = try BatchJSON.decode(
+                NamedComputeEnv.self, from: try sealer.openBytes(sealed, context: "compute_envs.spec:\(envID)"))
+            spec.desiredComputeNodeCount = desired ?? spec.desiredComputeNodeCount
+            spec.envName = name ?? spec.envName
+            spec.envDescription = description ?? spec.envDescription
+            if let instanceTypes {
+                var data = spec.envData ?? EnvData()
+                data.instanceTypes = instanceTypes
+                data.instanceType = nil
+                spec.envData = data
+            }
+            let problems = spec.validate()
+            guard problems.isEmpty else { throw APIError(problems: problems) }
+            try await connection.query(
+                """
+                UPDATE compute_envs SET desired_node_count = \(spec.desiredComputeNodeCount), name = \(spec.envName),
+                    description = \(spec.envDescription),
+                    spec_sealed = \(try sealer.seal(try BatchJSON.encode(spec), context: "compute_envs.spec:\(envID)"))
+                WHERE env_id = \(envID.rawValue)
+                """, logger: logger)
+            return true
+        }
+    }
+
+    /// `DeleteComputeEnv`: refused while unfinished jobs use it; otherwise marked `DELETING` and handed to the
+    /// provisioner, which removes its nodes and then the environment.
+    public func requestDeletion(_ envID: EnvID, user: UserID) async throws {
+        let logger = self.logger
+        try await withEvent(
+            routingKey: Topology.Event.computeEnvDeletionRequested, ComputeEnvDeletionRequested(envID: envID),
+            env: envID
+        ) { connection in
+            let rows = try await connection.query(
+                """
+                SELECT next_action FROM compute_envs
+                WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE
+                """, logger: logger)
+            guard let next = try await rows.decode(String?.self).first(where: { _ in true }) else {
+                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+            }
+            guard next == nil else { return false }
+            let busy = try await JobStore.count(
+                """
+                SELECT count(*) FROM tasks t JOIN jobs j USING (job_id)
+                WHERE t.env_id = \(envID.rawValue) AND j.state NOT IN ('SUCCEED', 'FAILED', 'FAILED_INTERRUPTED')
+                """, on: connection, logger: logger)
+            guard busy == 0 else {
+                throw APIError(
+                    "UnsupportedOperation.ComputeEnvOperation",
+                    "EnvId: \(busy) task\(busy == 1 ? "" : "s") of unfinished jobs use this environment")
+            }
+            try await connection.query(
+                "UPDATE compute_envs SET next_action = 'DELETING' WHERE env_id = \(envID.rawValue)", logger: logger)
+            return true
+        }
+    }
+
+    /// `DescribeComputeEnvActivities`, newest first; filter `compute-node-id`.
+    public func activities(_ envID: EnvID, user: UserID, nodeIDs: [String]?, paging: Paging) async throws
+        -> (total: Int, activities: [ActivityView])?
+    {
+        guard try await owns(envID, user: user) else { return nil }
+        var query = SQLBuilder("FROM compute_env_activities WHERE env_id = ")
+        query.append(query.bind(envID.rawValue))
+        if let nodeIDs { query.append(" AND node_id = ANY(\(query.bind(nodeIDs)))") }
+        let total = try await JobStore.count(query.countQuery, client: database.client, logger: logger)
+        query.append(
+            " ORDER BY start_time DESC, activity_id LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))"
+        )
+        query.prepend(
+            "SELECT activity_id, node_id, activity_type, cause, state, state_reason, start_time, end_time, instance_id")
+        var activities: [ActivityView] = []
+        for try await (id, node, type, cause, state, reason, start, end, instance) in try await database.client.query(
+            query.query, logger: logger
+        ).decode((String, String?, String, String?, String, String?, Date, Date?, String?).self) {
+            activities.append(
+                ActivityView(
+                    activityId: id, computeNodeId: node, computeNodeActivityType: type, envId: envID, cause: cause,
+                    activityState: state, stateReason: reason, startTime: start, endTime: end, instanceId: instance))
+        }
+        return (total, activities)
+    }
+
+    /// `TerminateComputeNode(s)`: nodes of the user's environment in a state that allows it (`CREATED`,
+    /// `CREATION_FAILED`, `RUNNING`, `ABNORMAL`) are marked `DELETING` and handed to the provisioner.
+    public func requestNodeTermination(_ envID: EnvID, user: UserID, nodeIDs: [NodeID]) async throws {
+        let logger = self.logger
+        try await withEvent(
+            routingKey: Topology.Event.nodeTerminationRequested,
+            NodeTerminationRequested(envID: envID, nodeIDs: nodeIDs), env: envID
+        ) { connection in
+            guard try await owns(envID, user: user, on: connection) else {
+                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+            }
+            var states: [String: String] = [:]
+            for try await (id, state) in try await connection.query(
+                """
+                SELECT node_id, state FROM compute_nodes
+                WHERE env_id = \(envID.rawValue) AND node_id = ANY(\(nodeIDs.map(\.rawValue))) FOR UPDATE
+                """, logger: logger
+            ).decode((String, String).self) {
+                states[id] = state
+            }
+            for node in nodeIDs {
+                guard let state = states[node.rawValue] else {
+                    throw APIError(.computeNodeNotFound, "ComputeNodeIds: environment \(envID) has no node \(node)")
+                }
+                if state == "DELETING" {
+                    throw APIError(
+                        "UnsupportedOperation.ComputeNodeIsTerminating", "ComputeNodeIds: \(node) is being deleted")
+                }
+                guard ["CREATED", "CREATION_FAILED", "RUNNING", "ABNORMAL"].contains(state) else {
+                    throw APIError(
+                        "UnsupportedOperation.ComputeNodeForbidTerminate", "ComputeNodeIds: \(node) is \(state)")
+                }
+            }
+            try await connection.query(
+                """
+                UPDATE compute_nodes SET state = 'DELETING', updated_at = now()
+                WHERE node_id = ANY(\(nodeIDs.map(\.rawValue)))
+                """, logger: logger)
+            // The environment keeps the nodes it has left: it does not make new ones in their place.
+            try await connection.query(
+                """
+                UPDATE compute_envs SET desired_node_count = greatest(0, desired_node_count - (
+                    SELECT count(*) FROM compute_nodes WHERE node_id = ANY(\(nodeIDs.map(\.rawValue)))
+                        AND resource_origin = 'BATCH_CREATED'))
+                WHERE env_id = \(envID.rawValue)
+                """, logger: logger)
+            return true
+        }
+    }
+
+    /// `AttachInstances`: machines that run an executor of their own join the environment as `USER_ATTACHED`
+    /// nodes; each is `CREATED` until its executor reports.
+    public func attach(_ envID: EnvID, user: UserID, instanceIDs: [String]) async throws {
+        let logger = self.logger
+        try await database.transaction { connection in
+            guard try await owns(envID, user: user, on: connection) else {
+                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+            }
+            let taken = try await connection.query(
+                "SELECT instance_id FROM compute_nodes WHERE instance_id = ANY(\(instanceIDs))", logger: logger
+            ).decode(String.self).first { _ in true }
+            if let taken {
+                throw APIError(
+                    "UnsupportedOperation.InstancesNotAllowToAttach", "Instances: \(taken) is attached already")
+            }
+            let nodes = instanceIDs.map { _ in NodeID.generate().rawValue }
+            try await connection.query(
+                """
+                INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, resource_origin, instance_id)
+                SELECT node, \(envID.rawValue), 'CREATED', 0, 0, 'USER_ATTACHED', instance
+                FROM unnest(\(nodes)::text[], \(instanceIDs)::text[]) AS t(node, instance)
+                """, logger: logger)
+            try await connection.query(
+                """
+                INSERT INTO compute_env_activities (activity_id, env_id, node_id, activity_type, cause, state, instance_id,
+                    end_time)
+                SELECT 'act-' || substr(md5(random()::text), 1, 8), \(envID.rawValue), node, 'create',
+                    'instance attached by the user', 'SUCCEED', instance, now()
+                FROM unnest(\(nodes)::text[], \(instanceIDs)::text[]) AS t(node, instance)
+                """, logger: logger)
+        }
+    }
+
+    /// `DetachInstances`: only user-attached nodes; they leave the environment.
+    public func detach(_ envID: EnvID, user: UserID, instanceIDs: [String]) async throws {
+        let logger = self.logger
+        try await withEvent(routingKey: nil, ComputeEnvModified(envID: envID), env: envID) { connection in
+            guard try await owns(envID, user: user, on: connection) else {
+                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+            }
+            var origins: [String: String] = [:]
+            for try await (instance, origin) in try await connection.query(
+                """
+                SELECT instance_id, resource_origin FROM compute_nodes
+                WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs))
+                """, logger: logger
+            ).decode((String, String).self) {
+                origins[instance] = origin
+            }
+            for instance in instanceIDs {
+                guard let origin = origins[instance] else {
+                    throw APIError(
+                        .computeNodeNotFound, "InstanceIds: \(instance.prefix(64)) is not in environment \(envID)")
+                }
+                guard origin == "USER_ATTACHED" else {
+                    throw APIError(.unsupportedOperation, "InstanceIds: \(instance.prefix(64)) was created by Batch")
+                }
+            }
+            try await connection.query(
+                "DELETE FROM compute_nodes WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs))",
+                logger: logger)
+            return false
+        }
+    }
+
+    // MARK: The provisioner's calls
 
     /// Which of `envIDs` exist and belong to `user`.
     public func owned(_ envIDs: Set<EnvID>, user: UserID, on connection: PostgresConnection) async throws -> Set<EnvID>
@@ -68,61 +353,87 @@ public struct ComputeEnvStore: Sendable {
         let rows = try await connection.query(
             """
             SELECT env_id FROM compute_envs WHERE env_id = ANY(\(envIDs.map(\.rawValue))) AND user_id = \(user.rawValue)
-            """, logger: database.logger)
+                AND next_action IS NULL
+            """, logger: logger)
         var result: Set<EnvID> = []
         for try await id in rows.decode(String.self) { result.insert(EnvID(rawValue: id)) }
         return result
     }
 
-    /// Every environment, for the provisioner: id, desired node count and node driver.
-    public func all() async throws -> [(envID: EnvID, desired: Int, driver: String)] {
+    /// Every environment, for the provisioner: id, desired node count, node driver, and whether it is being
+    /// deleted.
+    public func all() async throws -> [(envID: EnvID, desired: Int, driver: String, deleting: Bool)] {
         let rows = try await database.client.query(
-            "SELECT env_id, desired_node_count, driver FROM compute_envs ORDER BY created_at", logger: database.logger)
-        var result: [(EnvID, Int, String)] = []
-        for try await (id, desired, driver) in rows.decode((String, Int, String).self) {
-            result.append((EnvID(rawValue: id), desired, driver))
+            "SELECT env_id, desired_node_count, driver, next_action FROM compute_envs ORDER BY created_at",
+            logger: logger)
+        var result: [(EnvID, Int, String, Bool)] = []
+        for try await (id, desired, driver, next) in rows.decode((String, Int, String, String?).self) {
+            result.append((EnvID(rawValue: id), desired, driver, next == "DELETING"))
         }
         return result
     }
 
     /// One environment, for the provisioner.
-    public func find(_ envID: EnvID) async throws -> (desired: Int, driver: String)? {
+    public func find(_ envID: EnvID) async throws -> (desired: Int, driver: String, deleting: Bool)? {
         let rows = try await database.client.query(
-            "SELECT desired_node_count, driver FROM compute_envs WHERE env_id = \(envID.rawValue)",
-            logger: database.logger)
-        for try await (desired, driver) in rows.decode((Int, String).self) { return (desired, driver) }
+            "SELECT desired_node_count, driver, next_action FROM compute_envs WHERE env_id = \(envID.rawValue)",
+            logger: logger)
+        for try await (desired, driver, next) in rows.decode((Int, String, String?).self) {
+            return (desired, driver, next == "DELETING")
+        }
         return nil
     }
 
-    // MARK: Nodes
+    /// Removes an environment whose nodes are gone.
+    public func deleteEnvironment(_ envID: EnvID) async throws {
+        try await database.client.query("DELETE FROM compute_envs WHERE env_id = \(envID.rawValue)", logger: logger)
+    }
 
     public func nodes(of envID: EnvID) async throws -> [ComputeNodeView] {
         let rows = try await database.client.query(
             """
-            SELECT node_id, state, free_slots, created_at FROM compute_nodes
-            WHERE env_id = \(envID.rawValue) ORDER BY created_at, node_id
-            """, logger: database.logger)
+            SELECT node_id, instance_id, state, slots, free_slots, created_at, host, resource_origin
+            FROM compute_nodes WHERE env_id = \(envID.rawValue) ORDER BY created_at, node_id
+            """, logger: logger)
         var nodes: [ComputeNodeView] = []
-        for try await (id, state, free, created) in rows.decode((String, String, Int, Date).self) {
+        for try await (id, instance, state, slots, free, created, host, origin) in rows.decode(
+            (String, String?, String, Int, Int, Date, String?, String).self)
+        {
             nodes.append(
                 ComputeNodeView(
-                    computeNodeId: NodeID(rawValue: id), computeNodeState: state, taskInstanceNumAvailable: free,
-                    resourceCreatedTime: created))
+                    computeNodeId: NodeID(rawValue: id), computeNodeInstanceId: instance ?? id, computeNodeState: state,
+                    cpu: slots, mem: slots * 2, resourceCreatedTime: created, taskInstanceNumAvailable: free,
+                    privateIpAddresses: host.map { [$0] } ?? [], resourceOrigin: origin))
         }
         return nodes
     }
 
-    /// Records a node the provisioner is creating.
-    public func nodeCreating(_ nodeID: NodeID, env: EnvID, slots: Int, host: String) async throws {
-        try await database.client.query(
-            """
-            INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host)
-            VALUES (\(nodeID.rawValue), \(env.rawValue), 'CREATING', \(slots), 0, \(host))
-            ON CONFLICT (node_id) DO NOTHING
-            """, logger: database.logger)
+    /// Records a node the provisioner is creating, and its `create` activity.
+    public func nodeCreating(_ nodeID: NodeID, env: EnvID, slots: Int, host: String, cause: String) async throws {
+        let logger = self.logger
+        try await database.transaction { connection in
+            try await connection.query(
+                """
+                INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host)
+                VALUES (\(nodeID.rawValue), \(env.rawValue), 'CREATING', \(slots), 0, \(host))
+                ON CONFLICT (node_id) DO NOTHING
+                """, logger: logger)
+            try await Self.recordActivity(
+                env: env, node: nodeID, type: "create", cause: cause, state: "PROCESSING", on: connection,
+                logger: logger)
+        }
     }
 
-    /// Records a heartbeat: the node is `RUNNING` with `freeSlots` free.
+    /// Ends a node's open activity of `type` with `state` (`SUCCEED` or `FAILED`).
+    public func finishActivity(node: NodeID, type: String, state: String, reason: String? = nil) async throws {
+        try await database.client.query(
+            """
+            UPDATE compute_env_activities SET state = \(state), state_reason = \(reason), end_time = now()
+            WHERE node_id = \(node.rawValue) AND activity_type = \(type) AND end_time IS NULL
+            """, logger: logger)
+    }
+
+    /// Records a heartbeat: the node is `RUNNING` with `freeSlots` free; its creation activity succeeded.
     public func heartbeat(_ beat: NodeHeartbeat) async throws {
         try await database.client.query(
             """
@@ -133,19 +444,84 @@ public struct ComputeEnvStore: Sendable {
                     ELSE 'RUNNING' END,
                 slots = EXCLUDED.slots, free_slots = EXCLUDED.free_slots, pid = EXCLUDED.pid,
                 last_heartbeat = greatest(compute_nodes.last_heartbeat, EXCLUDED.last_heartbeat), updated_at = now()
-            """, logger: database.logger)
+            """, logger: logger)
+        try await finishActivity(node: beat.nodeID, type: "create", state: "SUCCEED")
     }
 
     /// Sets a node's state (`DELETING`, `ABNORMAL`, …).
     public func setNodeState(_ nodeID: NodeID, _ state: String) async throws {
         try await database.client.query(
             "UPDATE compute_nodes SET state = \(state), updated_at = now() WHERE node_id = \(nodeID.rawValue)",
-            logger: database.logger)
+            logger: logger)
     }
 
-    /// Removes a node that is gone.
-    public func deleteNode(_ nodeID: NodeID) async throws {
-        try await database.client.query(
-            "DELETE FROM compute_nodes WHERE node_id = \(nodeID.rawValue)", logger: database.logger)
+    /// Removes a node that is gone, closing its activities; records a `destroy` activity with `cause`.
+    public func deleteNode(_ nodeID: NodeID, cause: String) async throws {
+        let logger = self.logger
+        try await database.transaction { connection in
+            let env = try await connection.query(
+                "DELETE FROM compute_nodes WHERE node_id = \(nodeID.rawValue) RETURNING env_id", logger: logger
+            ).decode(String.self).first { _ in true }
+            guard let env else { return }
+            try await connection.query(
+                """
+                UPDATE compute_env_activities SET state = 'FAILED', state_reason = \(cause), end_time = now()
+                WHERE node_id = \(nodeID.rawValue) AND end_time IS NULL
+                """, logger: logger)
+            try await Self.recordActivity(
+                env: EnvID(rawValue: env), node: nodeID, type: "destroy", cause: cause, state: "SUCCEED",
+                on: connection, logger: logger)
+        }
     }
+
+    // MARK: Helpers
+
+    static func recordActivity(
+        env: EnvID, node: NodeID, type: String, cause: String, state: String, on connection: PostgresConnection,
+        logger: Logger
+    ) async throws {
+        let id = "act-" + String(UUID().uuidString.lowercased().prefix(8))
+        try await connection.query(
+            """
+            INSERT INTO compute_env_activities (activity_id, env_id, node_id, activity_type, cause, state, end_time)
+            VALUES (\(id), \(env.rawValue), \(node.rawValue), \(type), \(cause), \(state),
+                CASE WHEN \(state) = 'PROCESSING' THEN NULL ELSE now() END)
+            """, logger: logger)
+    }
+
+    private func owns(_ envID: EnvID, user: UserID) async throws -> Bool {
+        try await database.client.query(
+            "SELECT 1 FROM compute_envs WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue)",
+            logger: logger
+        ).decode(Int.self).first { _ in true } != nil
+    }
+
+    private func owns(_ envID: EnvID, user: UserID, on connection: PostgresConnection) async throws -> Bool {
+        try await connection.query(
+            "SELECT 1 FROM compute_envs WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE",
+            logger: logger
+        ).decode(Int.self).first { _ in true } != nil
+    }
+
+    /// Runs `body` in a transaction and, when it returns true and `routingKey` is set, enqueues `payload` in it.
+    private func withEvent<Payload: MessageContract>(
+        routingKey: String?, _ payload: Payload, env: EnvID, _ body: (PostgresConnection) async throws -> Bool
+    ) async throws {
+        let logger = self.logger
+        let sealer = database.sealer
+        try await database.transaction { connection in
+            guard try await body(connection), let routingKey else { return }
+            try await Outbox.enqueue(
+                [
+                    try OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: routingKey, payload: payload,
+                        correlationID: env.rawValue)
+                ], on: connection, sealer: sealer, logger: logger)
+        }
+    }
+}
+
+extension Paging {
+    /// Everything (for one-item lookups).
+    static let all = try! Paging(offset: 0, limit: 10_000, defaultLimit: 10_000, maximum: 10_000)
 }

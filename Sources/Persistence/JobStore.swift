@@ -3,7 +3,8 @@ import Foundation
 import Messaging
 import PostgresNIO
 
-/// Jobs as the API sees them: submission and reads, scoped to their owner.
+/// Jobs as the API sees them: submission, reads and requests to terminate, retry or delete, each scoped to the
+/// job's owner (another user's job is not found).
 public struct JobStore: Sendable {
     let database: Database
     let quotas: Quotas
@@ -13,18 +14,19 @@ public struct JobStore: Sendable {
         self.quotas = quotas
     }
 
-    /// Writes a validated job, its tasks and the `job.submitted` event in one transaction.
-    ///
-    /// A repeated `clientToken` returns the job it first created. Throws ``APIError`` for a quota or an
-    /// environment that does not exist or is not the user's.
-    public func submit(user: UserID, spec: JobSpec, clientToken: String?) async throws -> JobID {
+    var logger: Logger { database.logger }
+
+    /// Writes a validated job (templates already resolved), its tasks and the `job.submitted` event in one
+    /// transaction. A repeated `clientToken` returns the job it first created. Throws ``APIError`` for a quota or
+    /// an environment that is not the user's.
+    public func submit(user: UserID, spec: JobSpec, clientToken: String?, zone: String?) async throws -> JobID {
         let jobID = JobID.generate()
-        let logger = database.logger
+        let logger = self.logger
         let sealer = database.sealer
         let envs = ComputeEnvStore(database: database)
+        let quotas = self.quotas
         return try await database.transaction { connection in
-            try await connection.query(
-                "SELECT 1 FROM users WHERE user_id = \(user.rawValue) FOR UPDATE", logger: logger)
+            try await Self.lockUser(user, on: connection, logger: logger)
             if let clientToken,
                 let existing = try await connection.query(
                     "SELECT job_id FROM jobs WHERE user_id = \(user.rawValue) AND client_token = \(clientToken)",
@@ -33,10 +35,8 @@ public struct JobStore: Sendable {
             {
                 return JobID(rawValue: existing)
             }
-            let count =
-                try await connection.query(
-                    "SELECT count(*) FROM jobs WHERE user_id = \(user.rawValue)", logger: logger
-                ).decode(Int.self).first { _ in true } ?? 0
+            let count = try await Self.count(
+                "SELECT count(*) FROM jobs WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
             if let violation = quotas.check(.jobs, current: count) { throw violation.apiError }
             let named = Set(spec.tasks.compactMap { $0.envId.map(EnvID.init(rawValue:)) })
             let owned = try await envs.owned(named, user: user, on: connection)
@@ -48,13 +48,15 @@ public struct JobStore: Sendable {
 
             let specJSON = try BatchJSON.encode(spec)
             let dependences = String(decoding: try BatchJSON.encode(spec.dependences ?? []), as: UTF8.self)
+            let tags = String(decoding: try BatchJSON.encode(spec.tags ?? []), as: UTF8.self)
             try await connection.query(
                 """
                 INSERT INTO jobs (job_id, user_id, name, description, priority, state, dependency_rule, dependences,
-                    spec_sealed, client_token)
+                    spec_sealed, client_token, zone, tags)
                 VALUES (\(jobID.rawValue), \(user.rawValue), \(spec.jobName), \(spec.jobDescription),
-                    \(spec.priority ?? 0), 'SUBMITTED', \(spec.dependencyRule.rawValue), \(dependences),
-                    \(try sealer.seal(specJSON, context: "jobs.spec:\(jobID)")), \(clientToken))
+                    \(spec.priority ?? JobSpec.defaultPriority), 'SUBMITTED', \(spec.dependencyRule.rawValue),
+                    \(dependences), \(try sealer.seal(specJSON, context: "jobs.spec:\(jobID)")), \(clientToken),
+                    \(zone), \(tags)::jsonb)
                 """, logger: logger)
             let sealedTasks = try spec.tasks.map {
                 try sealer.seal(try BatchJSON.encode($0), context: "tasks.spec:\(jobID)/\($0.taskName)")
@@ -63,7 +65,8 @@ public struct JobStore: Sendable {
                 """
                 INSERT INTO tasks (job_id, task_name, position, state, instance_num, env_id, max_retry_count,
                     timeout_seconds, spec_sealed)
-                SELECT \(jobID.rawValue), name, position, state, count, NULLIF(env, ''), retries, timeout, spec FROM unnest(\(spec.tasks.map(\.taskName))::text[],
+                SELECT \(jobID.rawValue), name, position, state, count, NULLIF(env, ''), retries, timeout, spec
+                FROM unnest(\(spec.tasks.map(\.taskName))::text[],
                     \(Array(spec.tasks.indices))::integer[], \(spec.tasks.map { _ in "SUBMITTED" })::text[],
                     \(spec.tasks.map(\.instanceCount))::integer[], \(spec.tasks.map { $0.envId ?? "" })::text[],
                     \(spec.tasks.map { $0.maxRetryCount ?? 0 })::integer[],
@@ -80,18 +83,21 @@ public struct JobStore: Sendable {
         }
     }
 
+    // MARK: Reads
+
     /// The job with its tasks and counts, if it exists and belongs to `user`.
     public func view(_ jobID: JobID, user: UserID) async throws -> JobView? {
-        let logger = database.logger
         let rows = try await database.client.query(
             """
-            SELECT name, description, priority, state, state_reason, dependences, created_at, end_time FROM jobs
-            WHERE job_id = \(jobID.rawValue) AND user_id = \(user.rawValue)
+            SELECT name, description, zone, priority, state, state_reason, dependences, created_at, end_time,
+                tags::text, next_action
+            FROM jobs WHERE job_id = \(jobID.rawValue) AND user_id = \(user.rawValue)
             """, logger: logger)
         guard
-            let (name, description, priority, state, reason, dependences, created, ended) = try await rows.decode(
-                (String?, String?, Int, String, String?, String, Date, Date?).self
-            ).first(where: { _ in true })
+            let (name, description, zone, priority, state, reason, dependences, created, ended, tags, next) =
+                try await rows.decode(
+                    (String?, String?, String?, Int, String, String?, String, Date, Date?, String, String?).self
+                ).first(where: { _ in true })
         else { return nil }
 
         var tasks: [TaskView] = []
@@ -109,52 +115,303 @@ public struct JobStore: Sendable {
                     taskName: taskName, taskState: state, createTime: taskCreated, endTime: taskEnded,
                     stateReason: taskReason))
         }
-        var instanceCounts = StateCounts()
-        for try await (instanceState, count) in try await database.client.query(
-            "SELECT state, count(*) FROM task_instances WHERE job_id = \(jobID.rawValue) GROUP BY state",
-            logger: logger
-        ).decode((String, Int).self) {
-            instanceCounts[ExecutionState(rawValue: instanceState) ?? .submitted] += count
-        }
+        let instanceCounts = try await instanceStateCounts(jobID, task: nil)
         return JobView(
-            jobId: jobID, jobName: name, jobDescription: description, priority: priority,
+            jobId: jobID, jobName: name, jobDescription: description, zone: zone, priority: priority,
             jobState: ExecutionState(rawValue: state) ?? .submitted, createTime: created, endTime: ended,
             stateReason: reason, taskSet: tasks,
             dependenceSet: try BatchJSON.decode([Dependence].self, from: Array(dependences.utf8)),
-            taskMetrics: StateMetrics(taskCounts), taskInstanceMetrics: StateMetrics(instanceCounts))
+            taskMetrics: StateMetrics(taskCounts), taskInstanceMetrics: StateMetrics(instanceCounts),
+            tags: try BatchJSON.decode([Tag].self, from: Array(tags.utf8)), nextAction: next)
     }
 
-    /// A task's instances, `offset`/`limit` paged by index, if the job belongs to `user`; nil when the job or task
-    /// does not exist for this user.
+    /// `DescribeJobs`: the user's jobs, newest first, by ids and filters (`job-id`, `job-name`, `job-state`,
+    /// `zone`, `tag-key`, `tag-value`, `tag:<key>`).
+    public func list(user: UserID, jobIDs: [JobID]?, filters: FilterSet, paging: Paging) async throws
+        -> (total: Int, jobs: [JobSummaryView])
+    {
+        var query = SQLBuilder("FROM jobs j WHERE j.user_id = ")
+        query.append(query.bind(user.rawValue))
+        if let jobIDs { query.append(" AND j.job_id = ANY(\(query.bind(jobIDs.map(\.rawValue))))") }
+        for (column, name) in [
+            ("j.job_id", "job-id"), ("j.name", "job-name"), ("j.state", "job-state"), ("j.zone", "zone"),
+        ] {
+            if let values = filters[name] { query.append(" AND \(column) = ANY(\(query.bind(values)))") }
+        }
+        Self.appendTagFilters(filters, column: "j.tags", to: &query)
+        let total = try await Self.count(query.countQuery, client: database.client, logger: logger)
+        query.append(
+            " ORDER BY j.created_at DESC, j.job_id LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))"
+        )
+        var select = query
+        select.prepend(
+            """
+            SELECT j.job_id, j.name, j.state, j.priority, j.zone, j.created_at, j.end_time, j.tags::text,
+                (SELECT coalesce(jsonb_object_agg(state, n), '{}')::text FROM
+                    (SELECT t.state, count(*) AS n FROM tasks t WHERE t.job_id = j.job_id GROUP BY t.state) s)
+            """)
+        var jobs: [JobSummaryView] = []
+        for try await (id, name, state, priority, zone, created, ended, tags, counts) in try await database.client
+            .query(
+                select.query, logger: logger
+            ).decode((String, String?, String, Int, String?, Date, Date?, String, String).self)
+        {
+            jobs.append(
+                JobSummaryView(
+                    jobId: JobID(rawValue: id), jobName: name, jobState: ExecutionState(rawValue: state) ?? .submitted,
+                    priority: priority, placement: PlacementView(zone: zone), createTime: created, endTime: ended,
+                    taskMetrics: StateMetrics(try Self.stateCounts(json: counts)),
+                    tags: try BatchJSON.decode([Tag].self, from: Array(tags.utf8))))
+        }
+        return (total, jobs)
+    }
+
+    /// `DescribeJobSubmitInfo`: the job as submitted (templates resolved), secrets masked.
+    public func submitInfo(_ jobID: JobID, user: UserID) async throws -> JobSpec? {
+        let rows = try await database.client.query(
+            "SELECT spec_sealed FROM jobs WHERE job_id = \(jobID.rawValue) AND user_id = \(user.rawValue)",
+            logger: logger)
+        guard let sealed = try await rows.decode(String.self).first(where: { _ in true }) else { return nil }
+        var spec = try BatchJSON.decode(
+            JobSpec.self, from: try database.sealer.openBytes(sealed, context: "jobs.spec:\(jobID)"))
+        spec.tasks = spec.tasks.map(\.redacted)
+        return spec
+    }
+
+    /// A task's instances, paged by index and optionally filtered by state, if the job belongs to `user`.
     public func instances(
-        of jobID: JobID, task: String, user: UserID, offset: Int = 0, limit: Int = 100
-    ) async throws -> (state: ExecutionState, total: Int, instances: [TaskInstanceView])? {
-        let logger = database.logger
+        of jobID: JobID, task: String, user: UserID, states: [String]? = nil, paging: Paging
+    ) async throws -> (task: TaskView, total: Int, counts: StateCounts, instances: [TaskInstanceView])? {
         let rows = try await database.client.query(
             """
-            SELECT t.state, t.instance_num FROM tasks t JOIN jobs j USING (job_id)
+            SELECT t.state, t.state_reason, t.created_at, t.end_time FROM tasks t JOIN jobs j USING (job_id)
             WHERE t.job_id = \(jobID.rawValue) AND t.task_name = \(task) AND j.user_id = \(user.rawValue)
             """, logger: logger)
-        guard let (state, total) = try await rows.decode((String, Int).self).first(where: { _ in true }) else {
-            return nil
-        }
+        guard
+            let (state, reason, created, ended) = try await rows.decode((String, String?, Date, Date?).self).first(
+                where: { _ in true })
+        else { return nil }
+        var query = SQLBuilder("FROM task_instances WHERE job_id = ")
+        query.append(query.bind(jobID.rawValue))
+        query.append(" AND task_name = \(query.bind(task))")
+        if let states { query.append(" AND state = ANY(\(query.bind(states)))") }
+        let total = try await Self.count(
+            query.countQuery, client: database.client,
+            logger: logger)
+        query.append(" ORDER BY instance_index LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))")
+        query.prepend(
+            """
+            SELECT instance_index, state, exit_code, state_reason, node_id, created_at, launch_time, end_time, attempt
+            """)
         var instances: [TaskInstanceView] = []
-        for try await (index, instanceState, exitCode, reason, node, created, launched, ended, attempt)
-            in try await database.client.query(
-                """
-                SELECT instance_index, state, exit_code, state_reason, node_id, created_at, launch_time, end_time,
-                    attempt
-                FROM task_instances WHERE job_id = \(jobID.rawValue) AND task_name = \(task)
-                ORDER BY instance_index OFFSET \(offset) LIMIT \(limit)
-                """, logger: logger
-            ).decode((Int, String, Int?, String?, String?, Date, Date?, Date?, Int).self)
+        for try await (
+            index, instanceState, exitCode, instanceReason, node, instanceCreated, launched, instanceEnded, attempt
+        )
+            in try await database.client.query(query.query, logger: logger).decode(
+                (Int, String, Int?, String?, String?, Date, Date?, Date?, Int).self)
         {
             instances.append(
                 TaskInstanceView(
                     taskInstanceIndex: index, taskInstanceState: ExecutionState(rawValue: instanceState) ?? .submitted,
-                    exitCode: exitCode, stateReason: reason, computeNodeInstanceId: node, createTime: created,
-                    launchTime: launched, endTime: ended, attempt: attempt))
+                    exitCode: exitCode, stateReason: instanceReason, computeNodeInstanceId: node,
+                    createTime: instanceCreated, launchTime: launched, endTime: instanceEnded, attempt: attempt))
         }
-        return (ExecutionState(rawValue: state) ?? .submitted, total, instances)
+        let view = TaskView(
+            taskName: task, taskState: ExecutionState(rawValue: state) ?? .submitted, createTime: created,
+            endTime: ended, stateReason: reason)
+        return (view, total, try await instanceStateCounts(jobID, task: task), instances)
+    }
+
+    /// `DescribeTaskLogs`: the end of each stream of the given (or first `paging`) instances, base64.
+    public func logs(of jobID: JobID, task: String, user: UserID, indexes: [Int]?, paging: Paging) async throws
+        -> (total: Int, logs: [TaskInstanceLog])?
+    {
+        guard
+            try await instances(
+                of: jobID, task: task, user: user, paging: try Paging(offset: 0, limit: 1, defaultLimit: 1, maximum: 1))
+                != nil
+        else {
+            return nil
+        }
+        var query = SQLBuilder("FROM task_instances WHERE job_id = ")
+        query.append(query.bind(jobID.rawValue))
+        query.append(" AND task_name = \(query.bind(task))")
+        if let indexes { query.append(" AND instance_index = ANY(\(query.bind(indexes)))") }
+        let total = try await Self.count(
+            query.countQuery, client: database.client,
+            logger: logger)
+        query.append(" ORDER BY instance_index LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))")
+        query.prepend("SELECT instance_index, stdout_tail_sealed, stderr_tail_sealed ")
+        var logs: [TaskInstanceLog] = []
+        let sealer = database.sealer
+        for try await (index, stdout, stderr) in try await database.client.query(query.query, logger: logger).decode(
+            (Int, String?, String?).self)
+        {
+            func open(_ sealed: String?, _ stream: String) throws -> String? {
+                try sealed.map {
+                    Data(try sealer.openBytes($0, context: "logs:\(jobID)/\(task)/\(index)/\(stream)"))
+                        .base64EncodedString()
+                }
+            }
+            logs.append(
+                TaskInstanceLog(
+                    taskInstanceIndex: index, stdoutLog: try open(stdout, "stdout"),
+                    stderrLog: try open(stderr, "stderr")))
+        }
+        return (total, logs)
+    }
+
+    // MARK: Changes
+
+    /// `TerminateJob`: refused while `SUBMITTED` (the scheduler has not taken it yet), nothing to do once final;
+    /// otherwise marks `NextAction` `TERMINATE` and asks the scheduler, in one transaction.
+    public func requestTermination(_ jobID: JobID, user: UserID, reason: String) async throws {
+        try await changeJob(jobID, user: user) { state, connection in
+            guard state != .submitted else {
+                throw APIError(
+                    .unsupportedOperation, "JobId: the job is still SUBMITTED; terminate it once it is scheduled")
+            }
+            guard !state.isFinal else { return nil }
+            try await connection.query(
+                "UPDATE jobs SET next_action = 'TERMINATE' WHERE job_id = \(jobID.rawValue)", logger: logger)
+            return try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.jobTerminationRequested,
+                payload: JobTerminationRequested(jobID: jobID, reason: reason), correlationID: jobID.rawValue)
+        }
+    }
+
+    /// `TerminateTaskInstance`: final instances are left alone; others are ended by the scheduler.
+    public func requestInstanceTermination(_ jobID: JobID, task: String, index: Int, user: UserID) async throws {
+        try await changeJob(jobID, user: user) { _, connection in
+            let found = try await connection.query(
+                """
+                SELECT state FROM task_instances
+                WHERE job_id = \(jobID.rawValue) AND task_name = \(task) AND instance_index = \(index)
+                """, logger: logger
+            ).decode(String.self).first { _ in true }
+            guard let found else {
+                throw APIError(
+                    .taskInstanceNotFound, "TaskInstanceIndex: task \(task.prefix(60)) has no instance \(index)")
+            }
+            guard !(ExecutionState(rawValue: found)?.isFinal ?? false) || found == "FAILED_INTERRUPTED" else {
+                return nil
+            }
+            return try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.instanceTerminationRequested,
+                payload: InstanceTerminationRequested(jobID: jobID, taskName: task, instanceIndex: index),
+                correlationID: jobID.rawValue)
+        }
+    }
+
+    /// `RetryJobs`: only a `FAILED` job; the scheduler runs its failed instances again in DAG order.
+    public func requestRetry(_ jobID: JobID, user: UserID) async throws {
+        try await changeJob(jobID, user: user) { state, _ in
+            guard state == .failed || state == .failedInterrupted else {
+                throw APIError(
+                    .unsupportedOperation, "JobIds: job \(jobID) is \(state.rawValue); only FAILED jobs are retried")
+            }
+            return try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.jobRetryRequested,
+                payload: JobRetryRequested(jobID: jobID), correlationID: jobID.rawValue)
+        }
+    }
+
+    /// `DeleteJob`: only when the job and every instance are final (`ResourceInUse.Job` otherwise).
+    public func delete(_ jobID: JobID, user: UserID) async throws {
+        try await changeJob(jobID, user: user) { state, connection in
+            let unfinished = try await Self.count(
+                """
+                SELECT count(*) FROM task_instances WHERE job_id = \(jobID.rawValue)
+                    AND state NOT IN ('SUCCEED', 'FAILED')
+                """, on: connection, logger: logger)
+            guard state == .succeed || state == .failed, unfinished == 0 else {
+                throw APIError(
+                    .jobInUse, "JobId: job \(jobID) is \(state.rawValue) with \(unfinished) unfinished instances")
+            }
+            try await connection.query("DELETE FROM jobs WHERE job_id = \(jobID.rawValue)", logger: logger)
+            return nil
+        }
+    }
+
+    /// Locks the user's job, runs `body` with its state, and enqueues the message it returns; all in one
+    /// transaction. `ResourceNotFound.Job` when the job is not the user's.
+    private func changeJob(
+        _ jobID: JobID, user: UserID,
+        _ body: (ExecutionState, PostgresConnection) async throws -> OutgoingMessage?
+    ) async throws {
+        let logger = self.logger
+        let sealer = database.sealer
+        try await database.transaction { connection in
+            let rows = try await connection.query(
+                "SELECT state FROM jobs WHERE job_id = \(jobID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE",
+                logger: logger)
+            guard let state = try await rows.decode(String.self).first(where: { _ in true }) else {
+                throw APIError(.jobNotFound, "JobId: no job \(jobID)")
+            }
+            if let message = try await body(ExecutionState(rawValue: state) ?? .submitted, connection) {
+                try await Outbox.enqueue([message], on: connection, sealer: sealer, logger: logger)
+            }
+        }
+    }
+
+    // MARK: Helpers
+
+    private func instanceStateCounts(_ jobID: JobID, task: String?) async throws -> StateCounts {
+        var counts = StateCounts()
+        let rows =
+            if let task {
+                try await database.client.query(
+                    """
+                    SELECT state, count(*) FROM task_instances WHERE job_id = \(jobID.rawValue)
+                        AND task_name = \(task) GROUP BY state
+                    """, logger: logger)
+            } else {
+                try await database.client.query(
+                    "SELECT state, count(*) FROM task_instances WHERE job_id = \(jobID.rawValue) GROUP BY state",
+                    logger: logger)
+            }
+        for try await (state, count) in rows.decode((String, Int).self) {
+            counts[ExecutionState(rawValue: state) ?? .submitted] += count
+        }
+        return counts
+    }
+
+    static func stateCounts(json: String) throws -> StateCounts {
+        let object = try JSONDecoder().decode([String: Int].self, from: Data(json.utf8))
+        var counts = StateCounts()
+        for (state, count) in object { counts[ExecutionState(rawValue: state) ?? .submitted] += count }
+        return counts
+    }
+
+    /// Serializes a user's quota checks.
+    static func lockUser(_ user: UserID, on connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.query("SELECT 1 FROM users WHERE user_id = \(user.rawValue) FOR UPDATE", logger: logger)
+    }
+
+    static func count(_ query: PostgresQuery, on connection: PostgresConnection, logger: Logger) async throws -> Int {
+        try await connection.query(query, logger: logger).decode(Int.self).first { _ in true } ?? 0
+    }
+
+    static func count(_ query: PostgresQuery, client: PostgresClient, logger: Logger) async throws -> Int {
+        try await client.query(query, logger: logger).decode(Int.self).first { _ in true } ?? 0
+    }
+
+    /// `tag-key`, `tag-value` and `tag:<key>` filters on a jsonb array of `{"Key", "Value"}`.
+    static func appendTagFilters(_ filters: FilterSet, column: String, to query: inout SQLBuilder) {
+        if let keys = filters["tag-key"] {
+            query.append(
+                " AND EXISTS (SELECT 1 FROM jsonb_array_elements(\(column)) t WHERE t->>'Key' = ANY(\(query.bind(keys))))"
+            )
+        }
+        if let values = filters["tag-value"] {
+            query.append(
+                " AND EXISTS (SELECT 1 FROM jsonb_array_elements(\(column)) t WHERE t->>'Value' = ANY(\(query.bind(values))))"
+            )
+        }
+        for (key, values) in filters.tagValues.sorted(by: { $0.key < $1.key }) {
+            query.append(
+                " AND EXISTS (SELECT 1 FROM jsonb_array_elements(\(column)) t WHERE t->>'Key' = \(query.bind(key))"
+                    + " AND t->>'Value' = ANY(\(query.bind(values))))")
+        }
     }
 }

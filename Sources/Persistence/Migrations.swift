@@ -146,5 +146,53 @@ extension Migration {
                 "ALTER TABLE compute_envs RENAME COLUMN spec TO spec_sealed"
             ]
         ),
+        Migration(
+            version: 3, name: "full API: tags, templates, activities, attached nodes, log tails",
+            statements: [
+                """
+                ALTER TABLE jobs ADD COLUMN zone text, ADD COLUMN tags jsonb NOT NULL DEFAULT '[]',
+                    ADD COLUMN next_action text
+                """,
+                "CREATE INDEX jobs_tags ON jobs USING gin (tags jsonb_path_ops)",
+                """
+                CREATE TABLE task_templates (
+                    template_id text PRIMARY KEY,
+                    user_id text NOT NULL REFERENCES users,
+                    name text NOT NULL,
+                    description text,
+                    spec_sealed text NOT NULL,
+                    tags jsonb NOT NULL DEFAULT '[]',
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    updated_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE INDEX task_templates_user ON task_templates (user_id, created_at)",
+                """
+                ALTER TABLE compute_envs ADD COLUMN zone text, ADD COLUMN tags jsonb NOT NULL DEFAULT '[]',
+                    ADD COLUMN next_action text
+                """,
+                """
+                ALTER TABLE compute_nodes ADD COLUMN resource_origin text NOT NULL DEFAULT 'BATCH_CREATED',
+                    ADD COLUMN instance_id text
+                """,
+                """
+                CREATE TABLE compute_env_activities (
+                    activity_id text PRIMARY KEY,
+                    env_id text NOT NULL REFERENCES compute_envs ON DELETE CASCADE,
+                    node_id text,
+                    activity_type text NOT NULL,
+                    cause text,
+                    state text NOT NULL,
+                    state_reason text,
+                    instance_id text,
+                    start_time timestamptz NOT NULL DEFAULT now(),
+                    end_time timestamptz
+                )
+                """,
+                "CREATE INDEX compute_env_activities_env ON compute_env_activities (env_id, start_time DESC)",
+                // The last 2 KiB of each stream of an instance's last attempt, sealed, for DescribeTaskLogs.
+                "ALTER TABLE task_instances ADD COLUMN stdout_tail_sealed text, ADD COLUMN stderr_tail_sealed text",
+            ]
+        ),
     ]
 }

@@ -86,6 +86,7 @@ public struct SchedulerStore: Sendable {
                 name, of: job, reason: "anonymous compute environments are not supported yet", on: connection)
             return []
         }
+        // New instances start at attempt 1; failed ones (RetryJobs) go back to RUNNABLE with their next attempt.
         try await connection.query(
             """
             INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
@@ -94,19 +95,34 @@ public struct SchedulerStore: Sendable {
             """, logger: logger)
         try await connection.query(
             """
-            UPDATE tasks SET state = 'RUNNABLE', start_time = now()
+            UPDATE task_instances SET state = 'RUNNABLE', attempt = attempt + 1, exit_code = NULL,
+                state_reason = NULL, node_id = NULL, launch_time = NULL, end_time = NULL
+            WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state IN ('FAILED', 'FAILED_INTERRUPTED')
+            """, logger: logger)
+        try await connection.query(
+            """
+            UPDATE tasks SET state = 'RUNNABLE', state_reason = NULL, end_time = NULL,
+                start_time = coalesce(start_time, now())
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
         let command = spec.application?.script ?? ""
-        return try (0..<count).map { index in
-            try OutgoingMessage(
-                exchange: Topology.commandsExchange, routingKey: Topology.workRoutingKey(env: envID),
-                payload: InstanceRun(
-                    jobID: job.id, taskName: name, instanceIndex: index, instanceCount: count, attempt: 1,
-                    envID: EnvID(rawValue: envID), command: command, environment: spec.envVars ?? [],
-                    timeoutSeconds: timeout),
-                correlationID: job.id.rawValue, mandatory: true)
+        var messages: [OutgoingMessage] = []
+        for try await (index, attempt) in try await connection.query(
+            """
+            SELECT instance_index, attempt FROM task_instances
+            WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state = 'RUNNABLE' ORDER BY instance_index
+            """, logger: logger
+        ).decode((Int, Int).self) {
+            messages.append(
+                try OutgoingMessage(
+                    exchange: Topology.commandsExchange, routingKey: Topology.workRoutingKey(env: envID),
+                    payload: InstanceRun(
+                        jobID: job.id, taskName: name, instanceIndex: index, instanceCount: count, attempt: attempt,
+                        envID: EnvID(rawValue: envID), command: command, environment: spec.envVars ?? [],
+                        timeoutSeconds: timeout),
+                    correlationID: job.id.rawValue, mandatory: true))
         }
+        return messages
     }
 
     /// A task that can never run ends `FAILED` with `reason`.
@@ -126,7 +142,8 @@ public struct SchedulerStore: Sendable {
         try await connection.query(
             """
             UPDATE tasks SET state = \(state.rawValue),
-                end_time = CASE WHEN \(state.isFinal) THEN now() ELSE end_time END
+                end_time = CASE WHEN \(state.isFinal) THEN now() END,
+                state_reason = CASE WHEN \(state.isFinal) THEN state_reason END
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
     }
@@ -136,8 +153,9 @@ public struct SchedulerStore: Sendable {
     ) async throws {
         try await connection.query(
             """
-            UPDATE jobs SET state = \(state.rawValue), state_reason = coalesce(\(reason), state_reason),
-                updated_at = now(), end_time = CASE WHEN \(state.isFinal) THEN now() ELSE end_time END
+            UPDATE jobs SET state = \(state.rawValue),
+                state_reason = CASE WHEN \(state.isFinal) THEN coalesce(\(reason), state_reason) END,
+                updated_at = now(), end_time = CASE WHEN \(state.isFinal) THEN now() END
             WHERE job_id = \(job.id.rawValue)
             """, logger: logger)
     }
@@ -156,21 +174,50 @@ public struct SchedulerStore: Sendable {
         return try await rows.decode(Int.self).first { _ in true } != nil
     }
 
-    /// Records an instance's end if the event is for its current attempt and it is not final yet.
+    /// Records an instance's end if the event is for its current attempt and it is not final yet, with the end
+    /// of its logs (sealed).
     public func instanceFinished(_ event: InstanceFinished, on connection: PostgresConnection) async throws -> Bool {
         let state: ExecutionState = event.succeeded ? .succeed : .failed
         let reason: String? =
             event.succeeded ? nil : event.reason ?? event.exitCode.map { "exited with code \($0)" }
+        let context = "logs:\(event.jobID)/\(event.taskName)/\(event.instanceIndex)"
+        let stdout = try event.stdoutTail.map { try database.sealer.seal($0, context: "\(context)/stdout") }
+        let stderr = try event.stderrTail.map { try database.sealer.seal($0, context: "\(context)/stderr") }
         let rows = try await connection.query(
             """
             UPDATE task_instances SET state = \(state.rawValue), exit_code = \(event.exitCode),
                 state_reason = \(reason), end_time = \(event.finishedAt), node_id = \(event.nodeID.rawValue),
-                launch_time = coalesce(launch_time, \(event.finishedAt))
+                launch_time = coalesce(launch_time, \(event.finishedAt)), stdout_tail_sealed = \(stdout),
+                stderr_tail_sealed = \(stderr)
             WHERE job_id = \(event.jobID.rawValue) AND task_name = \(event.taskName)
                 AND instance_index = \(event.instanceIndex) AND attempt = \(event.attempt)
                 AND state NOT IN ('SUCCEED', 'FAILED', 'FAILED_INTERRUPTED')
             RETURNING 1
             """, logger: logger)
         return try await rows.decode(Int.self).first { _ in true } != nil
+    }
+
+    /// Ends instances that have not finished (and releases kept ones): all of the job's, or one. Returns how many
+    /// changed.
+    @discardableResult
+    public func terminateInstances(
+        of job: LockedJob, task: String? = nil, index: Int? = nil, reason: String, on connection: PostgresConnection
+    ) async throws -> Int {
+        var query = SQLBuilder(
+            "UPDATE task_instances SET state = 'FAILED', end_time = now(), state_reason = ")
+        query.append(query.bind(reason))
+        query.append(" WHERE job_id = \(query.bind(job.id.rawValue)) AND state NOT IN ('SUCCEED', 'FAILED')")
+        if let task { query.append(" AND task_name = \(query.bind(task))") }
+        if let index { query.append(" AND instance_index = \(query.bind(index))") }
+        query.append(" RETURNING 1")
+        var changed = 0
+        for try await _ in try await connection.query(query.query, logger: logger).decode(Int.self) { changed += 1 }
+        return changed
+    }
+
+    /// Clears `NextAction` once a requested change is carried out.
+    public func clearNextAction(_ job: LockedJob, on connection: PostgresConnection) async throws {
+        try await connection.query(
+            "UPDATE jobs SET next_action = NULL WHERE job_id = \(job.id.rawValue)", logger: logger)
     }
 }

@@ -30,16 +30,23 @@ struct Provisioner: Service {
 
     func run() async throws {
         let envs = self.envs
-        await driver.onNodeExit { node, _, _ in
-            try? await envs.deleteNode(node)
+        await driver.onNodeExit { node, _, reason in
+            try? await envs.deleteNode(node, cause: "node process ended: \(reason)")
         }
         // Nodes of an earlier run of this provisioner stopped with it (they watch their parent).
         try await database.client.query(
-            "DELETE FROM compute_nodes WHERE env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')")
+            """
+            DELETE FROM compute_nodes WHERE resource_origin = 'BATCH_CREATED'
+                AND env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')
+            """)
         while !Task.isShuttingDownGracefully {
             do {
                 for env in try await envs.all() where env.driver == driver.name {
-                    try await reconcile(env.envID, desired: env.desired)
+                    if env.deleting {
+                        try await removeEnvironment(env.envID)
+                    } else {
+                        try await reconcile(env.envID, desired: env.desired)
+                    }
                 }
             } catch {
                 logger.warning("reconciling environments failed", metadata: ["error": "\(error)"])
@@ -56,33 +63,60 @@ struct Provisioner: Service {
         if running.count < desired {
             for _ in running.count..<desired {
                 let node = NodeID.generate()
-                try await envs.nodeCreating(node, env: env, slots: nodeSlots, host: ProcessInfo.processInfo.hostName)
+                try await envs.nodeCreating(
+                    node, env: env, slots: nodeSlots, host: ProcessInfo.processInfo.hostName,
+                    cause: "the environment has \(running.count) of \(desired) nodes")
                 do {
                     try await driver.createNode(node, env: env, slots: nodeSlots)
                 } catch {
                     try await envs.setNodeState(node, "CREATION_FAILED")
+                    try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")
                     throw error
                 }
             }
         } else if running.count > desired {
             for node in running.suffix(running.count - desired) {
-                try await envs.setNodeState(node, "DELETING")
-                await driver.destroyNode(node)
-                try await envs.deleteNode(node)
+                try await destroy(node, cause: "the environment wants \(desired) nodes")
             }
         }
     }
 
+    /// Stops a node (it finishes its work first) and records why.
+    func destroy(_ node: NodeID, cause: String) async throws {
+        try await envs.setNodeState(node, "DELETING")
+        await driver.destroyNode(node)
+        try await envs.deleteNode(node, cause: cause)
+    }
+
+    /// `DeleteComputeEnv`: every node goes, then the environment.
+    func removeEnvironment(_ env: EnvID) async throws {
+        for node in await driver.nodes(of: env) {
+            try await destroy(node, cause: "the environment is being deleted")
+        }
+        try await envs.deleteEnvironment(env)
+        logger.info("compute environment deleted", metadata: ["env.id": "\(env)"])
+    }
+
     @Sendable func handle(_ delivery: Delivery) async throws {
         switch delivery.type {
-        case ComputeEnvCreated.type:
-            let event = try delivery.decode(ComputeEnvCreated.self).payload
-            guard let env = try await envs.find(event.envID) else { return }
-            if env.driver == driver.name { try await reconcile(event.envID, desired: env.desired) }
+        case ComputeEnvCreated.type, ComputeEnvModified.type:
+            let envID =
+                delivery.type == ComputeEnvCreated.type
+                ? try delivery.decode(ComputeEnvCreated.self).payload.envID
+                : try delivery.decode(ComputeEnvModified.self).payload.envID
+            guard let env = try await envs.find(envID), env.driver == driver.name, !env.deleting else { return }
+            try await reconcile(envID, desired: env.desired)
+        case ComputeEnvDeletionRequested.type:
+            let envID = try delivery.decode(ComputeEnvDeletionRequested.self).payload.envID
+            guard let env = try await envs.find(envID), env.driver == driver.name else { return }
+            try await removeEnvironment(envID)
+        case NodeTerminationRequested.type:
+            let event = try delivery.decode(NodeTerminationRequested.self).payload
+            for node in event.nodeIDs { try await destroy(node, cause: "terminated by the user") }
         case NodeHeartbeat.type:
             try await envs.heartbeat(try delivery.decode(NodeHeartbeat.self).payload)
         case NodeStopped.type:
-            try await envs.deleteNode(try delivery.decode(NodeStopped.self).payload.nodeID)
+            try await envs.deleteNode(try delivery.decode(NodeStopped.self).payload.nodeID, cause: "the node stopped")
         default:
             throw PoisonMessage("the provisioner does not handle messages of type \(delivery.type ?? "(none)")")
         }

@@ -42,14 +42,38 @@ struct JobScheduler: Sendable {
                         metadata: metadata(event.jobID, event.taskName, event.instanceIndex))
                 }
             }
+        case JobTerminationRequested.type:
+            let event = try delivery.decode(JobTerminationRequested.self).payload
+            try await advance(event.jobID, reason: event.reason) { job, connection in
+                try await store.terminateInstances(of: job, reason: event.reason, on: connection)
+                try await store.clearNextAction(job, on: connection)
+            } decide: { progress in
+                progress.terminate(reason: event.reason) + progress.advance()
+            }
+        case InstanceTerminationRequested.type:
+            let event = try delivery.decode(InstanceTerminationRequested.self).payload
+            try await advance(event.jobID) { job, connection in
+                try await store.terminateInstances(
+                    of: job, task: event.taskName, index: event.instanceIndex,
+                    reason: "terminated by the user (TerminateTaskInstance)", on: connection)
+            }
+        case JobRetryRequested.type:
+            let event = try delivery.decode(JobRetryRequested.self).payload
+            try await advance(event.jobID) { _, _ in
+            } decide: {
+                $0.retry()
+            }
         default:
             throw PoisonMessage("the scheduler does not handle messages of type \(delivery.type ?? "(none)")")
         }
     }
 
-    /// Runs `record` and then the job's next steps in one transaction holding the job's row lock.
+    /// Runs `record` and then `decide` on the job's progress, carrying out its actions, in one transaction holding
+    /// the job's row lock. `reason` explains a job that ends `FAILED` (otherwise: the tasks that failed).
     func advance(
-        _ jobID: JobID, record: (SchedulerStore.LockedJob, PostgresConnection) async throws -> Void
+        _ jobID: JobID, reason: String? = nil,
+        record: (SchedulerStore.LockedJob, PostgresConnection) async throws -> Void,
+        decide: (inout JobProgress) -> [JobProgress.Action] = { $0.advance() }
     ) async throws {
         try await database.transaction { connection in
             guard let job = try await store.lockJob(jobID, on: connection) else {
@@ -59,7 +83,7 @@ struct JobScheduler: Sendable {
             try await record(job, connection)
             var progress = try await store.progress(of: job, on: connection)
             var messages: [OutgoingMessage] = []
-            for action in progress.advance() {
+            for action in decide(&progress) {
                 switch action {
                 case .startTask(let name):
                     let runs = try await store.startTask(name, of: job, on: connection)
@@ -67,17 +91,18 @@ struct JobScheduler: Sendable {
                     logger.info(
                         "task started",
                         metadata: ["job.id": "\(jobID)", "task.name": "\(name)", "instances": "\(runs.count)"])
-                case .skipTask(let name, let reason):
-                    try await store.skipTask(name, of: job, reason: reason, on: connection)
+                case .skipTask(let name, let why):
+                    try await store.skipTask(name, of: job, reason: why, on: connection)
                     logger.info(
-                        "task cannot run",
-                        metadata: ["job.id": "\(jobID)", "task.name": "\(name)", "reason": "\(reason)"])
+                        "task cannot run", metadata: ["job.id": "\(jobID)", "task.name": "\(name)", "reason": "\(why)"])
                 case .setTaskState(let name, let state):
                     try await store.setTaskState(name, of: job, state, on: connection)
                 case .setJobState(let state):
                     let failedTasks = progress.tasks.values.filter { $0.state == .failed }.map(\.name).sorted()
-                    let reason = state == .failed ? "task \(failedTasks.joined(separator: ", ")) failed" : nil
-                    try await store.setJobState(job, state, reason: reason, on: connection)
+                    let why =
+                        state == .failed || state == .failedInterrupted
+                        ? reason ?? "task \(failedTasks.joined(separator: ", ")) failed" : nil
+                    try await store.setJobState(job, state, reason: why, on: connection)
                     logger.info(
                         "job state changed", metadata: ["job.id": "\(jobID)", "job.state": "\(state.rawValue)"])
                 }

@@ -45,6 +45,7 @@ final class Stack: @unchecked Sendable {
             "BATCH_DATABASE_URL": databaseURL,
             "BATCH_MASTER_KEY": Sealer.Key.generate(id: "e2e").configurationString,
             "BATCH_GATEWAY_PORT": String(port),
+            "BATCH_INSECURE_HTTP": "1",
             "BATCH_NODES_DIR": directory.appendingPathComponent("nodes").path,
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",

@@ -143,7 +143,9 @@ struct StartupRefusalTests {
     func masterKeyRequired(service: String, key: String?) throws {
         let process = Process()
         process.executableURL = Stack.binDirectory.appendingPathComponent(service)
-        var environment = ["PATH": "/usr/bin:/bin", "BATCH_DATABASE_URL": TestServers.databaseURLString]
+        var environment = [
+            "PATH": "/usr/bin:/bin", "BATCH_DATABASE_URL": TestServers.databaseURLString, "BATCH_INSECURE_HTTP": "1",
+        ]
         environment["BATCH_MASTER_KEY"] = key
         environment["BATCH_EXECUTOR_PATH"] = Stack.binDirectory.appendingPathComponent("ExecutorService").path
         process.environment = environment
