@@ -63,7 +63,8 @@ struct ExecutorService: AsyncParsableCommand {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             amqp = AMQPClient(
                 configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-executor-\(nodeId)"),
-                topology: .workQueue(forEnv: envID.rawValue), logger: logger)
+                topology: Topology.workQueue(forEnv: envID.rawValue).merging(.nodeQueue(forNode: nodeId)),
+                logger: logger)
         } catch {
             exitWithError("ExecutorService", error)
         }
@@ -79,6 +80,10 @@ struct ExecutorService: AsyncParsableCommand {
                 services: [
                     .init(service: amqp),
                     .init(service: heartbeat, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(
+                        service: EventConsumer(
+                            amqp: amqp, queue: Topology.nodeQueue(node: nodeId), concurrency: 4, logger: logger,
+                            handle: runner.kill)),
                     .init(
                         service: EventConsumer(
                             amqp: amqp, queue: Topology.workQueue(env: envID.rawValue), concurrency: slots,

@@ -3,6 +3,7 @@ import BatchRuntime
 import Foundation
 import Logging
 import Messaging
+import ServiceLifecycle
 import Synchronization
 
 #if canImport(Glibc)
@@ -20,6 +21,12 @@ final class InstanceRunner: Sendable {
     let workRoot: URL
     let logger: Logger
     private let busy = Atomic<Int>(0)
+    /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
+    private let running = Mutex<[String: ChildProcess]>([:])
+
+    static func key(_ job: JobID, _ task: String, _ index: Int, _ attempt: Int) -> String {
+        "\(job)/\(task)/\(index)/\(attempt)"
+    }
 
     init(amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, logger: Logger) {
         self.amqp = amqp
@@ -52,7 +59,12 @@ final class InstanceRunner: Sendable {
             routingKey: Topology.Event.instanceStarted, job: run.jobID)
         logger.info("instance started")
 
-        let (exitCode, reason) = await execute(run, in: directory, logger: logger)
+        guard let (exitCode, reason) = await execute(run, in: directory, logger: logger) else {
+            // The node is stopping: the attempt was stopped and its message goes back to the queue, to run again
+            // on another node.
+            logger.info("instance stopped with the node; it will run again elsewhere")
+            throw InstanceInterrupted()
+        }
         try await publish(
             InstanceFinished(
                 jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
@@ -63,8 +75,9 @@ final class InstanceRunner: Sendable {
         logger.info("instance finished", metadata: ["exit.code": "\(exitCode.map(String.init) ?? "none")"])
     }
 
-    /// Runs the command; returns its exit code (nil if it could not start) and, unless it exited 0, why.
-    func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> (Int?, String?) {
+    /// Runs the command; returns its exit code (nil if it could not start) and, unless it exited 0, why; or nil
+    /// when the node shut down while it ran (the command was stopped).
+    func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> (Int?, String?)? {
         var environment = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": directory.path,
@@ -90,18 +103,42 @@ final class InstanceRunner: Sendable {
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return (nil, "could not start: \(error)")
         }
+        let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
+        running.withLock { $0[key] = child }
+        defer { _ = running.withLock { $0.removeValue(forKey: key) } }
         let timedOut = Atomic<Bool>(false)
         let timeout = Task {
             try await Task.sleep(for: .seconds(run.timeoutSeconds))
             timedOut.store(true, ordering: .relaxed)
             await child.terminate()
         }
-        let termination = await child.wait()
+        let interrupted = Atomic<Bool>(false)
+        let termination = await withGracefulShutdownHandler {
+            await child.wait()
+        } onGracefulShutdown: {
+            interrupted.store(true, ordering: .relaxed)
+            Task { await child.terminate(grace: .seconds(5)) }
+        }
         timeout.cancel()
+        if interrupted.load(ordering: .relaxed) { return nil }
         if timedOut.load(ordering: .relaxed) {
             return (termination.code, "timed out after \(run.timeoutSeconds) s")
         }
         return (termination.code, termination == .exited(0) ? nil : termination.description)
+    }
+
+    /// `instance.kill`: stops the attempt's whole process group if it runs here (SIGTERM, SIGKILL after 10 s).
+    @Sendable func kill(_ delivery: Delivery) async throws {
+        let kill = try delivery.decode(InstanceKill.self).payload
+        let key = Self.key(kill.jobID, kill.taskName, kill.instanceIndex, kill.attempt)
+        guard let child = running.withLock({ $0[key] }) else { return }
+        logger.info(
+            "instance killed",
+            metadata: [
+                "job.id": "\(kill.jobID)", "task.name": "\(kill.taskName)", "instance.index": "\(kill.instanceIndex)",
+                "reason": "\(kill.reason)",
+            ])
+        await child.terminate(grace: .seconds(10))
     }
 
     /// The last `count` bytes of a file, or nil when it cannot be read.
@@ -120,3 +157,6 @@ final class InstanceRunner: Sendable {
                 correlationID: job.rawValue))
     }
 }
+
+/// The node stopped while the instance ran; its message is requeued.
+struct InstanceInterrupted: Error {}

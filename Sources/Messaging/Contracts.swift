@@ -204,3 +204,21 @@ public struct NodeTerminationRequested: MessageContract, Hashable {
         self.nodeIDs = nodeIDs
     }
 }
+
+/// Stop one attempt of an instance on the node that runs it (termination). Sent to the node's own queue.
+public struct InstanceKill: MessageContract, Hashable {
+    public static let type = "instance.kill"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+    public var attempt: Int
+    public var reason: String
+
+    public init(jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, reason: String) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+        self.attempt = attempt
+        self.reason = reason
+    }
+}

@@ -140,6 +140,25 @@ extension Topology {
         )
     )
 
+    /// A node's own queue, for commands about what it runs (`instance.kill`); it goes away with the node.
+    public static func nodeQueue(node: String) -> String { "batch.node.\(node)" }
+    /// The routing key on `batch.commands` that reaches one node.
+    public static func nodeRoutingKey(node: String) -> String { "node.\(node)" }
+
+    /// A node's own queue, bound to `batch.commands`.
+    public static func nodeQueue(forNode node: String) -> Topology {
+        base.merging(
+            Topology(
+                queues: [Queue(nodeQueue(node: node), durable: false)],
+                bindings: [
+                    Binding(
+                        queue: nodeQueue(node: node), exchange: commandsExchange, routingKey: nodeRoutingKey(node: node)
+                    )
+                ]
+            )
+        )
+    }
+
     /// A compute environment's work queue, bound to `batch.commands`.
     public static func workQueue(forEnv env: String) -> Topology {
         base.merging(

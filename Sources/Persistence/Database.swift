@@ -127,12 +127,19 @@ public final class Database: Sendable, Service {
         }
     }
 
-    /// Runs `body` in a transaction; signals the outbox relay after a commit.
+    /// Runs `body` in a transaction; signals the outbox relay after a commit. An error `body` throws comes out as
+    /// itself once the transaction is rolled back (not wrapped), so API errors keep their codes.
     public func transaction<Result: Sendable>(
         _ body: (PostgresConnection) async throws -> Result
     ) async throws -> Result {
-        let result = try await client.withTransaction(logger: logger) { connection in
-            try await body(connection)
+        let result: Result
+        do {
+            result = try await client.withTransaction(logger: logger) { connection in
+                try await body(connection)
+            }
+        } catch let error as PostgresTransactionError {
+            if let closureError = error.closureError, error.rollbackError == nil { throw closureError }
+            throw error
         }
         outboxSignal.signal()
         return result

@@ -197,22 +197,34 @@ public struct SchedulerStore: Sendable {
         return try await rows.decode(Int.self).first { _ in true } != nil
     }
 
-    /// Ends instances that have not finished (and releases kept ones): all of the job's, or one. Returns how many
-    /// changed.
+    /// Ends instances that have not finished (and releases kept ones): all of the job's, or one. Returns the
+    /// `instance.kill` messages for those that were on a node.
     @discardableResult
     public func terminateInstances(
         of job: LockedJob, task: String? = nil, index: Int? = nil, reason: String, on connection: PostgresConnection
-    ) async throws -> Int {
+    ) async throws -> [OutgoingMessage] {
         var query = SQLBuilder(
             "UPDATE task_instances SET state = 'FAILED', end_time = now(), state_reason = ")
         query.append(query.bind(reason))
         query.append(" WHERE job_id = \(query.bind(job.id.rawValue)) AND state NOT IN ('SUCCEED', 'FAILED')")
         if let task { query.append(" AND task_name = \(query.bind(task))") }
         if let index { query.append(" AND instance_index = \(query.bind(index))") }
-        query.append(" RETURNING 1")
-        var changed = 0
-        for try await _ in try await connection.query(query.query, logger: logger).decode(Int.self) { changed += 1 }
-        return changed
+        query.append(" RETURNING task_name, instance_index, attempt, node_id")
+        var kills: [OutgoingMessage] = []
+        for try await (taskName, instanceIndex, attempt, node) in try await connection.query(
+            query.query, logger: logger
+        )
+        .decode((String, Int, Int, String?).self) {
+            guard let node else { continue }
+            kills.append(
+                try OutgoingMessage(
+                    exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: node),
+                    payload: InstanceKill(
+                        jobID: job.id, taskName: taskName, instanceIndex: instanceIndex, attempt: attempt,
+                        reason: reason),
+                    correlationID: job.id.rawValue))
+        }
+        return kills
     }
 
     /// Clears `NextAction` once a requested change is carried out.

@@ -45,7 +45,8 @@ struct JobScheduler: Sendable {
         case JobTerminationRequested.type:
             let event = try delivery.decode(JobTerminationRequested.self).payload
             try await advance(event.jobID, reason: event.reason) { job, connection in
-                try await store.terminateInstances(of: job, reason: event.reason, on: connection)
+                let kills = try await store.terminateInstances(of: job, reason: event.reason, on: connection)
+                try await Outbox.enqueue(kills, on: connection, sealer: database.sealer, logger: logger)
                 try await store.clearNextAction(job, on: connection)
             } decide: { progress in
                 progress.terminate(reason: event.reason) + progress.advance()
@@ -53,9 +54,10 @@ struct JobScheduler: Sendable {
         case InstanceTerminationRequested.type:
             let event = try delivery.decode(InstanceTerminationRequested.self).payload
             try await advance(event.jobID) { job, connection in
-                try await store.terminateInstances(
+                let kills = try await store.terminateInstances(
                     of: job, task: event.taskName, index: event.instanceIndex,
                     reason: "terminated by the user (TerminateTaskInstance)", on: connection)
+                try await Outbox.enqueue(kills, on: connection, sealer: database.sealer, logger: logger)
             }
         case JobRetryRequested.type:
             let event = try delivery.decode(JobRetryRequested.self).payload

@@ -3,6 +3,7 @@ import BatchCore
 import Foundation
 import NIOCore
 import NIOFoundationCompat
+import NIOSSL
 import Persistence
 import PostgresNIO
 import TestSupport
@@ -19,7 +20,7 @@ final class Stack: @unchecked Sendable {
     let vhost: String
     let port: Int
     let environment: [String: String]
-    private(set) var processes: [String: Process] = [:]
+    private(set) var processes: [String: ServiceProcess] = [:]
     private(set) var secretID = ""
     private(set) var secretKey = ""
 
@@ -31,7 +32,8 @@ final class Stack: @unchecked Sendable {
     }
 
     /// Starts gateway, scheduler and provisioner (which starts the executors); waits until the gateway is ready.
-    static func start() async throws -> Stack {
+    /// With `tls`, the gateway serves HTTPS with a certificate for 127.0.0.1 made here (``certificatePath``).
+    static func start(tls: Bool = false) async throws -> Stack {
         let amqp = try TestServers.rabbitMQ()
         let (databaseName, databaseURL) = try await TestDatabase.create()
         let vhost = TestServers.uniqueName("test.e2e")
@@ -39,20 +41,33 @@ final class Stack: @unchecked Sendable {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let port = Int.random(in: 20_000..<40_000)
+        var security = ["BATCH_INSECURE_HTTP": "1"]
+        if tls {
+            let certificate = directory.appendingPathComponent("gateway.pem").path
+            let key = directory.appendingPathComponent("gateway.key").path
+            let made = try await TestServers.run(
+                "/usr/bin/openssl",
+                [
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                ], environment: nil)
+            guard made.status == 0 else { throw StackError("openssl could not make a certificate: \(made.stderr)") }
+            security = ["BATCH_TLS_CERTIFICATE": certificate, "BATCH_TLS_KEY": key]
+        }
         let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         let environment = [
             "BATCH_AMQP_URL": "amqp://\(amqp.user):\(amqp.password)@\(amqp.host):\(amqp.port)/\(encodedVhost)",
             "BATCH_DATABASE_URL": databaseURL,
             "BATCH_MASTER_KEY": Sealer.Key.generate(id: "e2e").configurationString,
             "BATCH_GATEWAY_PORT": String(port),
-            "BATCH_INSECURE_HTTP": "1",
             "BATCH_NODES_DIR": directory.appendingPathComponent("nodes").path,
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-        ]
+        ].merging(security) { $1 }
         let stack = Stack(
-            directory: directory, databaseName: databaseName, vhost: vhost, port: port, environment: environment)
+            directory: directory, databaseName: databaseName, vhost: vhost, port: port, environment: environment,
+            tls: tls)
         do {
             try await stack.createUser()
             for service in ["APIGateway", "SchedulerService", "ProvisionerService"] {
@@ -66,48 +81,70 @@ final class Stack: @unchecked Sendable {
         return stack
     }
 
-    private init(directory: URL, databaseName: String, vhost: String, port: Int, environment: [String: String]) {
+    let tls: Bool
+    var certificatePath: String { directory.appendingPathComponent("gateway.pem").path }
+    var endpoint: String { "127.0.0.1:\(port)" }
+
+    private init(
+        directory: URL, databaseName: String, vhost: String, port: Int, environment: [String: String], tls: Bool
+    ) {
         self.directory = directory
         self.databaseName = databaseName
         self.vhost = vhost
         self.port = port
         self.environment = environment
+        self.tls = tls
     }
+
+    /// An HTTP client for this stack: HTTPS accepting the stack's own certificate when `tls`.
+    lazy var http: HTTPClient = {
+        guard tls else { return HTTPClient.shared }
+        var configuration = HTTPClient.Configuration()
+        var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+        tlsConfiguration.certificateVerification = .none
+        configuration.tlsConfiguration = tlsConfiguration
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
+
+    var baseURL: String { "\(tls ? "https" : "http")://\(endpoint)" }
 
     func launch(_ service: String, arguments: [String] = []) throws {
-        let process = Process()
-        process.executableURL = Self.binDirectory.appendingPathComponent(service)
-        process.arguments = arguments
-        process.environment = environment
-        process.currentDirectoryURL = directory
-        let log = directory.appendingPathComponent("\(service).log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        processes[service] = process
+        processes[service] = try ServiceProcess(
+            Self.binDirectory.appendingPathComponent(service).path, arguments, environment: environment,
+            log: directory.appendingPathComponent("\(service).log").path)
     }
 
-    /// `batchctl admin create-user`, as an operator would run it.
-    private func createUser() async throws {
-        let process = Process()
-        process.executableURL = Self.binDirectory.appendingPathComponent("batchctl")
-        process.arguments = ["admin", "create-user", "e2e-user", "--output", "json"]
-        process.environment = environment
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0,
-            let object = try JSONSerialization.jsonObject(with: data) as? [String: String],
+    /// A user's key pair.
+    struct User: Sendable {
+        var name: String
+        var secretID: String
+        var secretKey: String
+    }
+
+    /// `batchctl admin create-user NAME`, as an operator would run it.
+    func createUser(_ name: String) async throws -> User {
+        let result = try await TestServers.run(
+            Self.binDirectory.appendingPathComponent("batchctl").path,
+            ["admin", "create-user", name, "--output", "json"], environment: environment)
+        guard result.status == 0,
+            let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String],
             let secretID = object["secretId"], let secretKey = object["secretKey"]
         else {
-            throw StackError("batchctl admin create-user failed: \(String(decoding: data, as: UTF8.self))")
+            throw StackError("batchctl admin create-user failed: \(result.stderr)")
         }
-        self.secretID = secretID
-        self.secretKey = secretKey
+        return User(name: name, secretID: secretID, secretKey: secretKey)
+    }
+
+    /// `batchctl admin ARGUMENTS`.
+    func admin(_ arguments: [String]) async throws -> TestServers.ProgramResult {
+        try await TestServers.run(
+            Self.binDirectory.appendingPathComponent("batchctl").path, ["admin"] + arguments, environment: environment)
+    }
+
+    private func createUser() async throws {
+        let user = try await createUser("e2e-user")
+        secretID = user.secretID
+        secretKey = user.secretKey
     }
 
     private func waitUntilReady() async throws {
@@ -115,8 +152,8 @@ final class Stack: @unchecked Sendable {
             if let exited = processes.first(where: { !$0.value.isRunning }) {
                 throw StackError("\(exited.key) exited during start-up:\n\(log(exited.key))")
             }
-            let request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/readyz")
-            if let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)),
+            let request = HTTPClientRequest(url: "\(baseURL)/readyz")
+            if let response = try? await http.execute(request, timeout: .seconds(2)),
                 response.status == .ok
             {
                 return
@@ -133,8 +170,9 @@ final class Stack: @unchecked Sendable {
 
     /// SIGTERM to every service, then removes the database, the vhost and the files.
     func stop() async {
-        for process in processes.values where process.isRunning { process.terminate() }
-        for process in processes.values { process.waitUntilExit() }
+        if tls { try? await http.shutdown() }
+        for process in processes.values where process.isRunning { process.signal(SIGTERM) }
+        for process in processes.values { await process.wait() }
         try? await TestDatabase.drop(databaseName)
         try? await RabbitManagement.deleteVhost(vhost)
         try? FileManager.default.removeItem(at: directory)
@@ -142,36 +180,46 @@ final class Stack: @unchecked Sendable {
 
     // MARK: API calls
 
-    /// Calls an action signed with the stack's user; returns the `Response` object.
-    func call(_ action: String, _ body: [String: Any]) async throws -> [String: Any] {
-        let payload = Array(try JSONSerialization.data(withJSONObject: body))
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/")
+    /// Calls an action signed with the stack's first user, or `user`; returns the `Response` object, or throws
+    /// ``APICallError`` with the API's code.
+    func call(_ action: String, _ body: [String: Any], as user: User? = nil) async throws -> [String: Any] {
+        try await call(action, Array(try JSONSerialization.data(withJSONObject: body)), as: user)
+    }
+
+    /// Calls an action with a raw body.
+    func call(_ action: String, _ payload: [UInt8], as user: User? = nil) async throws -> [String: Any] {
+        var request = HTTPClientRequest(url: "\(baseURL)/")
         request.method = .POST
         for (name, value) in TC3Signature.signedRequestHeaders(
-            secretID: secretID, secretKey: secretKey, host: "127.0.0.1:\(port)", action: action, body: payload,
-            timestamp: Int(Date().timeIntervalSince1970))
+            secretID: user?.secretID ?? secretID, secretKey: user?.secretKey ?? secretKey, host: endpoint,
+            action: action, body: payload, timestamp: Int(Date().timeIntervalSince1970))
         {
             request.headers.add(name: name, value: value)
         }
         request.body = .bytes(payload)
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let response = try await http.execute(request, timeout: .seconds(30))
         let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
         guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
             let inner = object["Response"] as? [String: Any]
         else { throw StackError("\(action): not a Batch response: \(String(decoding: data, as: UTF8.self))") }
         if let error = inner["Error"] as? [String: Any] {
-            throw StackError("\(action): \(error["Code"] ?? "?"): \(error["Message"] ?? "?")")
+            throw APICallError(
+                action: action, code: error["Code"] as? String ?? "?", message: error["Message"] as? String ?? "?",
+                status: Int(response.status.code))
         }
         return inner
     }
 
     /// Polls DescribeJob until the job is final and returns its last view. The only wait is on the job's own
     /// progress; the deadline only guards against a hang.
-    func waitForJob(_ jobID: String, deadline: Duration = .seconds(180)) async throws -> [String: Any] {
+    func waitForJob(
+        _ jobID: String, until states: Set<String> = ["SUCCEED", "FAILED", "FAILED_INTERRUPTED"],
+        deadline: Duration = .seconds(180)
+    ) async throws -> [String: Any] {
         let end = ContinuousClock.now + deadline
         while ContinuousClock.now < end {
             let job = try await call("DescribeJob", ["JobId": jobID])
-            if let state = job["JobState"] as? String, ["SUCCEED", "FAILED", "FAILED_INTERRUPTED"].contains(state) {
+            if let state = job["JobState"] as? String, states.contains(state) {
                 return job
             }
             try await Task.sleep(for: .milliseconds(200))
@@ -202,6 +250,15 @@ final class Stack: @unchecked Sendable {
             "CreateComputeEnv", ["ComputeEnv": ["EnvName": "e2e", "DesiredComputeNodeCount": nodes]])
         return try unwrap(response["EnvId"] as? String)
     }
+}
+
+/// An API error answer: its code and message.
+struct APICallError: Error, CustomStringConvertible {
+    var action: String
+    var code: String
+    var message: String
+    var status: Int
+    var description: String { "\(action): \(code): \(message)" }
 }
 
 struct StackError: Error, CustomStringConvertible {

@@ -183,15 +183,49 @@ extension Logger {
 }
 
 extension TestServers {
+    /// What a program printed and how it ended.
+    public struct ProgramResult: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+    }
+
     /// Runs a program to its end and returns its exit status (posix_spawn and waitpid: Foundation's `Process`
     /// sometimes never notices the end of a script that leaves daemons behind).
     public static func runProgram(_ path: String, _ arguments: [String]) async -> Int32 {
-        await withCheckedContinuation { continuation in
+        (try? await run(path, arguments, environment: nil, capture: false).status) ?? -1
+    }
+
+    /// Runs a program with `environment` (the test's own when nil) and returns its status and output.
+    public static func run(
+        _ path: String, _ arguments: [String], environment: [String: String]?, capture: Bool = true
+    ) async throws -> ProgramResult {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("run"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let out = directory.appendingPathComponent("stdout").path
+        let err = directory.appendingPathComponent("stderr").path
+        let status: Int32 = await withCheckedContinuation { continuation in
             Thread.detachNewThread {
+                var actions = posix_spawn_file_actions_t()
+                posix_spawn_file_actions_init(&actions)
+                defer { posix_spawn_file_actions_destroy(&actions) }
+                if capture {
+                    posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+                    posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+                }
                 let argv = ([path] + arguments).map { strdup($0) } + [nil]
-                defer { argv.forEach { free($0) } }
+                let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+                defer {
+                    argv.forEach { free($0) }
+                    envp?.forEach { free($0) }
+                }
                 var pid: pid_t = 0
-                guard posix_spawn(&pid, path, nil, nil, argv, environ) == 0 else {
+                let spawned =
+                    if let envp { posix_spawn(&pid, path, &actions, nil, argv, envp) } else {
+                        posix_spawn(&pid, path, &actions, nil, argv, environ)
+                    }
+                guard spawned == 0 else {
                     continuation.resume(returning: -1)
                     return
                 }
@@ -200,5 +234,19 @@ extension TestServers {
                 continuation.resume(returning: (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
             }
         }
+        func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+        return ProgramResult(status: status, stdout: capture ? read(out) : "", stderr: capture ? read(err) : "")
+    }
+
+    /// A tool `scripts/python-env` installs, found through `variable` (set by `scripts/test`) or under
+    /// `.batch/venv/bin`; a clear error when it is not installed.
+    public static func pythonTool(_ variable: String, name: String) throws -> String {
+        let path =
+            ProcessInfo.processInfo.environment[variable]
+            ?? repositoryRoot.appendingPathComponent(".batch/venv/bin/\(name)").path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw Missing(description: "\(name) is not installed at \(path); run `scripts/python-env`")
+        }
+        return path
     }
 }
