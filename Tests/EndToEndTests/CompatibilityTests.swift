@@ -9,8 +9,7 @@ struct CompatibilityTests {
     @Test("the Python SDK: environments, templates, jobs, logs, termination, retry, deletion; a wrong key refused")
     func pythonSDK() async throws {
         let python = try TestServers.pythonTool("BATCH_PYTHON", name: "python")
-        let stack = try await Stack.start()
-        do {
+        try await Stack.run { stack in
             let script = TestServers.repositoryRoot.appendingPathComponent(
                 "Tests/EndToEndTests/Python/sdk_compatibility.py")
             let result = try await TestServers.run(
@@ -23,18 +22,13 @@ struct CompatibilityTests {
                 result.status == 0,
                 "\(result.stdout)\n\(result.stderr)\n--- scheduler\n\(stack.log("SchedulerService"))")
             #expect(result.stdout.contains("all steps passed"))
-        } catch {
-            await stack.stop()
-            throw error
         }
-        await stack.stop()
     }
 
     @Test("tccli over HTTPS: create an environment, submit, describe, list and terminate; a wrong key refused")
     func tccli() async throws {
         let tccli = try TestServers.pythonTool("BATCH_TCCLI", name: "tccli")
-        let stack = try await Stack.start(tls: true)
-        do {
+        try await Stack.run(tls: true) { stack in
             // The SDK under tccli verifies servers against certifi's bundle only (it ignores REQUESTS_CA_BUNDLE), so
             // the test trusts its certificate the way a user would add a CA: a `certifi` whose bundle is ours,
             // first on tccli's PYTHONPATH.
@@ -109,10 +103,6 @@ struct CompatibilityTests {
             let refused = try await run("DescribeJobs", [:], secretKey: "wrong-key")
             #expect(refused.status != 0)
             #expect((refused.stdout + refused.stderr).contains("AuthFailure.SignatureFailure"))
-        } catch {
-            await stack.stop()
-            throw error
         }
-        await stack.stop()
     }
 }

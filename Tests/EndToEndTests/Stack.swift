@@ -31,6 +31,19 @@ final class Stack: @unchecked Sendable {
         return TestServers.repositoryRoot.appendingPathComponent(".build/debug")
     }
 
+    /// Runs `body` with a started stack and always stops the stack after.
+    static func run<R>(tls: Bool = false, _ body: (Stack) async throws -> R) async throws -> R {
+        let stack = try await start(tls: tls)
+        do {
+            let result = try await body(stack)
+            await stack.stop()
+            return result
+        } catch {
+            await stack.stop()
+            throw error
+        }
+    }
+
     /// Starts gateway, scheduler and provisioner (which starts the executors); waits until the gateway is ready.
     /// With `tls`, the gateway serves HTTPS with a certificate for 127.0.0.1 made here (``certificatePath``).
     static func start(tls: Bool = false) async throws -> Stack {

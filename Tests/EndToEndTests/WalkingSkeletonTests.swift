@@ -6,8 +6,7 @@ import Testing
 struct WalkingSkeletonTests {
     @Test("a job of 20 instances reaches SUCCEED and every instance sees its own environment variables")
     func twentyInstances() async throws {
-        let stack = try await Stack.start()
-        do {
+        try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 2)
             let out = stack.directory.appendingPathComponent("out")
             try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
@@ -49,17 +48,12 @@ struct WalkingSkeletonTests {
                 instances.allSatisfy { $0["TaskInstanceState"] as? String == "SUCCEED" && $0["ExitCode"] as? Int == 0 })
             // Both nodes of the environment took part.
             #expect(Set(instances.compactMap { $0["ComputeNodeInstanceId"] as? String }).count == 2)
-        } catch {
-            await stack.stop()
-            throw error
         }
-        await stack.stop()
     }
 
     @Test("a job whose command fails ends FAILED with the exit code recorded")
     func failingCommand() async throws {
-        let stack = try await Stack.start()
-        do {
+        try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 1)
             let submitted = try await stack.call(
                 "SubmitJob",
@@ -86,17 +80,12 @@ struct WalkingSkeletonTests {
                 #expect(instance["ExitCode"] as? Int == 3)
                 #expect((instance["StateReason"] as? String)?.contains("3") == true)
             }
-        } catch {
-            await stack.stop()
-            throw error
         }
-        await stack.stop()
     }
 
     @Test("bad input gets the API's error code and a message naming the field, and writes nothing")
     func badInput() async throws {
-        let stack = try await Stack.start()
-        do {
+        try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 1)
             await #expect {
                 _ = try await stack.call(
@@ -125,11 +114,7 @@ struct WalkingSkeletonTests {
             } throws: { error in "\(error)".contains("ResourceNotFound.Job") }
             #expect(try await stack.rowCount("jobs") == 0)
             #expect(try await stack.rowCount("tasks") == 0)
-        } catch {
-            await stack.stop()
-            throw error
         }
-        await stack.stop()
     }
 }
 
