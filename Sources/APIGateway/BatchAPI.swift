@@ -90,7 +90,7 @@ struct BatchAPI: Sendable {
                 APIError(.internalError, "internal error; quote request id \(requestID)"), requestID: requestID)
         }
         let outcomeClass = outcome == "ok" ? "ok" : String(outcome.prefix { $0 != "." })
-        Counter(label: "batch.api.requests", dimensions: [("action", metricAction), ("outcome", outcomeClass)])
+        Counter(label: "batch.api.requests.total", dimensions: [("action", metricAction), ("outcome", outcomeClass)])
             .increment()
         Timer(label: "batch.api.request.duration", dimensions: [("action", metricAction)])
             .recordNanoseconds(

@@ -35,10 +35,12 @@ public struct EventConsumer: Service {
 
     public func run() async throws {
         let deliveries = amqp.consume(queue: queue, prefetch: UInt16(clamping: prefetch))
-        let consumed = Counter(label: "batch.messages.consumed", dimensions: [("queue", queue), ("outcome", "ack")])
-        let rejected = Counter(label: "batch.messages.consumed", dimensions: [("queue", queue), ("outcome", "dead")])
+        let consumed = Counter(
+            label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "ack")])
+        let rejected = Counter(
+            label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "dead")])
         let requeued = Counter(
-            label: "batch.messages.consumed", dimensions: [("queue", queue), ("outcome", "requeue")])
+            label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "requeue")])
         let latency = Timer(label: "batch.messages.handler.duration", dimensions: [("queue", queue)])
         await withTaskGroup(of: Void.self) { group in
             var running = 0

@@ -32,8 +32,10 @@ final class Stack: @unchecked Sendable {
     }
 
     /// Runs `body` with a started stack and always stops the stack after.
-    static func run<R>(tls: Bool = false, _ body: (Stack) async throws -> R) async throws -> R {
-        let stack = try await start(tls: tls)
+    static func run<R>(
+        tls: Bool = false, settings: [String: String] = [:], _ body: (Stack) async throws -> R
+    ) async throws -> R {
+        let stack = try await start(tls: tls, settings: settings)
         do {
             let result = try await body(stack)
             await stack.stop()
@@ -46,7 +48,8 @@ final class Stack: @unchecked Sendable {
 
     /// Starts gateway, scheduler and provisioner (which starts the executors); waits until the gateway is ready.
     /// With `tls`, the gateway serves HTTPS with a certificate for 127.0.0.1 made here (``certificatePath``).
-    static func start(tls: Bool = false) async throws -> Stack {
+    /// `settings` are more environment variables for the services (quotas, limits).
+    static func start(tls: Bool = false, settings: [String: String] = [:]) async throws -> Stack {
         let amqp = try TestServers.rabbitMQ()
         let (databaseName, databaseURL) = try await TestDatabase.create()
         let vhost = TestServers.uniqueName("test.e2e")
@@ -77,7 +80,7 @@ final class Stack: @unchecked Sendable {
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-        ].merging(security) { $1 }
+        ].merging(security) { $1 }.merging(settings) { $1 }
         let stack = Stack(
             directory: directory, databaseName: databaseName, vhost: vhost, port: port, environment: environment,
             tls: tls)
@@ -197,6 +200,18 @@ final class Stack: @unchecked Sendable {
     /// ``APICallError`` with the API's code.
     func call(_ action: String, _ body: [String: Any], as user: User? = nil) async throws -> [String: Any] {
         try await call(action, Array(try JSONSerialization.data(withJSONObject: body)), as: user)
+    }
+
+    /// Sends `body` with exactly `headers` (no signing added); returns the HTTP status and the `Response` object.
+    func send(headers: [(String, String)], body: [UInt8]) async throws -> (status: Int, response: [String: Any]) {
+        var request = HTTPClientRequest(url: "\(baseURL)/")
+        request.method = .POST
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        request.body = .bytes(body)
+        let response = try await http.execute(request, timeout: .seconds(30))
+        let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
+        let object = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+        return (Int(response.status.code), object["Response"] as? [String: Any] ?? [:])
     }
 
     /// Calls an action with a raw body.

@@ -1,0 +1,251 @@
+import AsyncHTTPClient
+import BatchCore
+import Foundation
+import NIOCore
+import TestSupport
+import Testing
+
+/// A job spec as JSON, on the environment `env`.
+func jobBody(_ env: String, name: String = "job", command: String = "true", instances: Int = 1) -> [String: Any] {
+    [
+        "Job": [
+            "JobName": name,
+            "Tasks": [
+                [
+                    "TaskName": "t", "TaskInstanceNum": instances, "EnvId": env,
+                    "Application": ["DeliveryForm": "LOCAL", "Command": command],
+                ]
+            ],
+        ]
+    ]
+}
+
+/// Expects `body` to fail with the API error `code`.
+func expectCode(_ code: String, _ body: () async throws -> Any) async {
+    do {
+        _ = try await body()
+        Issue.record("expected \(code), the call succeeded")
+    } catch let error as APICallError {
+        #expect(error.code == code, "\(error)")
+    } catch {
+        Issue.record("expected \(code), got \(error)")
+    }
+}
+
+@Suite("Gateway: tenants, authentication, bad input, quotas", .serialized, .timeLimit(.minutes(5)))
+struct GatewayTests {
+    @Test("user B cannot see, describe, terminate, retry or delete A's jobs, templates or environments")
+    func tenantIsolation() async throws {
+        try await Stack.run { stack in
+            let bob = try await stack.createUser("bob")
+            let env = try await stack.createEnv(nodes: 1)
+            let job = try unwrap(
+                try await stack.call("SubmitJob", jobBody(env, command: "sleep 60"))["JobId"] as? String)
+            let template = try unwrap(
+                try await stack.call(
+                    "CreateTaskTemplate",
+                    [
+                        "TaskTemplateName": "mine",
+                        "TaskTemplateInfo": [
+                            "TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "true"],
+                        ],
+                    ])["TaskTemplateId"] as? String)
+
+            // Lists are empty for Bob.
+            #expect(try await stack.call("DescribeJobs", [:], as: bob)["TotalCount"] as? Int == 0)
+            #expect(try await stack.call("DescribeTaskTemplates", [:], as: bob)["TotalCount"] as? Int == 0)
+            #expect(try await stack.call("DescribeComputeEnvs", [:], as: bob)["TotalCount"] as? Int == 0)
+            #expect(try await stack.call("DescribeJobs", ["JobIds": [job]], as: bob)["TotalCount"] as? Int == 0)
+            // Every single-resource action answers "not found", never "forbidden".
+            for (action, body) in [
+                ("DescribeJob", ["JobId": job]), ("DescribeJobSubmitInfo", ["JobId": job]),
+                ("TerminateJob", ["JobId": job]), ("DeleteJob", ["JobId": job]), ("RetryJobs", ["JobIds": [job]]),
+            ] as [(String, [String: Any])] {
+                await expectCode("ResourceNotFound.Job") { try await stack.call(action, body, as: bob) }
+            }
+            await expectCode("ResourceNotFound.Task") {
+                try await stack.call("DescribeTask", ["JobId": job, "TaskName": "t"], as: bob)
+            }
+            await expectCode("ResourceNotFound.Job") {
+                try await stack.call(
+                    "TerminateTaskInstance", ["JobId": job, "TaskName": "t", "TaskInstanceIndex": 0], as: bob)
+            }
+            for (action, body) in [
+                ("DescribeComputeEnv", ["EnvId": env]), ("ModifyComputeEnv", ["EnvId": env, "EnvName": "x"]),
+                ("DeleteComputeEnv", ["EnvId": env]), ("DescribeComputeEnvCreateInfo", ["EnvId": env]),
+                ("DescribeComputeEnvActivities", ["EnvId": env]),
+                ("AttachInstances", ["EnvId": env, "Instances": [["InstanceId": "host-1"]]]),
+            ] as [(String, [String: Any])] {
+                await expectCode("ResourceNotFound.ComputeEnv") { try await stack.call(action, body, as: bob) }
+            }
+            for (action, body) in [
+                ("ModifyTaskTemplate", ["TaskTemplateId": template, "TaskTemplateName": "x"]),
+                ("DeleteTaskTemplates", ["TaskTemplateIds": [template]]),
+            ] as [(String, [String: Any])] {
+                await expectCode("ResourceNotFound.TaskTemplate") { try await stack.call(action, body, as: bob) }
+            }
+            // Bob cannot use Alice's environment or template either.
+            await expectCode("ResourceNotFound.ComputeEnv") { try await stack.call("SubmitJob", jobBody(env), as: bob) }
+            await expectCode("ResourceNotFound.TaskTemplate") {
+                try await stack.call(
+                    "SubmitJob", ["Job": ["Tasks": [["TaskName": "t", "TaskTemplateId": template, "EnvId": env]]]],
+                    as: bob)
+            }
+            // Alice's things are untouched.
+            let still = try await stack.call("DescribeJob", ["JobId": job])
+            #expect(still["JobState"] as? String != "FAILED")
+            #expect(try await stack.call("DescribeTaskTemplates", [:])["TotalCount"] as? Int == 1)
+            _ = try await stack.call("TerminateJob", ["JobId": job])
+        }
+    }
+
+    @Test("bad input answers its code and leaves no row behind")
+    func badInput() async throws {
+        try await Stack.run(settings: ["BATCH_QUOTA_JOBS": "2", "BATCH_QUOTA_TEMPLATES": "1", "BATCH_QUOTA_ENVS": "1"])
+        {
+            stack in
+            let env = try await stack.createEnv(nodes: 0)
+            let tables = ["jobs", "tasks", "task_templates", "compute_envs", "outbox"]
+            var before: [String: Int] = [:]
+            for table in tables { before[table] = try await stack.rowCount(table) }
+            let cases: [(String, String, [UInt8])] = [
+                ("InvalidParameter", "SubmitJob", Array("{\"Job\": {".utf8)),
+                ("InvalidParameter", "SubmitJob", Array("[1, 2]".utf8)),
+                ("InvalidParameter", "SubmitJob", json(["Job": ["Tasks": "not a list"]])),
+                ("MissingParameter", "SubmitJob", json(["Job": ["JobName": "x"]])),
+                ("MissingParameter", "DescribeJob", json([:])),
+                ("InvalidParameter.JobIdMalformed", "DescribeJob", json(["JobId": "12345"])),
+                (
+                    "InvalidParameterValue.DependenceUnfeasible", "SubmitJob",
+                    json([
+                        "Job": [
+                            "Tasks": [
+                                [
+                                    "TaskName": "a", "EnvId": env,
+                                    "Application": ["DeliveryForm": "LOCAL", "Command": "true"],
+                                ],
+                                [
+                                    "TaskName": "b", "EnvId": env,
+                                    "Application": ["DeliveryForm": "LOCAL", "Command": "true"],
+                                ],
+                            ],
+                            "Dependences": [["StartTask": "a", "EndTask": "b"], ["StartTask": "b", "EndTask": "a"]],
+                        ]
+                    ])
+                ),
+                (
+                    "ResourceNotFound.TaskTemplate", "SubmitJob",
+                    json(["Job": ["Tasks": [["TaskName": "a", "TaskTemplateId": "tmpl-nosuchtp", "EnvId": env]]]])
+                ),
+                ("InvalidAction", "LaunchMissiles", json([:])),
+                (
+                    "InvalidParameterValue.InvalidFilter", "DescribeJobs",
+                    json(["Filters": [["Name": "owner", "Values": ["x"]]]])
+                ),
+                ("InvalidParameterValue", "DescribeJobs", json(["Limit": 1000])),
+                (
+                    "LimitExceeded.ComputeEnvQuota", "CreateComputeEnv",
+                    json(["ComputeEnv": ["EnvName": "two", "DesiredComputeNodeCount": 0]])
+                ),
+            ]
+            for (code, action, body) in cases {
+                await expectCode(code) { try await stack.call(action, body) }
+            }
+            // The job quota: two jobs fit, the third is refused.
+            for _ in 0..<2 { _ = try await stack.call("SubmitJob", jobBody(env)) }
+            let afterTwo = try await stack.rowCount("jobs")
+            await expectCode("LimitExceeded.JobQuota") { try await stack.call("SubmitJob", jobBody(env)) }
+            #expect(try await stack.rowCount("jobs") == afterTwo)
+            let template: [String: Any] = [
+                "TaskTemplateName": "t",
+                "TaskTemplateInfo": ["TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "true"]],
+            ]
+            _ = try await stack.call("CreateTaskTemplate", template)
+            await expectCode("LimitExceeded.TaskTemplateQuota") { try await stack.call("CreateTaskTemplate", template) }
+            #expect(try await stack.rowCount("task_templates") == before["task_templates", default: 0] + 1)
+            // Nothing else was written by the refused calls.
+            #expect(try await stack.rowCount("compute_envs") == before["compute_envs"])
+            #expect(try await stack.rowCount("tasks") == before["tasks", default: 0] + 2)
+
+            // An oversized body is refused before it is read, with HTTP 413 and the API's shape.
+            let big = Array(repeating: UInt8(ascii: "x"), count: (1 << 20) + 1)
+            let (status, response) = try await stack.send(
+                headers: [("X-TC-Action", "SubmitJob"), ("Content-Type", "application/json")], body: big)
+            #expect(status == 413)
+            #expect((response["Error"] as? [String: Any])?["Code"] as? String == "RequestSizeLimitExceeded")
+        }
+    }
+
+    @Test("authentication: missing, malformed, wrong, stale, unknown and disabled credentials are refused")
+    func authentication() async throws {
+        try await Stack.run { stack in
+            let body = Array("{}".utf8)
+            let now = Int(Date().timeIntervalSince1970)
+            func signed(secretID: String? = nil, secretKey: String? = nil, timestamp: Int = now) -> [(String, String)] {
+                TC3Signature.signedRequestHeaders(
+                    secretID: secretID ?? stack.secretID, secretKey: secretKey ?? stack.secretKey, host: stack.endpoint,
+                    action: "DescribeJobs", body: body, timestamp: timestamp)
+            }
+            func code(_ headers: [(String, String)]) async throws -> String? {
+                let (status, response) = try await stack.send(headers: headers, body: body)
+                #expect(status == 200)
+                #expect(response["RequestId"] is String)
+                return (response["Error"] as? [String: Any])?["Code"] as? String
+            }
+            #expect(try await code(signed()) == nil)
+            #expect(try await code(signed().filter { $0.0 != "Authorization" }) == "AuthFailure.MissingAuthorization")
+            #expect(
+                try await code(signed().map { $0.0 == "Authorization" ? ($0.0, "Bearer token") : $0 })
+                    == "AuthFailure.InvalidAuthorization")
+            #expect(try await code(signed(secretKey: "wrong")) == "AuthFailure.SignatureFailure")
+            #expect(try await code(signed(timestamp: now - 600)) == "AuthFailure.SignatureExpire")
+            #expect(
+                try await code(signed(secretID: "AKIDunknownunknownunknownunknown00")) == "AuthFailure.SecretIdNotFound"
+            )
+            // A tampered body no longer matches its signature.
+            let (_, tampered) = try await stack.send(headers: signed(), body: Array("{\"Limit\": 5}".utf8))
+            #expect((tampered["Error"] as? [String: Any])?["Code"] as? String == "AuthFailure.SignatureFailure")
+
+            let carol = try await stack.createUser("carol")
+            #expect(try await stack.call("DescribeJobs", [:], as: carol)["TotalCount"] as? Int == 0)
+            #expect(try await stack.admin(["disable-user", "carol"]).status == 0)
+            // Credentials are cached for at most 5 s; the refusal comes within that.
+            let deadline = ContinuousClock.now + .seconds(15)
+            var refused = false
+            while !refused && ContinuousClock.now < deadline {
+                do {
+                    _ = try await stack.call("DescribeJobs", [:], as: carol)
+                    try await Task.sleep(for: .milliseconds(250))
+                } catch let error as APICallError {
+                    #expect(error.code == "AuthFailure.SecretIdNotFound")
+                    refused = true
+                }
+            }
+            #expect(refused)
+            let missing = try await stack.admin(["disable-user", "nobody"])
+            #expect(missing.status == 1)
+            #expect(missing.stderr == "batchctl: no user named nobody\n")
+        }
+    }
+
+    @Test("health, readiness and Prometheus metrics by action and outcome")
+    func operations() async throws {
+        try await Stack.run { stack in
+            _ = try? await stack.call("DescribeJobs", [:])
+            _ = try? await stack.call("DescribeJob", ["JobId": "job-nosuchjb"])
+            for path in ["healthz", "readyz"] {
+                let response = try await stack.http.execute(
+                    HTTPClientRequest(url: "\(stack.baseURL)/\(path)"), timeout: .seconds(5))
+                #expect(response.status == .ok)
+            }
+            let metrics = try await stack.http.execute(
+                HTTPClientRequest(url: "\(stack.baseURL)/metrics"), timeout: .seconds(5))
+            let text = String(buffer: try await metrics.body.collect(upTo: 1 << 20))
+            #expect(text.contains(#"batch_api_requests_total{action="DescribeJobs",outcome="ok"} 1"#))
+            #expect(text.contains(#"batch_api_requests_total{action="DescribeJob",outcome="ResourceNotFound"} 1"#))
+            #expect(text.contains("batch_api_request_duration"))
+        }
+    }
+}
+
+func json(_ object: [String: Any]) -> [UInt8] { Array(try! JSONSerialization.data(withJSONObject: object)) }
