@@ -150,6 +150,18 @@ let package = Package(
             path: "Benchmarks/DagBenchmark",
             swiftSettings: swiftSettings
         ),
+        // SubmitJob and DescribeJob load on a running gateway (scripts/bench, results in docs/benchmarks.md).
+        .executableTarget(
+            name: "api-bench",
+            dependencies: [
+                "BatchCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            path: "Benchmarks/ApiBenchmark",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "BatchCoreTests", dependencies: ["BatchCore"], swiftSettings: swiftSettings),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(

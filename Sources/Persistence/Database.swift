@@ -16,10 +16,14 @@ public final class Database: Sendable, Service {
         public var user: String
         public var password: String?
         public var database: String
-        /// Most connections the pool opens. Default 10.
+        /// Most connections the pool opens. Default `BATCH_DATABASE_POOL_SIZE` or 20.
         public var maximumConnections: Int
 
-        public init(url: String, maximumConnections: Int = 10) throws {
+        public init(
+            url: String,
+            maximumConnections: Int = ProcessInfo.processInfo.environment["BATCH_DATABASE_POOL_SIZE"].flatMap(Int.init)
+                ?? 20
+        ) throws {
             guard let components = URLComponents(string: url),
                 components.scheme == "postgres" || components.scheme == "postgresql",
                 let host = components.host, !host.isEmpty

@@ -26,7 +26,6 @@ public struct JobStore: Sendable {
         let envs = ComputeEnvStore(database: database)
         let quotas = self.quotas
         return try await database.transaction { connection in
-            try await Self.lockUser(user, on: connection, logger: logger)
             if let clientToken,
                 let existing = try await connection.query(
                     "SELECT job_id FROM jobs WHERE user_id = \(user.rawValue) AND client_token = \(clientToken)",
@@ -35,9 +34,6 @@ public struct JobStore: Sendable {
             {
                 return JobID(rawValue: existing)
             }
-            let count = try await Self.count(
-                "SELECT count(*) FROM jobs WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
-            if let violation = quotas.check(.jobs, current: count) { throw violation.apiError }
             let named = Set(spec.tasks.compactMap { $0.envId.map(EnvID.init(rawValue:)) })
             let owned = try await envs.owned(named, user: user, on: connection)
             for (index, task) in spec.tasks.enumerated() {
@@ -49,7 +45,8 @@ public struct JobStore: Sendable {
             let specJSON = try BatchJSON.encode(spec)
             let dependences = String(decoding: try BatchJSON.encode(spec.dependences ?? []), as: UTF8.self)
             let tags = String(decoding: try BatchJSON.encode(spec.tags ?? []), as: UTF8.self)
-            try await connection.query(
+            // A concurrent submission with the same ClientToken loses the unique index race: return the winner's job.
+            let inserted = try await connection.query(
                 """
                 INSERT INTO jobs (job_id, user_id, name, description, priority, state, dependency_rule, dependences,
                     spec_sealed, client_token, zone, tags)
@@ -57,7 +54,16 @@ public struct JobStore: Sendable {
                     \(spec.priority ?? JobSpec.defaultPriority), 'SUBMITTED', \(spec.dependencyRule.rawValue),
                     \(dependences), \(try sealer.seal(specJSON, context: "jobs.spec:\(jobID)")), \(clientToken),
                     \(zone), \(tags)::jsonb)
-                """, logger: logger)
+                ON CONFLICT (user_id, client_token) DO NOTHING RETURNING job_id
+                """, logger: logger
+            ).decode(String.self).first { _ in true }
+            guard inserted != nil else {
+                let winner = try await connection.query(
+                    "SELECT job_id FROM jobs WHERE user_id = \(user.rawValue) AND client_token = \(clientToken)",
+                    logger: logger
+                ).decode(String.self).first { _ in true }
+                return JobID(rawValue: winner ?? jobID.rawValue)
+            }
             let sealedTasks = try spec.tasks.map {
                 try sealer.seal(try BatchJSON.encode($0), context: "tasks.spec:\(jobID)/\($0.taskName)")
             }
@@ -79,6 +85,19 @@ public struct JobStore: Sendable {
                         exchange: Topology.eventsExchange, routingKey: Topology.Event.jobSubmitted,
                         payload: JobSubmitted(jobID: jobID), correlationID: jobID.rawValue)
                 ], on: connection, sealer: sealer, logger: logger)
+            // The quota last: the user's row is locked only from here to the commit.
+            let counted = try await connection.query(
+                """
+                UPDATE users SET job_count = job_count + 1
+                WHERE user_id = \(user.rawValue) AND job_count < \(quotas.jobsPerUser) RETURNING job_count
+                """, logger: logger
+            ).decode(Int.self).first { _ in true }
+            if counted == nil {
+                let current = try await Self.count(
+                    "SELECT job_count FROM users WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
+                throw quotas.check(.jobs, current: current)?.apiError
+                    ?? APIError(.jobQuota, "the job quota is reached")
+            }
             return jobID
         }
     }
@@ -329,6 +348,9 @@ public struct JobStore: Sendable {
                     .jobInUse, "JobId: job \(jobID) is \(state.rawValue) with \(unfinished) unfinished instances")
             }
             try await connection.query("DELETE FROM jobs WHERE job_id = \(jobID.rawValue)", logger: logger)
+            try await connection.query(
+                "UPDATE users SET job_count = greatest(0, job_count - 1) WHERE user_id = \(user.rawValue)",
+                logger: logger)
             return nil
         }
     }

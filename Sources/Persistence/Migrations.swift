@@ -194,5 +194,12 @@ extension Migration {
                 "ALTER TABLE task_instances ADD COLUMN stdout_tail_sealed text, ADD COLUMN stderr_tail_sealed text",
             ]
         ),
+        Migration(
+            version: 4, name: "per-user job counter for the quota",
+            statements: [
+                "ALTER TABLE users ADD COLUMN job_count integer NOT NULL DEFAULT 0",
+                "UPDATE users SET job_count = (SELECT count(*) FROM jobs WHERE jobs.user_id = users.user_id)",
+            ]
+        ),
     ]
 }
