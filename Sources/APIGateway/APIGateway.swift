@@ -57,11 +57,7 @@ struct APIGateway: AsyncParsableCommand {
     @Option(help: "Compute environments a user may keep (BATCH_QUOTA_ENVS, default 10).")
     var quotaEnvs: Int = Environment.int("BATCH_QUOTA_ENVS", default: 10)
 
-    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
-    var amqpURL: String = Environment.amqpURL
-
-    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
-    var databaseURL: String = Environment.databaseURL
+    @OptionGroup var connections: ConnectionOptions
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "gateway")
@@ -76,7 +72,8 @@ struct APIGateway: AsyncParsableCommand {
         quotas.taskTemplatesPerUser = quotaTemplates
         quotas.computeEnvsPerUser = quotaEnvs
         let bootstrap = ServiceBootstrap(
-            service: "APIGateway", databaseURL: databaseURL, amqpURL: amqpURL, topology: .base, logger: logger)
+            service: "APIGateway", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL, topology: .base,
+            logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
             let api = BatchAPI(

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// Reads `BATCH_*` environment variables, the fallback for every command-line option of the services.
@@ -34,4 +35,15 @@ public func exitWithError(_ service: String, _ error: any Error) -> Never {
     let line = "\(error)".split(separator: "\n").first.map(String.init) ?? "unknown error"
     FileHandle.standardError.write(Data("\(service): \(line)\n".utf8))
     exit(1)
+}
+
+/// Where the broker and the database are: options every stateful service takes.
+public struct ConnectionOptions: ParsableArguments, Sendable {
+    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
+    public var amqpURL: String = Environment.amqpURL
+
+    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
+    public var databaseURL: String = Environment.databaseURL
+
+    public init() {}
 }

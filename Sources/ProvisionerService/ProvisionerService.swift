@@ -17,11 +17,7 @@ struct ProvisionerService: AsyncParsableCommand {
         abstract: "Keep compute environments' nodes running.",
         discussion: "Example: BATCH_MASTER_KEY=k1:… ProvisionerService --node-slots 4")
 
-    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
-    var amqpURL: String = Environment.amqpURL
-
-    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
-    var databaseURL: String = Environment.databaseURL
+    @OptionGroup var connections: ConnectionOptions
 
     @Option(help: "Slots of each node the process driver starts (BATCH_NODE_SLOTS, default 2).")
     var nodeSlots: Int = Environment.int("BATCH_NODE_SLOTS", default: 2)
@@ -49,13 +45,14 @@ struct ProvisionerService: AsyncParsableCommand {
                 StartupError("no ExecutorService binary at \(executorPath); set BATCH_EXECUTOR_PATH"))
         }
         let bootstrap = ServiceBootstrap(
-            service: "ProvisionerService", databaseURL: databaseURL, amqpURL: amqpURL, topology: .provisioner,
+            service: "ProvisionerService", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
+            topology: .provisioner,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
             let driver = ProcessNodeDriver(
                 executable: executorPath, nodesDirectory: URL(fileURLWithPath: nodesDir).standardizedFileURL,
-                amqpURL: amqpURL, logger: logger)
+                amqpURL: connections.amqpURL, logger: logger)
             let provisioner = Provisioner(
                 database: database, amqp: amqp, driver: driver, nodeSlots: nodeSlots, logger: logger)
             var services: [any Service] = [

@@ -15,11 +15,7 @@ struct SchedulerService: AsyncParsableCommand {
         abstract: "Run jobs' DAGs: release tasks, dispatch instances, finish jobs.",
         discussion: "Example: BATCH_MASTER_KEY=k1:… SchedulerService --ops-port 9101")
 
-    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
-    var amqpURL: String = Environment.amqpURL
-
-    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
-    var databaseURL: String = Environment.databaseURL
+    @OptionGroup var connections: ConnectionOptions
 
     /// Port of /healthz, /readyz and /metrics on 127.0.0.1; 0 for none. Default `BATCH_SCHEDULER_OPS_PORT` or 0.
     @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_SCHEDULER_OPS_PORT).")
@@ -32,7 +28,8 @@ struct SchedulerService: AsyncParsableCommand {
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
-            service: "SchedulerService", databaseURL: databaseURL, amqpURL: amqpURL, topology: .scheduler,
+            service: "SchedulerService", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
+            topology: .scheduler,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
