@@ -175,6 +175,7 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
+            exclude: ["Python"],
             swiftSettings: swiftSettings
         ),
         // Helpers the integration tests share: server URLs, fresh databases, unique queue names.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BatchCore
 import BatchRuntime
+import Foundation
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
@@ -41,6 +42,9 @@ struct APIGateway: AsyncParsableCommand {
     var insecureHTTPFlag = false
 
     var insecureHTTP: Bool { insecureHTTPFlag || Environment.value("BATCH_INSECURE_HTTP") == "1" }
+
+    @Option(help: "Write the port listened on to this file once listening; with --port 0 (BATCH_GATEWAY_PORT_FILE).")
+    var portFile: String?
 
     @Option(help: "Largest request body in bytes (BATCH_MAX_BODY_SIZE, default 1 MiB).")
     var maxBodySize: Int = Environment.int("BATCH_MAX_BODY_SIZE", default: 1 << 20)
@@ -87,7 +91,14 @@ struct APIGateway: AsyncParsableCommand {
             let app = Application(
                 router: router, server: server,
                 configuration: .init(address: .hostname(host, port: port), serverName: "batch-gateway"),
-                onServerRunning: { channel in
+                onServerRunning: { [portFile = portFile ?? Environment.value("BATCH_GATEWAY_PORT_FILE")] channel in
+                    if let portFile, let port = channel.localAddress?.port {
+                        do {
+                            try "\(port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
+                        } catch {
+                            logger.error("cannot write the port file", metadata: ["path": "\(portFile)"])
+                        }
+                    }
                     logger.info(
                         "gateway listening",
                         metadata: [

@@ -1,4 +1,5 @@
 import BatchCore
+import BatchRuntime
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -93,9 +94,7 @@ struct BatchAPI: Sendable {
         Counter(label: "batch.api.requests.total", dimensions: [("action", metricAction), ("outcome", outcomeClass)])
             .increment()
         Timer(label: "batch.api.request.duration", dimensions: [("action", metricAction)])
-            .recordNanoseconds(
-                (ContinuousClock.now - start).components.attoseconds / 1_000_000_000
-                    + (ContinuousClock.now - start).components.seconds * 1_000_000_000)
+            .recordNanoseconds((ContinuousClock.now - start).nanoseconds)
         return response
     }
 

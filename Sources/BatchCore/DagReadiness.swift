@@ -28,19 +28,15 @@ public struct DagReadiness: Sendable, Hashable {
 
     /// What one finished task changed.
     public struct Change: Sendable, Hashable {
+        /// A task that can never run, and why.
+        public struct Blocked: Sendable, Hashable {
+            public var task: Int
+            public var reason: String
+        }
         /// Tasks that may start now.
         public var released: [Int] = []
-        /// Tasks that can never run, with why, in the order they were blocked.
-        public var blocked: [(task: Int, reason: String)] = []
-
-        public static func == (lhs: Change, rhs: Change) -> Bool {
-            lhs.released == rhs.released && lhs.blocked.map(\.task) == rhs.blocked.map(\.task)
-                && lhs.blocked.map(\.reason) == rhs.blocked.map(\.reason)
-        }
-        public func hash(into hasher: inout Hasher) {
-            hasher.combine(released)
-            hasher.combine(blocked.map(\.task))
-        }
+        /// Tasks that can never run, in the order they were blocked.
+        public var blocked: [Blocked] = []
     }
 
     public let graph: JobGraph
@@ -102,7 +98,7 @@ public struct DagReadiness: Sendable, Hashable {
                 switch status[successor] {
                 case .waiting, .ready:
                     status[successor] = .blocked(reason: reason)
-                    change.blocked.append((successor, reason))
+                    change.blocked.append(Change.Blocked(task: successor, reason: reason))
                     stack.append((successors, reason))
                     successors = graph.successorIndices[successor]
                     reason = "predecessor task \(graph.tasks[successor]) cannot run"

@@ -122,7 +122,7 @@ public struct InstanceLifecycle: Sendable, Hashable {
             self.node = node
             actions.append(.publish(.taskInstanceRunning))
 
-        case .exited(let attempt, let code, let why, _):
+        case .exited(let attempt, let code, let why, let at):
             guard attempt == self.attempt else { return .ignored(state, "stale attempt \(attempt)") }
             guard isOut else { return .ignored(state, "not dispatched") }
             if code == 0 {
@@ -134,15 +134,15 @@ public struct InstanceLifecycle: Sendable, Hashable {
             } else {
                 actions += fail(
                     exitCode: code, reason: why ?? code.map { "exited with code \($0)" } ?? "failed",
-                    event: event, policy: policy, failedAction: failedAction)
+                    at: at, policy: policy, failedAction: failedAction)
             }
 
-        case .timedOut(let attempt, let seconds, _):
+        case .timedOut(let attempt, let seconds, let at):
             guard attempt == self.attempt else { return .ignored(state, "stale attempt \(attempt)") }
             guard state == .starting || state == .running, let node else { return .ignored(state, "not on a node") }
             actions.append(.kill(node: node, attempt: attempt))
             actions += fail(
-                exitCode: nil, reason: "timed out after \(seconds) s", event: event, policy: policy,
+                exitCode: nil, reason: "timed out after \(seconds) s", at: at, policy: policy,
                 failedAction: failedAction)
 
         case .nodeLost(let lost):
@@ -189,7 +189,7 @@ public struct InstanceLifecycle: Sendable, Hashable {
     }
 
     private mutating func fail(
-        exitCode code: Int?, reason why: String, event: Event, policy: RetryPolicy, failedAction: FailedAction
+        exitCode code: Int?, reason why: String, at now: Date, policy: RetryPolicy, failedAction: FailedAction
     ) -> [Action] {
         failures += 1
         exitCode = code
@@ -198,11 +198,6 @@ public struct InstanceLifecycle: Sendable, Hashable {
         case .retry(let backoff):
             state = .runnable
             reason = "\(why); retry \(failures) of \(policy.maxRetryCount)"
-            let now: Date
-            switch event {
-            case .exited(_, _, _, let at), .timedOut(_, _, let at): now = at
-            default: now = Date()
-            }
             notBefore = now.addingTimeInterval(Double(backoff.components.seconds))
             node = nil
             return []

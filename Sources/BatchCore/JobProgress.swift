@@ -40,6 +40,8 @@ public struct JobProgress: Sendable, Hashable {
     private var instanceCounts: [StateCounts]
     private var taskCounts: StateCounts
     public private(set) var readiness: DagReadiness
+    /// Task indices in topological order (submission order if there is a cycle, which validation refuses).
+    private let order: [Int]
 
     /// A job as loaded from the database. Final tasks are replayed into the readiness counters in topological
     /// order: O(tasks + edges).
@@ -57,12 +59,12 @@ public struct JobProgress: Sendable, Hashable {
         self.taskStates = states
         self.instanceCounts = counts
         self.taskCounts = StateCounts(Dictionary(states.map { ($0, 1) }, uniquingKeysWith: +))
+        let order = ((try? graph.topologicalOrder().get()) ?? graph.tasks).map { graph.index[$0]! }
         var readiness = DagReadiness(graph: graph, rule: rule)
-        let order = (try? graph.topologicalOrder().get()) ?? graph.tasks
-        for name in order {
-            let index = graph.index[name]!
-            if states[index].isFinal { _ = readiness.finish(index, Self.outcome(states[index], counts[index])) }
+        for index in order where states[index].isFinal {
+            _ = readiness.finish(index, Self.outcome(states[index], counts[index]))
         }
+        self.order = order
         self.readiness = readiness
     }
 
@@ -96,9 +98,8 @@ public struct JobProgress: Sendable, Hashable {
     public mutating func advance() -> [Action] {
         guard !state.isFinal else { return [] }
         var actions: [Action] = []
-        let order = (try? graph.topologicalOrder().get()) ?? graph.tasks
-        for name in order {
-            let index = graph.index[name]!
+        for index in order {
+            let name = graph.tasks[index]
             if taskStates[index] == .submitted || taskStates[index] == .pending {
                 switch readiness.status[index] {
                 case .ready:
@@ -158,10 +159,7 @@ public struct JobProgress: Sendable, Hashable {
         state = .pending
         actions.append(.setJobState(.pending))
         readiness = DagReadiness(graph: graph, rule: rule)
-        for name in (try? graph.topologicalOrder().get()) ?? graph.tasks {
-            let index = graph.index[name]!
-            if taskStates[index] == .succeed { _ = readiness.finish(index, .succeeded) }
-        }
+        for index in order where taskStates[index] == .succeed { _ = readiness.finish(index, .succeeded) }
         return actions + advance()
     }
 
@@ -186,9 +184,9 @@ public struct JobProgress: Sendable, Hashable {
                 setTask(released, .runnable)
                 actions.append(.startTask(graph.tasks[released]))
             }
-            for (blocked, reason) in change.blocked where !taskStates[blocked].isFinal {
-                setTask(blocked, .failed)
-                actions.append(.skipTask(graph.tasks[blocked], reason: reason))
+            for blocked in change.blocked where !taskStates[blocked.task].isFinal {
+                setTask(blocked.task, .failed)
+                actions.append(.skipTask(graph.tasks[blocked.task], reason: blocked.reason))
             }
         }
         return actions

@@ -34,8 +34,15 @@ public struct ExitCodePattern: Sendable, Hashable {
 /// `MaxRetryCount` allows). Without a match, `MaxRetryCount` alone decides. A failure without an exit code (the
 /// program could not start, or timed out) matches only `*`. Retries wait with exponential back-off.
 public struct RetryPolicy: Sendable, Hashable {
+    /// A parsed ``RetryRule``.
+    public struct Rule: Sendable, Hashable {
+        public var pattern: ExitCodePattern
+        /// `RETRY` (true) or `EXIT` (false).
+        public var retry: Bool
+    }
+
     public var maxRetryCount: Int
-    public var rules: [(pattern: ExitCodePattern, retry: Bool)]
+    public var rules: [Rule]
     /// The first retry waits this long; each further one twice as long, up to ``maximumBackoff``.
     public var initialBackoff: Duration
     public var maximumBackoff: Duration
@@ -46,7 +53,7 @@ public struct RetryPolicy: Sendable, Hashable {
     ) {
         self.maxRetryCount = maxRetryCount
         self.rules = rules.compactMap { rule in
-            ExitCodePattern(rule.onExitCode).map { ($0, rule.action == "RETRY") }
+            ExitCodePattern(rule.onExitCode).map { Rule(pattern: $0, retry: rule.action == "RETRY") }
         }
         self.initialBackoff = initialBackoff
         self.maximumBackoff = maximumBackoff
@@ -89,14 +96,4 @@ public struct RetryPolicy: Sendable, Hashable {
         return min(backoff, maximumBackoff)
     }
 
-    public static func == (lhs: RetryPolicy, rhs: RetryPolicy) -> Bool {
-        lhs.maxRetryCount == rhs.maxRetryCount && lhs.rules.map(\.pattern) == rhs.rules.map(\.pattern)
-            && lhs.rules.map(\.retry) == rhs.rules.map(\.retry) && lhs.initialBackoff == rhs.initialBackoff
-            && lhs.maximumBackoff == rhs.maximumBackoff
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(maxRetryCount)
-        hasher.combine(rules.map(\.pattern))
-    }
 }

@@ -244,10 +244,6 @@ public struct ComputeNodeView: Codable, Sendable, Hashable {
         self.resourceOrigin = resourceOrigin
     }
 
-    enum CodingKeys: String, CodingKey {
-        case computeNodeId, computeNodeInstanceId, computeNodeState, cpu, mem, resourceCreatedTime
-        case taskInstanceNumAvailable, agentVersion, privateIpAddresses, resourceType, resourceOrigin
-    }
 }
 
 /// One environment in `DescribeComputeEnvs`, or `DescribeComputeEnv` (which adds its nodes).

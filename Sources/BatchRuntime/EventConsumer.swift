@@ -102,7 +102,8 @@ extension Delivery {
 }
 
 extension Duration {
-    var nanoseconds: Int64 {
+    /// The whole duration in nanoseconds, for `Timer.recordNanoseconds`.
+    public var nanoseconds: Int64 {
         components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
     }
 }

@@ -80,18 +80,20 @@ public struct ComputeEnvStore: Sendable {
             SELECT e.env_id, e.name, e.description, e.zone, e.created_at, e.env_type, e.desired_node_count,
                 e.next_action, e.tags::text
             """)
-        var envs: [ComputeEnvView] = []
+        var rows: [(EnvID, String, String?, String?, Date, String, Int, String?, String)] = []
         for try await (id, name, description, zone, created, type, desired, next, tags) in try await database.client
             .query(query.query, logger: logger).decode(
                 (String, String, String?, String?, Date, String, Int, String?, String).self)
         {
-            let envID = EnvID(rawValue: id)
-            envs.append(
-                ComputeEnvView(
-                    envId: envID, envName: name, envDescription: description, zone: zone, createTime: created,
-                    envType: type, desiredComputeNodeCount: desired, nextAction: next,
-                    tags: try BatchJSON.decode([Tag].self, from: Array(tags.utf8)), nodes: try await nodes(of: envID),
-                    includeNodes: includeNodes))
+            rows.append((EnvID(rawValue: id), name, description, zone, created, type, desired, next, tags))
+        }
+        let nodes = try await nodes(of: rows.map(\.0))
+        let envs = try rows.map { envID, name, description, zone, created, type, desired, next, tags in
+            ComputeEnvView(
+                envId: envID, envName: name, envDescription: description, zone: zone, createTime: created,
+                envType: type, desiredComputeNodeCount: desired, nextAction: next,
+                tags: try BatchJSON.decode([Tag].self, from: Array(tags.utf8)), nodes: nodes[envID] ?? [],
+                includeNodes: includeNodes)
         }
         return (total, envs)
     }
@@ -389,23 +391,35 @@ public struct ComputeEnvStore: Sendable {
         try await database.client.query("DELETE FROM compute_envs WHERE env_id = \(envID.rawValue)", logger: logger)
     }
 
-    public func nodes(of envID: EnvID) async throws -> [ComputeNodeView] {
+    /// The nodes of each of `envIDs`, in one query.
+    public func nodes(of envIDs: [EnvID]) async throws -> [EnvID: [ComputeNodeView]] {
+        guard !envIDs.isEmpty else { return [:] }
         let rows = try await database.client.query(
             """
-            SELECT node_id, instance_id, state, slots, free_slots, created_at, host, resource_origin
-            FROM compute_nodes WHERE env_id = \(envID.rawValue) ORDER BY created_at, node_id
+            SELECT env_id, node_id, instance_id, state, slots, free_slots, created_at, host, resource_origin
+            FROM compute_nodes WHERE env_id = ANY(\(envIDs.map(\.rawValue))) ORDER BY created_at, node_id
             """, logger: logger)
-        var nodes: [ComputeNodeView] = []
-        for try await (id, instance, state, slots, free, created, host, origin) in rows.decode(
-            (String, String?, String, Int, Int, Date, String?, String).self)
+        var nodes: [EnvID: [ComputeNodeView]] = [:]
+        for try await (env, id, instance, state, slots, free, created, host, origin) in rows.decode(
+            (String, String, String?, String, Int, Int, Date, String?, String).self)
         {
-            nodes.append(
+            nodes[EnvID(rawValue: env), default: []].append(
                 ComputeNodeView(
                     computeNodeId: NodeID(rawValue: id), computeNodeInstanceId: instance ?? id, computeNodeState: state,
                     cpu: slots, mem: slots * 2, resourceCreatedTime: created, taskInstanceNumAvailable: free,
                     privateIpAddresses: host.map { [$0] } ?? [], resourceOrigin: origin))
         }
         return nodes
+    }
+
+    /// Forgets the nodes this installation's `process` driver made: they stopped with the provisioner that
+    /// started them (they watch their parent). Attached nodes stay.
+    public func forgetProcessNodes() async throws {
+        try await database.client.query(
+            """
+            DELETE FROM compute_nodes WHERE resource_origin = 'BATCH_CREATED'
+                AND env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')
+            """, logger: logger)
     }
 
     /// Records a node the provisioner is creating, and its `create` activity.

@@ -245,13 +245,7 @@ public struct JobStore: Sendable {
     public func logs(of jobID: JobID, task: String, user: UserID, indexes: [Int]?, paging: Paging) async throws
         -> (total: Int, logs: [TaskInstanceLog])?
     {
-        guard
-            try await instances(
-                of: jobID, task: task, user: user, paging: try Paging(offset: 0, limit: 1, defaultLimit: 1, maximum: 1))
-                != nil
-        else {
-            return nil
-        }
+        guard try await taskExists(jobID, task: task, user: user) else { return nil }
         var query = SQLBuilder("FROM task_instances WHERE job_id = ")
         query.append(query.bind(jobID.rawValue))
         query.append(" AND task_name = \(query.bind(task))")
@@ -377,6 +371,15 @@ public struct JobStore: Sendable {
     }
 
     // MARK: Helpers
+
+    private func taskExists(_ jobID: JobID, task: String, user: UserID) async throws -> Bool {
+        try await database.client.query(
+            """
+            SELECT 1 FROM tasks t JOIN jobs j USING (job_id)
+            WHERE t.job_id = \(jobID.rawValue) AND t.task_name = \(task) AND j.user_id = \(user.rawValue)
+            """, logger: logger
+        ).decode(Int.self).first { _ in true } != nil
+    }
 
     private func instanceStateCounts(_ jobID: JobID, task: String?) async throws -> StateCounts {
         var counts = StateCounts()

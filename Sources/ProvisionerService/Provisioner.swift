@@ -33,12 +33,7 @@ struct Provisioner: Service {
         await driver.onNodeExit { node, _, reason in
             try? await envs.deleteNode(node, cause: "node process ended: \(reason)")
         }
-        // Nodes of an earlier run of this provisioner stopped with it (they watch their parent).
-        try await database.client.query(
-            """
-            DELETE FROM compute_nodes WHERE resource_origin = 'BATCH_CREATED'
-                AND env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')
-            """)
+        try await envs.forgetProcessNodes()
         while !Task.isShuttingDownGracefully {
             do {
                 for env in try await envs.all() where env.driver == driver.name {

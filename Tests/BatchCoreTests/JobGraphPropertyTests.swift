@@ -82,7 +82,7 @@ struct JobGraphPropertyTests {
                 #expect(released.insert(next).inserted, "seed \(seed): \(names[next]) released twice")
                 running.insert(next)
             }
-            for (next, _) in change.blocked {
+            for next in change.blocked.map(\.task) {
                 #expect(!released.contains(next), "seed \(seed): \(names[next]) blocked after release")
                 blocked.insert(next)
             }

@@ -18,7 +18,8 @@ final class Stack: @unchecked Sendable {
     let directory: URL
     let databaseName: String
     let vhost: String
-    let port: Int
+    /// The gateway's port: it listens on one the kernel picks and writes it to a file the stack reads.
+    private(set) var port = 0
     let environment: [String: String]
     private(set) var processes: [String: ServiceProcess] = [:]
     private(set) var secretID = ""
@@ -56,7 +57,6 @@ final class Stack: @unchecked Sendable {
         try await RabbitManagement.createVhost(vhost)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let port = Int.random(in: 20_000..<40_000)
         var security = ["BATCH_INSECURE_HTTP": "1"]
         if tls {
             let certificate = directory.appendingPathComponent("gateway.pem").path
@@ -75,14 +75,15 @@ final class Stack: @unchecked Sendable {
             "BATCH_AMQP_URL": "amqp://\(amqp.user):\(amqp.password)@\(amqp.host):\(amqp.port)/\(encodedVhost)",
             "BATCH_DATABASE_URL": databaseURL,
             "BATCH_MASTER_KEY": Sealer.Key.generate(id: "e2e").configurationString,
-            "BATCH_GATEWAY_PORT": String(port),
+            "BATCH_GATEWAY_PORT": "0",
+            "BATCH_GATEWAY_PORT_FILE": directory.appendingPathComponent("gateway.port").path,
             "BATCH_NODES_DIR": directory.appendingPathComponent("nodes").path,
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
         ].merging(security) { $1 }.merging(settings) { $1 }
         let stack = Stack(
-            directory: directory, databaseName: databaseName, vhost: vhost, port: port, environment: environment,
+            directory: directory, databaseName: databaseName, vhost: vhost, environment: environment,
             tls: tls)
         do {
             try await stack.createUser()
@@ -102,12 +103,11 @@ final class Stack: @unchecked Sendable {
     var endpoint: String { "127.0.0.1:\(port)" }
 
     private init(
-        directory: URL, databaseName: String, vhost: String, port: Int, environment: [String: String], tls: Bool
+        directory: URL, databaseName: String, vhost: String, environment: [String: String], tls: Bool
     ) {
         self.directory = directory
         self.databaseName = databaseName
         self.vhost = vhost
-        self.port = port
         self.environment = environment
         self.tls = tls
     }
@@ -167,6 +167,14 @@ final class Stack: @unchecked Sendable {
         for _ in 0..<600 {
             if let exited = processes.first(where: { !$0.value.isRunning }) {
                 throw StackError("\(exited.key) exited during start-up:\n\(log(exited.key))")
+            }
+            if port == 0 {
+                let text = try? String(contentsOfFile: environment["BATCH_GATEWAY_PORT_FILE"]!, encoding: .utf8)
+                port = text.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
+                if port == 0 {
+                    try await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
             }
             let request = HTTPClientRequest(url: "\(baseURL)/readyz")
             if let response = try? await http.execute(request, timeout: .seconds(2)),
