@@ -72,3 +72,67 @@ public enum DispatchPlanner {
         return plan
     }
 }
+
+extension DispatchPlanner {
+    /// A started task's instances waiting for dispatch, as the scheduler counts them.
+    public struct Demand: Sendable, Hashable {
+        public var task: TaskKey
+        public var env: EnvID
+        /// Instances `RUNNABLE` and not dispatched.
+        public var waiting: Int
+        /// Of those, the ones not in a retry back-off.
+        public var ready: Int
+        /// When the earliest back-off among the others ends.
+        public var backoffEnd: Date?
+        /// Instances dispatched and not ended.
+        public var active: Int
+        public var maxConcurrent: Int?
+
+        public init(
+            task: TaskKey, env: EnvID, waiting: Int, ready: Int, backoffEnd: Date? = nil, active: Int,
+            maxConcurrent: Int?
+        ) {
+            self.task = task
+            self.env = env
+            self.waiting = waiting
+            self.ready = ready
+            self.backoffEnd = backoffEnd
+            self.active = active
+            self.maxConcurrent = maxConcurrent
+        }
+    }
+
+    /// How many instances of a task go out now, and why the rest wait (nil when none wait).
+    public struct Allotment: Sendable, Hashable {
+        public var count: Int
+        public var reason: PendingReason?
+    }
+
+    /// Shares the environments' free slots among `demands`, taken in the order given (the caller sorts them: higher
+    /// job priority first, then older jobs, then task order). A task gets no more than its `MaxConcurrentNum` allows
+    /// beside its active instances; the instances left get the reason that held them back, those behind a full
+    /// environment with how many wait ahead of them.
+    public static func allot(_ demands: [Demand], freeSlots: [EnvID: Int]) -> [Allotment] {
+        var free = freeSlots
+        var queuedAhead: [EnvID: Int] = [:]
+        return demands.map { demand in
+            let room = max(0, free[demand.env, default: 0])
+            let limit = demand.maxConcurrent.map { max(0, $0 - demand.active) } ?? Int.max
+            let count = min(demand.ready, room, limit)
+            free[demand.env, default: 0] -= count
+            let readyLeft = demand.ready - count
+            var reason: PendingReason?
+            if readyLeft > 0 {
+                if limit <= room, let maxConcurrent = demand.maxConcurrent {
+                    reason = .maxConcurrentReached(limit: maxConcurrent)
+                } else {
+                    reason = .noFreeNode(env: demand.env, queuedAhead: queuedAhead[demand.env, default: 0])
+                    queuedAhead[demand.env, default: 0] += readyLeft
+                }
+            } else if demand.waiting > demand.ready, let end = demand.backoffEnd {
+                reason = .retryBackoff(until: end)
+            }
+            return Allotment(count: count, reason: reason)
+        }
+    }
+}

@@ -67,8 +67,6 @@ public struct InstanceLifecycle: Sendable, Hashable {
         case keepNode(NodeID)
         /// Give back a node that was kept.
         case releaseNode(NodeID)
-        /// `TERMINATE`: the job's remaining work stops.
-        case terminateJob(reason: String)
         /// `FAST_INTERRUPT`: the task's instances not yet started never start.
         case stopTask(reason: String)
         /// A notification event happened.
@@ -205,8 +203,10 @@ public struct InstanceLifecycle: Sendable, Hashable {
             reason = "\(why); \(final)"
             switch failedAction {
             case .terminate:
+                // As on Tencent Cloud: the failed instance ends and gives back its slot; the job's other work goes
+                // on as its DependenceRule allows (a task with a failed instance fails once all its instances end).
                 state = .failed
-                return [.publish(.taskInstanceFailed), .terminateJob(reason: reason!)]
+                return [.publish(.taskInstanceFailed)]
             case .interrupt:
                 state = .failedInterrupted
                 return (node.map { [.keepNode($0)] } ?? []) + [.publish(.taskInstanceFailedInterrupted)]

@@ -12,23 +12,28 @@ import ServiceLifecycle
 ///   so one bad message never blocks the queue.
 /// - Any other error requeues it after a short pause: a transient failure (database down) is retried.
 ///
+/// With `handlerAcks`, a handler that returns normally has acked the delivery itself (as early as its work allows);
+/// it may throw only before it acks.
+///
 /// On graceful shutdown it stops taking deliveries and lets the ones in hand finish.
 public struct EventConsumer: Service {
     let amqp: AMQPClient
     let queue: String
     let concurrency: Int
     let prefetch: Int
+    let handlerAcks: Bool
     let logger: Logger
     let handle: @Sendable (Delivery) async throws -> Void
 
     public init(
-        amqp: AMQPClient, queue: String, concurrency: Int = 8, prefetch: Int? = nil, logger: Logger,
-        handle: @escaping @Sendable (Delivery) async throws -> Void
+        amqp: AMQPClient, queue: String, concurrency: Int = 8, prefetch: Int? = nil, handlerAcks: Bool = false,
+        logger: Logger, handle: @escaping @Sendable (Delivery) async throws -> Void
     ) {
         self.amqp = amqp
         self.queue = queue
         self.concurrency = concurrency
         self.prefetch = prefetch ?? concurrency * 2
+        self.handlerAcks = handlerAcks
         self.logger = logger
         self.handle = handle
     }
@@ -54,7 +59,7 @@ public struct EventConsumer: Service {
                     let start = ContinuousClock.now
                     do {
                         try await handle(delivery)
-                        delivery.ack()
+                        if !handlerAcks { delivery.ack() }
                         consumed.increment()
                     } catch let poison as PoisonMessage {
                         logger.error(

@@ -12,8 +12,9 @@ import ServiceLifecycle
 #endif
 
 /// The agent on a compute node: takes `instance.run` messages from its environment's work queue (prefetch = its
-/// slots), runs each instance, reports start and end, and acks only after the result is confirmed by the broker.
-/// It never touches the database.
+/// slots), runs each instance, and reports start and end. A run message is acked once its start is confirmed by the
+/// broker: from then on the scheduler owns the attempt (a lost node's attempts run again, as new attempts), so a
+/// broker restart never hands a running instance to a second node. It never touches the database.
 @main
 struct ExecutorService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -87,7 +88,7 @@ struct ExecutorService: AsyncParsableCommand {
                     .init(
                         service: EventConsumer(
                             amqp: amqp, queue: Topology.workQueue(env: envID.rawValue), concurrency: slots,
-                            prefetch: slots, logger: logger, handle: runner.run),
+                            prefetch: slots, handlerAcks: true, logger: logger, handle: runner.run),
                         successTerminationBehavior: .gracefullyShutdownGroup),
                 ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         ).run()

@@ -23,6 +23,8 @@ final class InstanceRunner: Sendable {
     private let busy = Atomic<Int>(0)
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
+    /// The attempts this node has taken, so a second delivery of one is not run again.
+    private let seen = Mutex(RecentKeys(capacity: 100_000))
 
     static func key(_ job: JobID, _ task: String, _ index: Int, _ attempt: Int) -> String {
         "\(job)/\(task)/\(index)/\(attempt)"
@@ -39,6 +41,8 @@ final class InstanceRunner: Sendable {
 
     var freeSlots: Int { max(0, slots - busy.load(ordering: .relaxed)) }
 
+    /// Runs one `instance.run`: publishes the start, acks the message once the start is confirmed, runs the
+    /// command and publishes the end. Throws only before the ack (the message is then requeued).
     @Sendable func run(_ delivery: Delivery) async throws {
         let run = try delivery.decode(InstanceRun.self).payload
         var logger = self.logger
@@ -46,33 +50,51 @@ final class InstanceRunner: Sendable {
         logger[metadataKey: "task.name"] = "\(run.taskName)"
         logger[metadataKey: "instance.index"] = "\(run.instanceIndex)"
         logger[metadataKey: "instance.attempt"] = "\(run.attempt)"
+        let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
+        guard seen.withLock({ $0.insert(key) }) else {
+            // The same attempt again (a redelivery, or a message published twice): it runs or ran here already.
+            logger.info("second delivery of an attempt this node has run ignored")
+            delivery.ack()
+            return
+        }
         busy.add(1, ordering: .relaxed)
         defer { busy.subtract(1, ordering: .relaxed) }
 
         let directory = workRoot.appendingPathComponent(
             "\(run.jobID)/\(run.taskName)/\(run.instanceIndex)/attempt-\(run.attempt)", isDirectory: true)
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try await publish(
-            InstanceStarted(
-                jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
-                nodeID: nodeID, startedAt: Date()),
-            routingKey: Topology.Event.instanceStarted, job: run.jobID)
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try await publish(
+                InstanceStarted(
+                    jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
+                    nodeID: nodeID, startedAt: Date()),
+                routingKey: Topology.Event.instanceStarted, job: run.jobID)
+        } catch {
+            seen.withLock { $0.remove(key) }
+            throw error
+        }
+        delivery.ack()
         logger.info("instance started")
 
-        guard let (exitCode, reason) = await execute(run, in: directory, logger: logger) else {
-            // The node is stopping: the attempt was stopped and its message goes back to the queue, to run again
-            // on another node.
-            logger.info("instance stopped with the node; it will run again elsewhere")
-            throw InstanceInterrupted()
+        let result = await execute(run, in: directory, logger: logger)
+        let finished = InstanceFinished(
+            jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
+            nodeID: nodeID, exitCode: result?.0, reason: result == nil ? "the node stopped while it ran" : result?.1,
+            finishedAt: Date(), stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
+            stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log")),
+            interrupted: result == nil ? true : nil)
+        do {
+            try await publish(finished, routingKey: Topology.Event.instanceFinished, job: run.jobID)
+        } catch {
+            // Only a client shutting down fails a publish; the scheduler finds the attempt when the node is lost.
+            logger.error("instance end not published", metadata: ["error": "\(error)"])
+            return
         }
-        try await publish(
-            InstanceFinished(
-                jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
-                nodeID: nodeID, exitCode: exitCode, reason: reason, finishedAt: Date(),
-                stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
-                stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log"))),
-            routingKey: Topology.Event.instanceFinished, job: run.jobID)
-        logger.info("instance finished", metadata: ["exit.code": "\(exitCode.map(String.init) ?? "none")"])
+        if result == nil {
+            logger.info("instance stopped with the node; it will run again elsewhere")
+        } else {
+            logger.info("instance finished", metadata: ["exit.code": "\(result?.0.map(String.init) ?? "none")"])
+        }
     }
 
     /// Runs the command; returns its exit code (nil if it could not start) and, unless it exited 0, why; or nil
@@ -158,5 +180,29 @@ final class InstanceRunner: Sendable {
     }
 }
 
-/// The node stopped while the instance ran; its message is requeued.
-struct InstanceInterrupted: Error {}
+/// A bounded set of recent keys: the oldest are forgotten first.
+struct RecentKeys: ~Copyable {
+    let capacity: Int
+    private var keys: Set<String> = []
+    private var order: [String] = []
+    private var start = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// Adds `key`; false when it was there already.
+    mutating func insert(_ key: String) -> Bool {
+        guard keys.insert(key).inserted else { return false }
+        order.append(key)
+        if keys.count > capacity {
+            keys.remove(order[start])
+            start += 1
+            if start > capacity {
+                order.removeFirst(start)
+                start = 0
+            }
+        }
+        return true
+    }
+
+    mutating func remove(_ key: String) { keys.remove(key) }
+}

@@ -79,11 +79,16 @@ public struct InstanceFinished: MessageContract, Hashable {
     /// The last bytes (at most 2048) of the attempt's stdout and stderr, for `DescribeTaskLogs`.
     public var stdoutTail: [UInt8]?
     public var stderrTail: [UInt8]?
+    /// True when the node stopped the attempt because the node itself stopped (scale-down, shutdown): the attempt
+    /// runs again elsewhere and does not count against `MaxRetryCount`.
+    public var interrupted: Bool?
 
     public init(
         jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, nodeID: NodeID, exitCode: Int?,
-        reason: String?, finishedAt: Date, stdoutTail: [UInt8]? = nil, stderrTail: [UInt8]? = nil
+        reason: String?, finishedAt: Date, stdoutTail: [UInt8]? = nil, stderrTail: [UInt8]? = nil,
+        interrupted: Bool? = nil
     ) {
+        self.interrupted = interrupted
         self.stdoutTail = stdoutTail
         self.stderrTail = stderrTail
         self.jobID = jobID
@@ -220,5 +225,45 @@ public struct InstanceKill: MessageContract, Hashable {
         self.instanceIndex = instanceIndex
         self.attempt = attempt
         self.reason = reason
+    }
+}
+
+/// A job, task or instance changed state: the notification users subscribe to, in Tencent Cloud Batch's message
+/// format (`{"Events": [{"EventName": "JOB_SUCCEED", …, "Batch": {…}}]}`), published on `batch.events` with the routing
+/// key ``Topology/notificationRoutingKey(event:job:)`` and, when the job's `Notifications` select the event, also with
+/// ``Topology/topicRoutingKey(topic:)``.
+public struct BatchNotification: Codable, Sendable, Hashable {
+    public struct Event: Codable, Sendable, Hashable {
+        public var eventVersion = "1.0"
+        public var eventTime: Date
+        public var region: String
+        public var eventName: String
+        public var eventVars: [EventVar]
+        public var batch: Subject
+    }
+
+    /// What changed.
+    public struct Subject: Codable, Sendable, Hashable {
+        public var jobId: String
+        public var jobName: String?
+        public var taskName: String?
+        public var taskInstanceIndex: Int?
+        public var state: String
+        public var stateReason: String?
+    }
+
+    public var events: [Event]
+
+    public init(
+        event: EventName, at time: Date, region: String = "local", vars: [EventVar] = [], job: JobID,
+        jobName: String?, task: String? = nil, instance: Int? = nil, state: ExecutionState, reason: String? = nil
+    ) {
+        events = [
+            Event(
+                eventTime: time, region: region, eventName: event.rawValue, eventVars: vars,
+                batch: Subject(
+                    jobId: job.rawValue, jobName: jobName, taskName: task, taskInstanceIndex: instance,
+                    state: state.rawValue, stateReason: reason))
+        ]
     }
 }

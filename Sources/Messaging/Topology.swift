@@ -96,6 +96,12 @@ extension Topology {
         public static let nodeTerminationRequested = "node.termination-requested"
     }
 
+    /// The routing key of a state-change notification on `batch.events`: `notify.JOB_SUCCEED.job-ab12cd34`, so
+    /// a user binds `notify.#`, `notify.JOB_*.#` style patterns (`notify.JOB_SUCCEED.*`) or one job's events.
+    public static func notificationRoutingKey(event: String, job: String) -> String { "notify.\(event).\(job)" }
+    /// The routing key a job's `Notifications` topic receives its selected events on: `topic.<TopicName>`.
+    public static func topicRoutingKey(topic: String) -> String { "topic.\(topic)" }
+
     /// The work queue of a compute environment.
     public static func workQueue(env: String) -> String { "batch.env.\(env)" }
     /// The routing key on `batch.commands` that reaches a compute environment's work queue.

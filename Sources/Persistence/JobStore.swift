@@ -70,14 +70,16 @@ public struct JobStore: Sendable {
             try await connection.query(
                 """
                 INSERT INTO tasks (job_id, task_name, position, state, instance_num, env_id, max_retry_count,
-                    timeout_seconds, spec_sealed)
-                SELECT \(jobID.rawValue), name, position, state, count, NULLIF(env, ''), retries, timeout, spec
+                    timeout_seconds, spec_sealed, max_concurrent_num)
+                SELECT \(jobID.rawValue), name, position, state, count, NULLIF(env, ''), retries, timeout, spec,
+                    NULLIF(concurrency, 0)
                 FROM unnest(\(spec.tasks.map(\.taskName))::text[],
                     \(Array(spec.tasks.indices))::integer[], \(spec.tasks.map { _ in "SUBMITTED" })::text[],
                     \(spec.tasks.map(\.instanceCount))::integer[], \(spec.tasks.map { $0.envId ?? "" })::text[],
                     \(spec.tasks.map { $0.maxRetryCount ?? 0 })::integer[],
-                    \(spec.tasks.map { $0.timeout ?? TaskSpec.defaultTimeout })::integer[], \(sealedTasks)::text[])
-                    AS t(name, position, state, count, env, retries, timeout, spec)
+                    \(spec.tasks.map { $0.timeout ?? TaskSpec.defaultTimeout })::integer[], \(sealedTasks)::text[],
+                    \(spec.tasks.map { $0.maxConcurrentNum ?? 0 })::integer[])
+                    AS t(name, position, state, count, env, retries, timeout, spec, concurrency)
                 """, logger: logger)
             try await Outbox.enqueue(
                 [
@@ -203,12 +205,14 @@ public struct JobStore: Sendable {
     ) async throws -> (task: TaskView, total: Int, counts: StateCounts, instances: [TaskInstanceView])? {
         let rows = try await database.client.query(
             """
-            SELECT t.state, t.state_reason, t.created_at, t.end_time FROM tasks t JOIN jobs j USING (job_id)
+            SELECT t.state, t.state_reason, t.created_at, t.end_time, t.env_id FROM tasks t JOIN jobs j USING (job_id)
             WHERE t.job_id = \(jobID.rawValue) AND t.task_name = \(task) AND j.user_id = \(user.rawValue)
             """, logger: logger)
         guard
-            let (state, reason, created, ended) = try await rows.decode((String, String?, Date, Date?).self).first(
-                where: { _ in true })
+            let (state, reason, created, ended, env) = try await rows.decode(
+                (String, String?, Date, Date?, String?).self
+            )
+            .first(where: { _ in true })
         else { return nil }
         var query = SQLBuilder("FROM task_instances WHERE job_id = ")
         query.append(query.bind(jobID.rawValue))
@@ -220,19 +224,30 @@ public struct JobStore: Sendable {
         query.append(" ORDER BY instance_index LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))")
         query.prepend(
             """
-            SELECT instance_index, state, exit_code, state_reason, node_id, created_at, launch_time, end_time, attempt
+            SELECT instance_index, state, exit_code, state_reason, node_id, created_at, launch_time, end_time, attempt,
+                dispatched
             """)
         var instances: [TaskInstanceView] = []
         for try await (
-            index, instanceState, exitCode, instanceReason, node, instanceCreated, launched, instanceEnded, attempt
+            index, instanceState, exitCode, instanceReason, node, instanceCreated, launched, instanceEnded, attempt,
+            dispatched
         )
             in try await database.client.query(query.query, logger: logger).decode(
-                (Int, String, Int?, String?, String?, Date, Date?, Date?, Int).self)
+                (Int, String, Int?, String?, String?, Date, Date?, Date?, Int, Bool).self)
         {
+            // A runnable instance shows why it is not running: queued for a node, or the task's pending reason.
+            var shownReason = instanceReason
+            if instanceState == ExecutionState.runnable.rawValue, node == nil {
+                if dispatched, let env {
+                    shownReason = PendingReason.queued(env: EnvID(rawValue: env)).stateReason
+                } else if !dispatched, instanceReason == nil {
+                    shownReason = reason
+                }
+            }
             instances.append(
                 TaskInstanceView(
                     taskInstanceIndex: index, taskInstanceState: ExecutionState(rawValue: instanceState) ?? .submitted,
-                    exitCode: exitCode, stateReason: instanceReason, computeNodeInstanceId: node,
+                    exitCode: exitCode, stateReason: shownReason, computeNodeInstanceId: node,
                     createTime: instanceCreated, launchTime: launched, endTime: instanceEnded, attempt: attempt))
         }
         let view = TaskView(

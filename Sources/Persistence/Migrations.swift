@@ -201,5 +201,29 @@ extension Migration {
                 "UPDATE users SET job_count = (SELECT count(*) FROM jobs WHERE jobs.user_id = users.user_id)",
             ]
         ),
+        Migration(
+            version: 5, name: "scheduler: dispatch under capacity, attempts, retries, concurrency limits",
+            statements: [
+                // `dispatched`: an `instance.run` for the current attempt is out (queued or on a node) and its end
+                // is not known yet. `failures` count against MaxRetryCount; `not_before` holds a retry back-off.
+                """
+                ALTER TABLE task_instances ADD COLUMN dispatched boolean NOT NULL DEFAULT false,
+                    ADD COLUMN failures integer NOT NULL DEFAULT 0, ADD COLUMN not_before timestamptz,
+                    ADD COLUMN dispatched_at timestamptz
+                """,
+                "UPDATE task_instances SET dispatched = true WHERE state IN ('RUNNABLE', 'STARTING', 'RUNNING')",
+                """
+                CREATE INDEX task_instances_waiting ON task_instances (job_id, task_name, instance_index)
+                    WHERE state = 'RUNNABLE' AND NOT dispatched
+                """,
+                "CREATE INDEX task_instances_out ON task_instances (job_id, task_name) WHERE dispatched",
+                "CREATE INDEX task_instances_node ON task_instances (node_id) WHERE dispatched",
+                "ALTER TABLE tasks ADD COLUMN max_concurrent_num integer",
+                """
+                CREATE INDEX tasks_started ON tasks (job_id)
+                    WHERE state IN ('RUNNABLE', 'STARTING', 'RUNNING')
+                """,
+            ]
+        ),
     ]
 }

@@ -3,60 +3,105 @@ import Foundation
 import Messaging
 import PostgresNIO
 
-/// The scheduler's reads and writes, each on a connection inside the transaction that handles one event.
+/// The scheduler's reads and writes, each on a connection inside the transaction that handles a batch of events.
 ///
-/// Every change applies only from the state it expects, so a redelivered or stale event changes nothing.
+/// Every change applies only from the state it expects, so a redelivered or stale event changes nothing; the work
+/// of a job with many instances is done with set-based statements, never one round trip per instance.
 public struct SchedulerStore: Sendable {
     /// A job row held `FOR UPDATE` for the rest of the transaction: events of one job are handled one at a time.
     public struct LockedJob: Sendable {
         public var id: JobID
         public var user: UserID
+        public var name: String?
         public var state: ExecutionState
         public var rule: DependencyRule
         public var dependences: [Dependence]
         public var priority: Int
     }
 
+    /// One instance, by job, task and index.
+    public struct InstanceKey: Sendable, Hashable, Comparable {
+        public var task: String
+        public var index: Int
+        public init(task: String, index: Int) {
+            self.task = task
+            self.index = index
+        }
+        public static func < (a: Self, b: Self) -> Bool { (a.task, a.index) < (b.task, b.index) }
+    }
+
+    /// An instance's row as the scheduler changes it; written back with ``saveInstances(_:of:on:)``.
+    public struct InstanceRow: Sendable {
+        public var key: InstanceKey
+        public var lifecycle: InstanceLifecycle
+        public var launchTime: Date?
+        public var endTime: Date?
+        /// Sealed log tails of the attempt that ended, when it reported them.
+        public var stdoutSealed: String?
+        public var stderrSealed: String?
+    }
+
     let database: Database
     var logger: Logger { database.logger }
+    /// Stands for "no exit code" in bound arrays (exit codes are 0…255, or 128+N for signals).
+    static let noExitCode = -1_000_000
 
     public init(database: Database) { self.database = database }
+
+    // MARK: Jobs
 
     public func lockJob(_ jobID: JobID, on connection: PostgresConnection) async throws -> LockedJob? {
         let rows = try await connection.query(
             """
-            SELECT user_id, state, dependency_rule, dependences, priority FROM jobs
+            SELECT user_id, name, state, dependency_rule, dependences, priority FROM jobs
             WHERE job_id = \(jobID.rawValue) FOR UPDATE
             """, logger: logger)
-        for try await (user, state, rule, dependences, priority) in rows.decode(
-            (String, String, String, String, Int).self)
+        for try await (user, name, state, rule, dependences, priority) in rows.decode(
+            (String, String?, String, String, String, Int).self)
         {
             return LockedJob(
-                id: jobID, user: UserID(rawValue: user), state: ExecutionState(rawValue: state) ?? .submitted,
+                id: jobID, user: UserID(rawValue: user), name: name,
+                state: ExecutionState(rawValue: state) ?? .submitted,
                 rule: DependencyRule(rawValue: rule) ?? .preTaskSucceed,
                 dependences: try BatchJSON.decode([Dependence].self, from: Array(dependences.utf8)), priority: priority)
         }
         return nil
     }
 
-    /// The job's tasks with their states and their instances' state counts.
-    public func progress(of job: LockedJob, on connection: PostgresConnection) async throws -> JobProgress {
+    /// The job's notifications, from its sealed spec.
+    public func notifications(of job: JobID, on connection: PostgresConnection) async throws -> [JobNotification] {
         let rows = try await connection.query(
-            """
-            SELECT t.task_name, t.state, i.state, count(i.instance_index)
-            FROM tasks t LEFT JOIN task_instances i USING (job_id, task_name)
-            WHERE t.job_id = \(job.id.rawValue)
-            GROUP BY t.position, t.task_name, t.state, i.state ORDER BY t.position
-            """, logger: logger)
+            "SELECT spec_sealed FROM jobs WHERE job_id = \(job.rawValue)", logger: logger)
+        for try await sealed in rows.decode(String.self) {
+            let spec = try BatchJSON.decode(
+                JobSpec.self, from: try database.sealer.openBytes(sealed, context: "jobs.spec:\(job)"))
+            return spec.notifications ?? []
+        }
+        return []
+    }
+
+    /// The job's tasks with their states, and the instances' state counts of `counting` tasks (all when nil).
+    public func progress(of job: LockedJob, counting: Set<String>?, on connection: PostgresConnection) async throws
+        -> JobProgress
+    {
         var order: [String] = []
         var tasks: [String: JobProgress.TaskProgress] = [:]
-        for try await (name, state, instanceState, count) in rows.decode((String, String, String?, Int).self) {
-            if tasks[name] == nil {
-                order.append(name)
-                tasks[name] = JobProgress.TaskProgress(name: name, state: ExecutionState(rawValue: state) ?? .submitted)
-            }
-            if let instanceState, let parsed = ExecutionState(rawValue: instanceState) {
-                tasks[name]!.instances[parsed] += count
+        for try await (name, state) in try await connection.query(
+            "SELECT task_name, state FROM tasks WHERE job_id = \(job.id.rawValue) ORDER BY position", logger: logger
+        ).decode((String, String).self) {
+            order.append(name)
+            tasks[name] = JobProgress.TaskProgress(name: name, state: ExecutionState(rawValue: state) ?? .submitted)
+        }
+        if counting == nil || !(counting!.isEmpty) {
+            let names = counting.map { Array($0) } ?? order
+            for try await (name, state, count) in try await connection.query(
+                """
+                SELECT task_name, state, count(*) FROM task_instances
+                WHERE job_id = \(job.id.rawValue) AND task_name = ANY(\(names))
+                GROUP BY task_name, state
+                """, logger: logger
+            ).decode((String, String, Int).self) {
+                if let parsed = ExecutionState(rawValue: state) { tasks[name]?.instances[parsed] += count }
             }
         }
         return JobProgress(
@@ -64,39 +109,41 @@ public struct SchedulerStore: Sendable {
             graph: JobGraph(tasks: order, dependences: job.dependences), rule: job.rule)
     }
 
-    /// Creates a task's instances (`RUNNABLE`, attempt 1) and returns the `instance.run` messages that dispatch
-    /// them to the task's environment.
-    public func startTask(_ name: String, of job: LockedJob, on connection: PostgresConnection) async throws
-        -> [OutgoingMessage]
-    {
-        let rows = try await connection.query(
+    public func setJobState(
+        _ job: LockedJob, _ state: ExecutionState, reason: String? = nil, on connection: PostgresConnection
+    ) async throws {
+        try await connection.query(
             """
-            SELECT env_id, instance_num, timeout_seconds, spec_sealed FROM tasks
-            WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
+            UPDATE jobs SET state = \(state.rawValue),
+                state_reason = CASE WHEN \(state.isFinal) THEN coalesce(\(reason), state_reason) END,
+                updated_at = now(), end_time = CASE WHEN \(state.isFinal) THEN now() END
+            WHERE job_id = \(job.id.rawValue)
             """, logger: logger)
-        guard
-            let (envID, count, timeout, sealed) = try await rows.decode((String?, Int, Int, String).self).first(
-                where: { _ in true })
-        else { return [] }
-        let spec = try BatchJSON.decode(
-            TaskSpec.self,
-            from: try database.sealer.openBytes(sealed, context: "tasks.spec:\(job.id)/\(name)"))
-        guard let envID else {
-            try await skipTask(
-                name, of: job, reason: "anonymous compute environments are not supported yet", on: connection)
-            return []
-        }
-        // New instances start at attempt 1; failed ones (RetryJobs) go back to RUNNABLE with their next attempt.
+    }
+
+    /// Clears `NextAction` once a requested change is carried out.
+    public func clearNextAction(_ job: LockedJob, on connection: PostgresConnection) async throws {
+        try await connection.query(
+            "UPDATE jobs SET next_action = NULL WHERE job_id = \(job.id.rawValue)", logger: logger)
+    }
+
+    // MARK: Tasks
+
+    /// Makes a task's instances runnable: new ones are created (`RUNNABLE`, attempt 0, not dispatched) and failed
+    /// ones (`RetryJobs`) go back to `RUNNABLE` with their history reset. The dispatch pass sends them out.
+    public func startTask(_ name: String, of job: LockedJob, on connection: PostgresConnection) async throws {
         try await connection.query(
             """
             INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
-            SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 1 FROM generate_series(0, \(count) - 1) AS i
+            SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 0
+            FROM tasks, generate_series(0, instance_num - 1) AS i
+            WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             ON CONFLICT DO NOTHING
             """, logger: logger)
         try await connection.query(
             """
-            UPDATE task_instances SET state = 'RUNNABLE', attempt = attempt + 1, exit_code = NULL,
-                state_reason = NULL, node_id = NULL, launch_time = NULL, end_time = NULL
+            UPDATE task_instances SET state = 'RUNNABLE', dispatched = false, failures = 0, not_before = NULL,
+                exit_code = NULL, state_reason = NULL, node_id = NULL, launch_time = NULL, end_time = NULL
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state IN ('FAILED', 'FAILED_INTERRUPTED')
             """, logger: logger)
         try await connection.query(
@@ -105,24 +152,6 @@ public struct SchedulerStore: Sendable {
                 start_time = coalesce(start_time, now())
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
-        let command = spec.application?.script ?? ""
-        var messages: [OutgoingMessage] = []
-        for try await (index, attempt) in try await connection.query(
-            """
-            SELECT instance_index, attempt FROM task_instances
-            WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state = 'RUNNABLE' ORDER BY instance_index
-            """, logger: logger
-        ).decode((Int, Int).self) {
-            messages.append(
-                try OutgoingMessage(
-                    exchange: Topology.commandsExchange, routingKey: Topology.workRoutingKey(env: envID),
-                    payload: InstanceRun(
-                        jobID: job.id, taskName: name, instanceIndex: index, instanceCount: count, attempt: attempt,
-                        envID: EnvID(rawValue: envID), command: command, environment: spec.envVars ?? [],
-                        timeoutSeconds: timeout),
-                    correlationID: job.id.rawValue, mandatory: true))
-        }
-        return messages
     }
 
     /// A task that can never run ends `FAILED` with `reason`.
@@ -143,93 +172,301 @@ public struct SchedulerStore: Sendable {
             """
             UPDATE tasks SET state = \(state.rawValue),
                 end_time = CASE WHEN \(state.isFinal) THEN now() END,
-                state_reason = CASE WHEN \(state.isFinal) THEN state_reason END
+                state_reason = CASE WHEN \(state.isFinal) OR \(state == .pending) THEN state_reason END
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
     }
 
-    public func setJobState(
-        _ job: LockedJob, _ state: ExecutionState, reason: String? = nil, on connection: PostgresConnection
-    ) async throws {
+    // MARK: Instances
+
+    /// The rows of `keys` (those that exist).
+    public func instances(_ keys: Set<InstanceKey>, of job: JobID, on connection: PostgresConnection) async throws
+        -> [InstanceKey: InstanceRow]
+    {
+        let sorted = keys.sorted()
+        var rows: [InstanceKey: InstanceRow] = [:]
+        for try await (
+            task, index, state, attempt, dispatched, failures, node, exitCode, reason, notBefore, launch, end
+        )
+            in try await connection.query(
+                """
+                SELECT i.task_name, i.instance_index, i.state, i.attempt, i.dispatched, i.failures, i.node_id,
+                    i.exit_code, i.state_reason, i.not_before, i.launch_time, i.end_time
+                FROM task_instances i JOIN unnest(\(sorted.map(\.task))::text[], \(sorted.map(\.index))::integer[])
+                    AS k(task_name, instance_index) USING (task_name, instance_index)
+                WHERE i.job_id = \(job.rawValue)
+                """, logger: logger
+            ).decode((String, Int, String, Int, Bool, Int, String?, Int?, String?, Date?, Date?, Date?).self)
+        {
+            let key = InstanceKey(task: task, index: index)
+            rows[key] = InstanceRow(
+                key: key,
+                lifecycle: InstanceLifecycle(
+                    state: ExecutionState(rawValue: state) ?? .runnable, attempt: attempt, dispatched: dispatched,
+                    failures: failures, node: node.map(NodeID.init(rawValue:)), exitCode: exitCode, reason: reason,
+                    notBefore: notBefore),
+                launchTime: launch, endTime: end)
+        }
+        return rows
+    }
+
+    /// Writes changed rows back, all in one statement.
+    public func saveInstances(_ rows: [InstanceRow], of job: JobID, on connection: PostgresConnection) async throws {
+        guard !rows.isEmpty else { return }
+        let rows = rows.sorted { $0.key < $1.key }
+        // Arrays bind without NULLs: an empty string, a code no exit has, and the epoch stand for NULL.
+        let none = Self.noExitCode
+        let epoch = Date(timeIntervalSince1970: 0)
         try await connection.query(
             """
-            UPDATE jobs SET state = \(state.rawValue),
-                state_reason = CASE WHEN \(state.isFinal) THEN coalesce(\(reason), state_reason) END,
-                updated_at = now(), end_time = CASE WHEN \(state.isFinal) THEN now() END
-            WHERE job_id = \(job.id.rawValue)
+            UPDATE task_instances i SET state = u.state, attempt = u.attempt, dispatched = u.dispatched,
+                failures = u.failures, node_id = NULLIF(u.node_id, ''), exit_code = NULLIF(u.exit_code, \(none)),
+                state_reason = NULLIF(u.reason, ''), not_before = NULLIF(u.not_before, 'epoch'),
+                launch_time = NULLIF(u.launch_time, 'epoch'), end_time = NULLIF(u.end_time, 'epoch'),
+                stdout_tail_sealed = coalesce(NULLIF(u.stdout, ''), i.stdout_tail_sealed),
+                stderr_tail_sealed = coalesce(NULLIF(u.stderr, ''), i.stderr_tail_sealed)
+            FROM unnest(\(rows.map(\.key.task))::text[], \(rows.map(\.key.index))::integer[],
+                \(rows.map(\.lifecycle.state.rawValue))::text[], \(rows.map(\.lifecycle.attempt))::integer[],
+                \(rows.map(\.lifecycle.dispatched))::boolean[], \(rows.map(\.lifecycle.failures))::integer[],
+                \(rows.map { $0.lifecycle.node?.rawValue ?? "" })::text[],
+                \(rows.map { $0.lifecycle.exitCode ?? none })::integer[], \(rows.map { $0.lifecycle.reason ?? "" })::text[],
+                \(rows.map { $0.lifecycle.notBefore ?? epoch })::timestamptz[],
+                \(rows.map { $0.launchTime ?? epoch })::timestamptz[], \(rows.map { $0.endTime ?? epoch })::timestamptz[],
+                \(rows.map { $0.stdoutSealed ?? "" })::text[], \(rows.map { $0.stderrSealed ?? "" })::text[])
+                AS u(task_name, instance_index, state, attempt, dispatched, failures, node_id, exit_code, reason,
+                    not_before, launch_time, end_time, stdout, stderr)
+            WHERE i.job_id = \(job.rawValue) AND i.task_name = u.task_name AND i.instance_index = u.instance_index
             """, logger: logger)
     }
 
-    /// Marks an instance `RUNNING` if the event is for its current attempt and it has not gone further.
-    public func instanceStarted(_ event: InstanceStarted, on connection: PostgresConnection) async throws -> Bool {
-        let rows = try await connection.query(
-            """
-            UPDATE task_instances SET state = 'RUNNING', launch_time = \(event.startedAt),
-                node_id = \(event.nodeID.rawValue)
-            WHERE job_id = \(event.jobID.rawValue) AND task_name = \(event.taskName)
-                AND instance_index = \(event.instanceIndex) AND attempt = \(event.attempt)
-                AND state IN ('SUBMITTED', 'PENDING', 'RUNNABLE', 'STARTING')
-            RETURNING 1
-            """, logger: logger)
-        return try await rows.decode(Int.self).first { _ in true } != nil
+    /// An instance that was killed, with the node it ran on.
+    public struct Ended: Sendable {
+        public var task: String
+        public var index: Int
+        public var attempt: Int
+        public var node: NodeID?
     }
 
-    /// Records an instance's end if the event is for its current attempt and it is not final yet, with the end
-    /// of its logs (sealed).
-    public func instanceFinished(_ event: InstanceFinished, on connection: PostgresConnection) async throws -> Bool {
-        let state: ExecutionState = event.succeeded ? .succeed : .failed
-        let reason: String? =
-            event.succeeded ? nil : event.reason ?? event.exitCode.map { "exited with code \($0)" }
-        let context = "logs:\(event.jobID)/\(event.taskName)/\(event.instanceIndex)"
-        let stdout = try event.stdoutTail.map { try database.sealer.seal($0, context: "\(context)/stdout") }
-        let stderr = try event.stderrTail.map { try database.sealer.seal($0, context: "\(context)/stderr") }
-        let rows = try await connection.query(
-            """
-            UPDATE task_instances SET state = \(state.rawValue), exit_code = \(event.exitCode),
-                state_reason = \(reason), end_time = \(event.finishedAt), node_id = \(event.nodeID.rawValue),
-                launch_time = coalesce(launch_time, \(event.finishedAt)), stdout_tail_sealed = \(stdout),
-                stderr_tail_sealed = \(stderr)
-            WHERE job_id = \(event.jobID.rawValue) AND task_name = \(event.taskName)
-                AND instance_index = \(event.instanceIndex) AND attempt = \(event.attempt)
-                AND state NOT IN ('SUCCEED', 'FAILED', 'FAILED_INTERRUPTED')
-            RETURNING 1
-            """, logger: logger)
-        return try await rows.decode(Int.self).first { _ in true } != nil
-    }
-
-    /// Ends instances that have not finished (and releases kept ones): all of the job's, or one. Returns the
-    /// `instance.kill` messages for those that were on a node.
-    @discardableResult
+    /// Ends instances that have not finished (and releases kept ones): all of the job's, a task's, or one; with
+    /// `notStarted`, only those not on a node yet (`FAST_INTERRUPT`). Returns them, for the kills and notifications.
     public func terminateInstances(
-        of job: LockedJob, task: String? = nil, index: Int? = nil, reason: String, on connection: PostgresConnection
-    ) async throws -> [OutgoingMessage] {
+        of job: JobID, task: String? = nil, index: Int? = nil, notStarted: Bool = false, reason: String,
+        on connection: PostgresConnection
+    ) async throws -> [Ended] {
         var query = SQLBuilder(
-            "UPDATE task_instances SET state = 'FAILED', end_time = now(), state_reason = ")
-        query.append(query.bind(reason))
-        query.append(" WHERE job_id = \(query.bind(job.id.rawValue)) AND state NOT IN ('SUCCEED', 'FAILED')")
+            """
+            UPDATE task_instances SET state = 'FAILED', dispatched = false, not_before = NULL,
+                end_time = now(), state_reason =
+            """)
+        query.append(" \(query.bind(reason))")
+        query.append(" WHERE job_id = \(query.bind(job.rawValue))")
+        query.append(
+            notStarted
+                ? " AND state IN ('SUBMITTED', 'PENDING', 'RUNNABLE')" : " AND state NOT IN ('SUCCEED', 'FAILED')")
         if let task { query.append(" AND task_name = \(query.bind(task))") }
         if let index { query.append(" AND instance_index = \(query.bind(index))") }
         query.append(" RETURNING task_name, instance_index, attempt, node_id")
-        var kills: [OutgoingMessage] = []
+        var ended: [Ended] = []
         for try await (taskName, instanceIndex, attempt, node) in try await connection.query(
             query.query, logger: logger
-        )
-        .decode((String, Int, Int, String?).self) {
-            guard let node else { continue }
-            kills.append(
-                try OutgoingMessage(
-                    exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: node),
-                    payload: InstanceKill(
-                        jobID: job.id, taskName: taskName, instanceIndex: instanceIndex, attempt: attempt,
-                        reason: reason),
-                    correlationID: job.id.rawValue))
+        ).decode((String, Int, Int, String?).self) {
+            ended.append(Ended(task: taskName, index: instanceIndex, attempt: attempt, node: node.map(NodeID.init)))
         }
-        return kills
+        return ended
     }
 
-    /// Clears `NextAction` once a requested change is carried out.
-    public func clearNextAction(_ job: LockedJob, on connection: PostgresConnection) async throws {
+    // MARK: Dispatch
+
+    /// A started task with instances waiting to be dispatched.
+    public struct WaitingTask: Sendable {
+        public var job: JobID
+        public var task: String
+        public var env: EnvID
+        public var maxConcurrent: Int?
+        public var stateReason: String?
+        public var waiting: Int
+        public var ready: Int
+        public var backoffEnd: Date?
+        public var key: DispatchPlanner.TaskKey { DispatchPlanner.TaskKey(job: job, task: task) }
+    }
+
+    /// Slots of each environment's live nodes (running, heard from within `lostAfter`).
+    public func capacity(lostAfter: Duration, on connection: PostgresConnection) async throws -> [EnvID: Int] {
+        var capacity: [EnvID: Int] = [:]
+        for try await (env, slots) in try await connection.query(
+            """
+            SELECT env_id, sum(slots)::integer FROM compute_nodes
+            WHERE state = 'RUNNING'
+                AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
+            GROUP BY env_id
+            """, logger: logger
+        ).decode((String, Int).self) {
+            capacity[EnvID(rawValue: env)] = slots
+        }
+        return capacity
+    }
+
+    /// Instances dispatched and not ended, by task (with its environment).
+    public func active(on connection: PostgresConnection) async throws
+        -> [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)]
+    {
+        var active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)] = [:]
+        for try await (job, task, env, count) in try await connection.query(
+            """
+            SELECT i.job_id, i.task_name, t.env_id, count(*)::integer
+            FROM task_instances i JOIN tasks t USING (job_id, task_name)
+            WHERE i.dispatched GROUP BY i.job_id, i.task_name, t.env_id
+            """, logger: logger
+        ).decode((String, String, String?, Int).self) {
+            active[DispatchPlanner.TaskKey(job: JobID(rawValue: job), task: task)] = (env.map(EnvID.init), count)
+        }
+        return active
+    }
+
+    /// Started tasks with instances waiting for dispatch, highest job priority first, then oldest job, then task
+    /// order; with how many wait and how many of those are past any retry back-off.
+    public func waitingTasks(on connection: PostgresConnection) async throws -> [WaitingTask] {
+        var tasks: [WaitingTask] = []
+        for try await (job, task, env, limit, reason, waiting, ready, backoffEnd) in try await connection.query(
+            """
+            SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.waiting, w.ready,
+                w.backoff_end
+            FROM tasks t JOIN jobs j USING (job_id)
+            CROSS JOIN LATERAL (
+                SELECT count(*)::integer AS waiting,
+                    (count(*) FILTER (WHERE i.not_before IS NULL OR i.not_before <= now()))::integer AS ready,
+                    min(i.not_before) FILTER (WHERE i.not_before > now()) AS backoff_end
+                FROM task_instances i
+                WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                    AND NOT i.dispatched) w
+            WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL AND w.waiting > 0
+            ORDER BY j.priority DESC, j.created_at, t.job_id, t.position
+            """, logger: logger
+        ).decode((String, String, String, Int?, String?, Int, Int, Date?).self) {
+            tasks.append(
+                WaitingTask(
+                    job: JobID(rawValue: job), task: task, env: EnvID(rawValue: env), maxConcurrent: limit,
+                    stateReason: reason, waiting: waiting, ready: ready, backoffEnd: backoffEnd))
+        }
+        return tasks
+    }
+
+    /// Marks up to `limit` of a task's waiting instances dispatched (lowest index first, none in back-off), each
+    /// with its next attempt; returns their indices and attempts.
+    public func dispatch(_ task: WaitingTask, limit: Int, on connection: PostgresConnection) async throws
+        -> [(index: Int, attempt: Int)]
+    {
+        var dispatched: [(index: Int, attempt: Int)] = []
+        for try await (index, attempt) in try await connection.query(
+            """
+            UPDATE task_instances SET dispatched = true, attempt = attempt + 1, dispatched_at = now(),
+                node_id = NULL, state_reason = NULL, not_before = NULL
+            WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task) AND instance_index IN (
+                SELECT instance_index FROM task_instances
+                WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task) AND state = 'RUNNABLE'
+                    AND NOT dispatched AND (not_before IS NULL OR not_before <= now())
+                ORDER BY instance_index LIMIT \(limit))
+            RETURNING instance_index, attempt
+            """, logger: logger
+        ).decode((Int, Int).self) {
+            dispatched.append((index, attempt))
+        }
+        return dispatched
+    }
+
+    /// Sets a waiting task's `StateReason` (why its instances are not running).
+    public func setPendingReason(
+        _ reason: String?, of task: WaitingTask, on connection: PostgresConnection
+    ) async throws {
         try await connection.query(
-            "UPDATE jobs SET next_action = NULL WHERE job_id = \(job.id.rawValue)", logger: logger)
+            """
+            UPDATE tasks SET state_reason = \(reason)
+            WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task)
+            """, logger: logger)
+    }
+
+    // MARK: Watchdog
+
+    /// An instance the watchdog found: past its `Timeout` with no result, or on a node that is gone.
+    public struct Overdue: Sendable {
+        public var job: JobID
+        public var key: InstanceKey
+        public var attempt: Int
+        public var node: NodeID?
+        public var timeoutSeconds: Int
+    }
+
+    /// Running instances whose node never reported their end `grace` after their `Timeout`.
+    public func timedOut(grace: Duration, on connection: PostgresConnection) async throws -> [Overdue] {
+        var overdue: [Overdue] = []
+        for try await (job, task, index, attempt, node, timeout) in try await connection.query(
+            """
+            SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, t.timeout_seconds
+            FROM task_instances i JOIN tasks t USING (job_id, task_name)
+            WHERE i.dispatched AND i.state IN ('STARTING', 'RUNNING')
+                AND i.launch_time + (t.timeout_seconds + \(Int(grace.components.seconds))) * interval '1 s' < now()
+            LIMIT 1000
+            """, logger: logger
+        ).decode((String, String, Int, Int, String?, Int).self) {
+            overdue.append(
+                Overdue(
+                    job: JobID(rawValue: job), key: InstanceKey(task: task, index: index), attempt: attempt,
+                    node: node.map(NodeID.init), timeoutSeconds: timeout))
+        }
+        return overdue
+    }
+
+    /// Instances out on a node that is gone (its row removed) or silent for longer than `lostAfter`.
+    public func onLostNodes(lostAfter: Duration, on connection: PostgresConnection) async throws -> [Overdue] {
+        var lost: [Overdue] = []
+        for try await (job, task, index, attempt, node, timeout) in try await connection.query(
+            """
+            SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, 0
+            FROM task_instances i
+            WHERE i.dispatched AND i.node_id IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM compute_nodes n WHERE n.node_id = i.node_id
+                    AND coalesce(n.last_heartbeat, n.created_at)
+                        > now() - \(Int(lostAfter.components.seconds)) * interval '1 s')
+            LIMIT 1000
+            """, logger: logger
+        ).decode((String, String, Int, Int, String?, Int).self) {
+            lost.append(
+                Overdue(
+                    job: JobID(rawValue: job), key: InstanceKey(task: task, index: index), attempt: attempt,
+                    node: node.map(NodeID.init), timeoutSeconds: timeout))
+        }
+        return lost
+    }
+}
+
+extension SchedulerStore {
+    /// What the scheduler needs of a task to dispatch and judge its instances; fixed once the job is submitted.
+    public struct TaskConfig: Sendable {
+        public var env: EnvID?
+        public var instanceCount: Int
+        public var timeoutSeconds: Int
+        public var command: String
+        public var environment: [EnvVar]
+        public var policy: RetryPolicy
+        public var failedAction: FailedAction
+    }
+
+    /// The task's configuration, from its row and its sealed spec.
+    public func taskConfig(job: JobID, task: String, on connection: PostgresConnection) async throws -> TaskConfig? {
+        for try await (env, count, timeout, sealed) in try await connection.query(
+            """
+            SELECT env_id, instance_num, timeout_seconds, spec_sealed FROM tasks
+            WHERE job_id = \(job.rawValue) AND task_name = \(task)
+            """, logger: logger
+        ).decode((String?, Int, Int, String).self) {
+            let spec = try BatchJSON.decode(
+                TaskSpec.self, from: try database.sealer.openBytes(sealed, context: "tasks.spec:\(job)/\(task)"))
+            return TaskConfig(
+                env: env.map(EnvID.init), instanceCount: count, timeoutSeconds: timeout,
+                command: spec.application?.script ?? "", environment: spec.envVars ?? [],
+                policy: RetryPolicy(task: spec),
+                failedAction: spec.failedAction.flatMap(FailedAction.init(rawValue:)) ?? .terminate)
+        }
+        return nil
     }
 }

@@ -5,115 +5,496 @@ import Logging
 import Messaging
 import Persistence
 import PostgresNIO
+import Synchronization
 
-/// Carries out BatchCore's decisions for one event: locks the job, records the event, lets ``JobProgress`` decide
-/// what follows, and writes the new states with the messages they cause, all in one transaction.
-struct JobScheduler: Sendable {
-    let database: Database
-    let store: SchedulerStore
-    let logger: Logger
+/// What the scheduler reacts to: the events it consumes, and what its watchdog finds.
+enum SchedulerEvent: Sendable {
+    case submitted
+    case started(InstanceStarted)
+    case finished(InstanceFinished)
+    case terminateJob(reason: String)
+    case terminateInstance(task: String, index: Int)
+    case retry
+    case timedOut(SchedulerStore.Overdue)
+    case nodeLost(SchedulerStore.Overdue)
 
-    init(database: Database, logger: Logger) {
-        self.database = database
-        self.store = SchedulerStore(database: database)
-        self.logger = logger
+    /// The instance an instance event is about.
+    var instance: SchedulerStore.InstanceKey? {
+        switch self {
+        case .started(let event): SchedulerStore.InstanceKey(task: event.taskName, index: event.instanceIndex)
+        case .finished(let event): SchedulerStore.InstanceKey(task: event.taskName, index: event.instanceIndex)
+        case .timedOut(let overdue), .nodeLost(let overdue): overdue.key
+        case .submitted, .terminateJob, .terminateInstance, .retry: nil
+        }
     }
 
-    @Sendable func handle(_ delivery: Delivery) async throws {
+    /// Decodes a delivery into its job and event; a message of another type is poison.
+    static func decode(_ delivery: Delivery) throws -> (JobID, SchedulerEvent) {
         switch delivery.type {
         case JobSubmitted.type:
-            let event = try delivery.decode(JobSubmitted.self).payload
-            try await advance(event.jobID) { _, _ in }
+            return (try delivery.decode(JobSubmitted.self).payload.jobID, .submitted)
         case InstanceStarted.type:
             let event = try delivery.decode(InstanceStarted.self).payload
-            try await advance(event.jobID) { _, connection in
-                if try await !store.instanceStarted(event, on: connection) {
-                    logger.debug(
-                        "stale instance.started ignored",
-                        metadata: metadata(event.jobID, event.taskName, event.instanceIndex))
-                }
-            }
+            return (event.jobID, .started(event))
         case InstanceFinished.type:
             let event = try delivery.decode(InstanceFinished.self).payload
-            try await advance(event.jobID) { _, connection in
-                if try await !store.instanceFinished(event, on: connection) {
-                    logger.debug(
-                        "stale instance.finished ignored",
-                        metadata: metadata(event.jobID, event.taskName, event.instanceIndex))
-                }
-            }
+            return (event.jobID, .finished(event))
         case JobTerminationRequested.type:
             let event = try delivery.decode(JobTerminationRequested.self).payload
-            try await advance(event.jobID, reason: event.reason) { job, connection in
-                let kills = try await store.terminateInstances(of: job, reason: event.reason, on: connection)
-                try await Outbox.enqueue(kills, on: connection, sealer: database.sealer, logger: logger)
-                try await store.clearNextAction(job, on: connection)
-            } decide: { progress in
-                progress.terminate(reason: event.reason) + progress.advance()
-            }
+            return (event.jobID, .terminateJob(reason: event.reason))
         case InstanceTerminationRequested.type:
             let event = try delivery.decode(InstanceTerminationRequested.self).payload
-            try await advance(event.jobID) { job, connection in
-                let kills = try await store.terminateInstances(
-                    of: job, task: event.taskName, index: event.instanceIndex,
-                    reason: "terminated by the user (TerminateTaskInstance)", on: connection)
-                try await Outbox.enqueue(kills, on: connection, sealer: database.sealer, logger: logger)
-            }
+            return (event.jobID, .terminateInstance(task: event.taskName, index: event.instanceIndex))
         case JobRetryRequested.type:
-            let event = try delivery.decode(JobRetryRequested.self).payload
-            try await advance(event.jobID) { _, _ in
-            } decide: {
-                $0.retry()
-            }
+            return (try delivery.decode(JobRetryRequested.self).payload.jobID, .retry)
         default:
             throw PoisonMessage("the scheduler does not handle messages of type \(delivery.type ?? "(none)")")
         }
     }
+}
 
-    /// Runs `record` and then `decide` on the job's progress, carrying out its actions, in one transaction holding
-    /// the job's row lock. `reason` explains a job that ends `FAILED` (otherwise: the tasks that failed).
-    func advance(
-        _ jobID: JobID, reason: String? = nil,
-        record: (SchedulerStore.LockedJob, PostgresConnection) async throws -> Void,
-        decide: (inout JobProgress) -> [JobProgress.Action] = { $0.advance() }
-    ) async throws {
+/// Carries out BatchCore's decisions for batches of events: in one transaction it locks each job the batch is about,
+/// applies its events with ``InstanceLifecycle`` and ``JobProgress``, dispatches what the environments have room
+/// for (``DispatchPlanner``), and writes the new states with every message they cause (outbox).
+struct JobScheduler: Sendable {
+    struct Settings: Sendable {
+        /// A node not heard from for this long is lost; its instances run again elsewhere.
+        var nodeLostAfter: Duration = .seconds(30)
+        /// How long after an instance's `Timeout` the scheduler fails it when its node did not report.
+        var timeoutGrace: Duration = .seconds(30)
+        /// `Region` in notifications.
+        var region = "local"
+    }
+
+    let database: Database
+    let store: SchedulerStore
+    let settings: Settings
+    let logger: Logger
+    private let cache = ConfigCache()
+
+    init(database: Database, settings: Settings = Settings(), logger: Logger) {
+        self.database = database
+        self.store = SchedulerStore(database: database)
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// Handles a batch of deliveries in one transaction. Throws ``PoisonMessage`` for a message it cannot read.
+    @Sendable func handle(_ deliveries: [Delivery]) async throws {
+        var events: [JobID: [SchedulerEvent]] = [:]
+        for delivery in deliveries {
+            let (job, event) = try SchedulerEvent.decode(delivery)
+            events[job, default: []].append(event)
+        }
+        try await run(events)
+    }
+
+    /// The watchdog, every second: fails or retries instances past their `Timeout` whose node never reported,
+    /// runs again the instances of lost nodes, and dispatches what waited (back-offs that ended, nodes that joined).
+    @Sendable func tick() async throws {
         try await database.transaction { connection in
-            guard let job = try await store.lockJob(jobID, on: connection) else {
-                logger.warning("event for an unknown job ignored", metadata: ["job.id": "\(jobID)"])
-                return
+            try await lockScheduling(on: connection)
+            var events: [JobID: [SchedulerEvent]] = [:]
+            for overdue in try await store.timedOut(grace: settings.timeoutGrace, on: connection) {
+                events[overdue.job, default: []].append(.timedOut(overdue))
             }
-            try await record(job, connection)
-            var progress = try await store.progress(of: job, on: connection)
-            var messages: [OutgoingMessage] = []
-            for action in decide(&progress) {
-                switch action {
-                case .startTask(let name):
-                    let runs = try await store.startTask(name, of: job, on: connection)
-                    messages += runs
-                    logger.info(
-                        "task started",
-                        metadata: ["job.id": "\(jobID)", "task.name": "\(name)", "instances": "\(runs.count)"])
-                case .skipTask(let name, let why):
-                    try await store.skipTask(name, of: job, reason: why, on: connection)
-                    logger.info(
-                        "task cannot run", metadata: ["job.id": "\(jobID)", "task.name": "\(name)", "reason": "\(why)"])
-                case .setTaskState(let name, let state):
-                    try await store.setTaskState(name, of: job, state, on: connection)
-                case .setJobState(let state):
-                    let failedTasks = progress.tasks.values.filter { $0.state == .failed }.map(\.name).sorted()
-                    let why =
-                        state == .failed || state == .failedInterrupted
-                        ? reason ?? "task \(failedTasks.joined(separator: ", ")) failed" : nil
-                    try await store.setJobState(job, state, reason: why, on: connection)
-                    logger.info(
-                        "job state changed", metadata: ["job.id": "\(jobID)", "job.state": "\(state.rawValue)"])
-                }
+            for lost in try await store.onLostNodes(lostAfter: settings.nodeLostAfter, on: connection) {
+                events[lost.job, default: []].append(.nodeLost(lost))
             }
-            try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
+            try await apply(events, on: connection)
         }
     }
 
-    func metadata(_ job: JobID, _ task: String, _ index: Int) -> Logger.Metadata {
-        ["job.id": "\(job)", "task.name": "\(task)", "instance.index": "\(index)"]
+    func run(_ events: [JobID: [SchedulerEvent]]) async throws {
+        try await database.transaction { connection in
+            try await lockScheduling(on: connection)
+            try await apply(events, on: connection)
+        }
+    }
+
+    /// One scheduler transaction at a time, even with several scheduler processes: dispatch reads capacity and
+    /// writes instances of many jobs, and must neither double-book a slot nor deadlock with another.
+    private func lockScheduling(on connection: PostgresConnection) async throws {
+        try await connection.query("SELECT pg_advisory_xact_lock(7482001)", logger: logger)
+    }
+
+    private func apply(_ events: [JobID: [SchedulerEvent]], on connection: PostgresConnection) async throws {
+        var messages: [OutgoingMessage] = []
+        for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
+            messages += try await handle(job, events[job]!, on: connection)
+        }
+        messages += try await dispatch(on: connection)
+        try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
+    }
+
+    // MARK: One job
+
+    /// Applies one job's events in order, holding its row lock; returns the messages they cause.
+    private func handle(_ jobID: JobID, _ events: [SchedulerEvent], on connection: PostgresConnection) async throws
+        -> [OutgoingMessage]
+    {
+        guard var job = try await store.lockJob(jobID, on: connection) else {
+            logger.warning("event for an unknown job ignored", metadata: ["job.id": "\(jobID)"])
+            return []
+        }
+        var effects = Effects()
+        var segment: [SchedulerEvent] = []
+        var touched: Set<String> = []
+        var advance = false
+        for event in events {
+            if event.instance != nil {
+                segment.append(event)
+                continue
+            }
+            touched.formUnion(try await applyInstanceEvents(segment, of: job, on: connection, effects: &effects))
+            segment = []
+            switch event {
+            case .submitted:
+                advance = true
+            case .terminateJob(let reason):
+                let ended = try await store.terminateInstances(of: job.id, reason: reason, on: connection)
+                effects.ended(ended, reason: reason)
+                try await store.clearNextAction(job, on: connection)
+                try await decide(&job, counting: nil, reason: reason, on: connection, effects: &effects) {
+                    $0.terminate(reason: reason) + $0.advance()
+                }
+                touched = []
+                advance = false
+            case .terminateInstance(let task, let index):
+                let reason = "terminated by the user (TerminateTaskInstance)"
+                let ended = try await store.terminateInstances(
+                    of: job.id, task: task, index: index, reason: reason, on: connection)
+                effects.ended(ended, reason: reason)
+                touched.insert(task)
+                advance = true
+            case .retry:
+                try await decide(&job, counting: nil, on: connection, effects: &effects) { $0.retry() }
+            default:
+                break
+            }
+        }
+        touched.formUnion(try await applyInstanceEvents(segment, of: job, on: connection, effects: &effects))
+        if advance || !touched.isEmpty {
+            try await decide(&job, counting: touched, on: connection, effects: &effects) { $0.advance() }
+        }
+        return try await messages(for: job, effects, on: connection)
+    }
+
+    /// Applies instance events with ``InstanceLifecycle`` on the rows they are about and writes the changed rows in
+    /// one statement. Returns the tasks whose instances changed.
+    private func applyInstanceEvents(
+        _ events: [SchedulerEvent], of job: SchedulerStore.LockedJob, on connection: PostgresConnection,
+        effects: inout Effects
+    ) async throws -> Set<String> {
+        guard !events.isEmpty else { return [] }
+        var rows = try await store.instances(Set(events.compactMap(\.instance)), of: job.id, on: connection)
+        var changed: Set<SchedulerStore.InstanceKey> = []
+        var stopTasks: [String: String] = [:]
+        for event in events {
+            guard let key = event.instance, var row = rows[key],
+                let config = try await cache.task(job.id, key.task, store: store, on: connection)
+            else {
+                logger.warning("event for an unknown instance ignored", metadata: ["job.id": "\(job.id)"])
+                continue
+            }
+            let now = Date()
+            let transition: InstanceLifecycle.Transition
+            switch event {
+            case .started(let started):
+                let sameRun = row.lifecycle.attempt == started.attempt && row.lifecycle.node == started.nodeID
+                transition = row.lifecycle.handle(.started(attempt: started.attempt, node: started.nodeID))
+                if let ignored = transition.ignored {
+                    // A second delivery of a run message (or a run of an attempt already over) started: stop it,
+                    // so no instance ever runs twice at once.
+                    if !sameRun {
+                        effects.kill(
+                            node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt,
+                            reason: "not the current run of this instance (\(ignored))")
+                    }
+                    continue
+                }
+                row.launchTime = started.startedAt
+            case .finished(let finished):
+                if let node = row.lifecycle.node, node != finished.nodeID, row.lifecycle.attempt == finished.attempt {
+                    logger.info(
+                        "result of a duplicate run ignored",
+                        metadata: ["job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(finished.nodeID)"])
+                    continue
+                }
+                transition =
+                    finished.interrupted == true
+                    ? row.lifecycle.handle(.nodeLost(finished.nodeID))
+                    : row.lifecycle.handle(
+                        .exited(
+                            attempt: finished.attempt, exitCode: finished.exitCode, reason: finished.reason,
+                            at: finished.finishedAt),
+                        policy: config.policy, failedAction: config.failedAction)
+                guard transition.ignored == nil else { continue }
+                if transition.to.isFinal {
+                    row.endTime = finished.finishedAt
+                    row.launchTime = row.launchTime ?? finished.finishedAt
+                } else {
+                    (row.launchTime, row.endTime) = (nil, nil)
+                }
+                if finished.interrupted != true {
+                    let context = "logs:\(job.id)/\(key.task)/\(key.index)"
+                    row.stdoutSealed = try finished.stdoutTail.map {
+                        try database.sealer.seal($0, context: "\(context)/stdout")
+                    }
+                    row.stderrSealed = try finished.stderrTail.map {
+                        try database.sealer.seal($0, context: "\(context)/stderr")
+                    }
+                }
+            case .timedOut(let overdue):
+                transition = row.lifecycle.handle(
+                    .timedOut(attempt: overdue.attempt, after: overdue.timeoutSeconds, at: now),
+                    policy: config.policy, failedAction: config.failedAction)
+                guard transition.ignored == nil else { continue }
+                if transition.to.isFinal { row.endTime = now } else { (row.launchTime, row.endTime) = (nil, nil) }
+            case .nodeLost(let lost):
+                guard let node = lost.node else { continue }
+                transition = row.lifecycle.handle(.nodeLost(node))
+                guard transition.ignored == nil else { continue }
+                (row.launchTime, row.endTime) = (nil, nil)
+                logger.warning(
+                    "instance runs again: its node is lost",
+                    metadata: ["job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(node)"])
+            default:
+                continue
+            }
+            rows[key] = row
+            changed.insert(key)
+            for action in transition.actions {
+                switch action {
+                case .kill(let node, let attempt):
+                    effects.kill(
+                        node: node, task: key.task, index: key.index, attempt: attempt,
+                        reason: row.lifecycle.reason ?? "stopped")
+                case .publish(let name):
+                    effects.notify(
+                        name, task: key.task, index: key.index, state: row.lifecycle.state,
+                        reason: row.lifecycle.reason)
+                case .stopTask(let reason):
+                    stopTasks[key.task] = reason
+                case .keepNode(let node):
+                    logger.info(
+                        "node kept for inspection of a failed instance",
+                        metadata: ["job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(node)"])
+                case .releaseNode, .dispatch:
+                    break
+                }
+            }
+        }
+        try await store.saveInstances(changed.map { rows[$0]! }, of: job.id, on: connection)
+        for (task, reason) in stopTasks.sorted(by: { $0.key < $1.key }) {
+            let ended = try await store.terminateInstances(
+                of: job.id, task: task, notStarted: true, reason: "FAST_INTERRUPT after \(reason)", on: connection)
+            effects.ended(ended, reason: "FAST_INTERRUPT after \(reason)")
+        }
+        return Set(changed.map(\.task))
+    }
+
+    /// Loads the job's progress (instance counts of `counting` tasks, all when nil), lets `transform` decide, and
+    /// carries out the decisions. `reason` explains a job that ends `FAILED` (otherwise: the tasks that failed).
+    private func decide(
+        _ job: inout SchedulerStore.LockedJob, counting: Set<String>?, reason: String? = nil,
+        on connection: PostgresConnection, effects: inout Effects,
+        _ transform: (inout JobProgress) -> [JobProgress.Action]
+    ) async throws {
+        var progress = try await store.progress(of: job, counting: counting, on: connection)
+        for action in transform(&progress) {
+            switch action {
+            case .startTask(let name):
+                try await store.startTask(name, of: job, on: connection)
+                logger.info("task started", metadata: ["job.id": "\(job.id)", "task.name": "\(name)"])
+            case .skipTask(let name, let why):
+                try await store.skipTask(name, of: job, reason: why, on: connection)
+                effects.notify(.taskFailed, task: name, state: .failed, reason: why)
+                logger.info(
+                    "task cannot run", metadata: ["job.id": "\(job.id)", "task.name": "\(name)", "reason": "\(why)"])
+            case .setTaskState(let name, let state):
+                try await store.setTaskState(name, of: job, state, on: connection)
+                if let event = EventName.task(state) { effects.notify(event, task: name, state: state) }
+            case .setJobState(let state):
+                let failedTasks = progress.tasks.values.filter { $0.state == .failed }.map(\.name).sorted()
+                let why =
+                    state == .failed || state == .failedInterrupted
+                    ? reason ?? "task \(failedTasks.joined(separator: ", ")) failed" : nil
+                try await store.setJobState(job, state, reason: why, on: connection)
+                if let event = EventName.job(state) { effects.notify(event, state: state, reason: why) }
+                logger.info("job state changed", metadata: ["job.id": "\(job.id)", "job.state": "\(state.rawValue)"])
+            }
+        }
+        job.state = progress.state
+    }
+
+    // MARK: Dispatch
+
+    /// Sends out as many waiting instances as the environments' live nodes have free slots for, in priority order
+    /// and within each task's `MaxConcurrentNum`; records why the others wait.
+    private func dispatch(on connection: PostgresConnection) async throws -> [OutgoingMessage] {
+        let waiting = try await store.waitingTasks(on: connection)
+        guard !waiting.isEmpty else { return [] }
+        var free = try await store.capacity(lostAfter: settings.nodeLostAfter, on: connection)
+        let active = try await store.active(on: connection)
+        for (_, out) in active { if let env = out.env { free[env, default: 0] -= out.count } }
+        let demands = waiting.map {
+            DispatchPlanner.Demand(
+                task: $0.key, env: $0.env, waiting: $0.waiting, ready: $0.ready, backoffEnd: $0.backoffEnd,
+                active: active[$0.key]?.count ?? 0, maxConcurrent: $0.maxConcurrent)
+        }
+        var messages: [OutgoingMessage] = []
+        for (task, allotment) in zip(waiting, DispatchPlanner.allot(demands, freeSlots: free)) {
+            if allotment.count > 0, let config = try await cache.task(task.job, task.task, store: store, on: connection)
+            {
+                for (index, attempt) in try await store.dispatch(task, limit: allotment.count, on: connection) {
+                    messages.append(
+                        try OutgoingMessage(
+                            exchange: Topology.commandsExchange,
+                            routingKey: Topology.workRoutingKey(env: task.env.rawValue),
+                            payload: InstanceRun(
+                                jobID: task.job, taskName: task.task, instanceIndex: index,
+                                instanceCount: config.instanceCount, attempt: attempt, envID: task.env,
+                                command: config.command, environment: config.environment,
+                                timeoutSeconds: config.timeoutSeconds),
+                            correlationID: task.job.rawValue, mandatory: true))
+                }
+            }
+            let reason = allotment.reason?.stateReason
+            if reason != task.stateReason { try await store.setPendingReason(reason, of: task, on: connection) }
+        }
+        return messages
+    }
+
+    // MARK: Messages
+
+    /// The messages one job's events caused: kills and notifications.
+    private func messages(
+        for job: SchedulerStore.LockedJob, _ effects: Effects, on connection: PostgresConnection
+    ) async throws -> [OutgoingMessage] {
+        var messages = try effects.kills.map { kill in
+            try OutgoingMessage(
+                exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: kill.node.rawValue),
+                payload: InstanceKill(
+                    jobID: job.id, taskName: kill.task, instanceIndex: kill.index, attempt: kill.attempt,
+                    reason: kill.reason),
+                correlationID: job.id.rawValue)
+        }
+        guard !effects.notifications.isEmpty else { return messages }
+        let topics = try await cache.notifications(job.id, store: store, on: connection)
+        for note in effects.notifications {
+            let body = try BatchJSON.encode(
+                BatchNotification(
+                    event: note.event, at: Date(), region: settings.region, job: job.id, jobName: job.name,
+                    task: note.task, instance: note.index, state: note.state, reason: note.reason))
+            var keys = [Topology.notificationRoutingKey(event: note.event.rawValue, job: job.id.rawValue)]
+            for topic in topics where topic.eventConfigs.contains(where: { $0.eventName == note.event.rawValue }) {
+                keys.append(Topology.topicRoutingKey(topic: topic.topicName))
+            }
+            for key in keys {
+                messages.append(
+                    OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: key, body: body,
+                        messageID: UUID().uuidString.lowercased(), type: "batch.notification",
+                        correlationID: job.id.rawValue))
+            }
+        }
+        return messages
+    }
+}
+
+/// What handling one job's events asks for besides state: kills on nodes and notifications.
+struct Effects {
+    struct Kill {
+        var node: NodeID
+        var task: String
+        var index: Int
+        var attempt: Int
+        var reason: String
+    }
+    struct Note {
+        var event: EventName
+        var task: String?
+        var index: Int?
+        var state: ExecutionState
+        var reason: String?
+    }
+    var kills: [Kill] = []
+    var notifications: [Note] = []
+
+    mutating func kill(node: NodeID, task: String, index: Int, attempt: Int, reason: String) {
+        kills.append(Kill(node: node, task: task, index: index, attempt: attempt, reason: reason))
+    }
+
+    mutating func notify(
+        _ event: EventName, task: String? = nil, index: Int? = nil, state: ExecutionState, reason: String? = nil
+    ) {
+        notifications.append(Note(event: event, task: task, index: index, state: state, reason: reason))
+    }
+
+    /// Instances a termination ended: kills for those on a node, and their notifications.
+    mutating func ended(_ ended: [SchedulerStore.Ended], reason: String) {
+        for instance in ended {
+            if let node = instance.node {
+                kill(node: node, task: instance.task, index: instance.index, attempt: instance.attempt, reason: reason)
+            }
+            notify(.taskInstanceFailed, task: instance.task, index: instance.index, state: .failed, reason: reason)
+        }
+    }
+}
+
+extension EventName {
+    /// The notification of a task reaching `state`, if there is one.
+    static func task(_ state: ExecutionState) -> EventName? {
+        switch state {
+        case .running: .taskRunning
+        case .succeed: .taskSucceed
+        case .failed: .taskFailed
+        case .failedInterrupted: .taskFailedInterrupted
+        default: nil
+        }
+    }
+
+    /// The notification of a job reaching `state`, if there is one.
+    static func job(_ state: ExecutionState) -> EventName? {
+        switch state {
+        case .running: .jobRunning
+        case .succeed: .jobSucceed
+        case .failed: .jobFailed
+        case .failedInterrupted: .jobFailedInterrupted
+        default: nil
+        }
+    }
+}
+
+/// Task configurations and job notifications, which never change once a job is submitted: read and unsealed once.
+final class ConfigCache: Sendable {
+    private let tasks = Mutex<[String: SchedulerStore.TaskConfig]>([:])
+    private let topics = Mutex<[JobID: [JobNotification]]>([:])
+    private let limit = 50_000
+
+    func task(_ job: JobID, _ task: String, store: SchedulerStore, on connection: PostgresConnection) async throws
+        -> SchedulerStore.TaskConfig?
+    {
+        let key = "\(job)/\(task)"
+        if let config = tasks.withLock({ $0[key] }) { return config }
+        guard let config = try await store.taskConfig(job: job, task: task, on: connection) else { return nil }
+        tasks.withLock {
+            if $0.count >= limit { $0.removeAll(keepingCapacity: true) }
+            $0[key] = config
+        }
+        return config
+    }
+
+    func notifications(_ job: JobID, store: SchedulerStore, on connection: PostgresConnection) async throws
+        -> [JobNotification]
+    {
+        if let cached = topics.withLock({ $0[job] }) { return cached }
+        let loaded = try await store.notifications(of: job, on: connection)
+        topics.withLock {
+            if $0.count >= limit { $0.removeAll(keepingCapacity: true) }
+            $0[job] = loaded
+        }
+        return loaded
     }
 }

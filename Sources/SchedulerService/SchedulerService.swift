@@ -6,8 +6,9 @@ import Messaging
 import Persistence
 import ServiceLifecycle
 
-/// Owns job, task and instance state: consumes job and instance events, applies BatchCore's decisions in one
-/// transaction per event (state and outgoing messages together), and dispatches instances.
+/// Owns job, task and instance state: consumes job and instance events in batches, applies BatchCore's decisions in
+/// one transaction per batch (state and outgoing messages together), dispatches instances as capacity allows, and
+/// watches for timeouts and lost nodes.
 @main
 struct SchedulerService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,9 +22,17 @@ struct SchedulerService: AsyncParsableCommand {
     @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_SCHEDULER_OPS_PORT).")
     var opsPort: Int = Environment.int("BATCH_SCHEDULER_OPS_PORT", default: 0)
 
-    /// Events handled at once. Default 8.
-    @Option(help: "Events handled at once.")
-    var concurrency: Int = Environment.int("BATCH_SCHEDULER_CONCURRENCY", default: 8)
+    /// Events handled in one transaction at most. Default 500.
+    @Option(help: "Events handled in one transaction at most (BATCH_SCHEDULER_BATCH).")
+    var batchSize: Int = Environment.int("BATCH_SCHEDULER_BATCH", default: 500)
+
+    /// Seconds of silence after which a node is lost and its instances run again elsewhere. Default 30.
+    @Option(help: "Seconds without a heartbeat before a node is lost (BATCH_NODE_LOST_AFTER).")
+    var nodeLostAfter: Int = Environment.int("BATCH_NODE_LOST_AFTER", default: 30)
+
+    /// Seconds past an instance's Timeout before the scheduler fails it when its node never reported. Default 30.
+    @Option(help: "Seconds past a Timeout before an unreported instance is failed (BATCH_TIMEOUT_GRACE).")
+    var timeoutGrace: Int = Environment.int("BATCH_TIMEOUT_GRACE", default: 30)
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
@@ -33,13 +42,16 @@ struct SchedulerService: AsyncParsableCommand {
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
-            let scheduler = JobScheduler(database: database, logger: logger)
+            let scheduler = JobScheduler(
+                database: database,
+                settings: .init(nodeLostAfter: .seconds(nodeLostAfter), timeoutGrace: .seconds(timeoutGrace)),
+                logger: logger)
             var services: [any Service] = [
                 amqp,
                 OutboxRelay(database: database, amqp: amqp, logger: logger),
-                EventConsumer(
-                    amqp: amqp, queue: Topology.schedulerQueue, concurrency: concurrency, logger: logger,
-                    handle: scheduler.handle),
+                BatchConsumer(
+                    amqp: amqp, queue: Topology.schedulerQueue, prefetch: batchSize * 2, maxBatch: batchSize,
+                    tick: .init(every: .seconds(1), scheduler.tick), logger: logger, handle: scheduler.handle),
             ]
             if opsPort > 0 {
                 services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })

@@ -1,0 +1,177 @@
+import Foundation
+import Logging
+import Messaging
+import Metrics
+import ServiceLifecycle
+import Synchronization
+
+/// Consumes one queue in batches: waits for a delivery, then takes every delivery already received (at most
+/// `maxBatch`) and hands them to `handle` together, so one transaction covers many events. A periodic `tick` runs in
+/// the same loop, never at the same time as a batch.
+///
+/// - `handle` returning normally acks the whole batch (its effect is durable by then: the handler's job).
+/// - When a batch fails, its deliveries are handled again one at a time, so one bad message cannot hold back the
+///   others: a ``PoisonMessage`` goes to the dead-letter queue, any other error requeues that message after a pause.
+///
+/// On graceful shutdown it stops taking deliveries and finishes the batch in hand.
+public struct BatchConsumer: Service {
+    public struct Tick: Sendable {
+        public var interval: Duration
+        public var work: @Sendable () async throws -> Void
+        public init(every interval: Duration, _ work: @escaping @Sendable () async throws -> Void) {
+            self.interval = interval
+            self.work = work
+        }
+    }
+
+    let amqp: AMQPClient
+    let queue: String
+    let prefetch: Int
+    let maxBatch: Int
+    let tick: Tick?
+    let logger: Logger
+    let handle: @Sendable ([Delivery]) async throws -> Void
+
+    public init(
+        amqp: AMQPClient, queue: String, prefetch: Int = 1000, maxBatch: Int = 500, tick: Tick? = nil,
+        logger: Logger, handle: @escaping @Sendable ([Delivery]) async throws -> Void
+    ) {
+        self.amqp = amqp
+        self.queue = queue
+        self.prefetch = prefetch
+        self.maxBatch = maxBatch
+        self.tick = tick
+        self.logger = logger
+        self.handle = handle
+    }
+
+    public func run() async throws {
+        let deliveries = amqp.consume(queue: queue, prefetch: UInt16(clamping: prefetch))
+        let buffer = DeliveryBuffer()
+        let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let metrics = Metrics(queue: queue)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await delivery in deliveries {
+                    buffer.append(delivery)
+                    wake.yield()
+                }
+                wake.finish()
+            }
+            if let tick {
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: tick.interval)
+                        wake.yield()
+                    }
+                }
+            }
+            var nextTick = ContinuousClock.now
+            for await _ in wakes.cancelOnGracefulShutdown() {
+                while true {
+                    let batch = buffer.take(maxBatch)
+                    if batch.isEmpty { break }
+                    await process(batch, metrics: metrics)
+                }
+                if let tick, ContinuousClock.now >= nextTick {
+                    nextTick = ContinuousClock.now + tick.interval
+                    do {
+                        try await tick.work()
+                    } catch {
+                        logger.warning("periodic work failed", metadata: ["error": "\(String(reflecting: error))"])
+                    }
+                }
+            }
+            group.cancelAll()
+        }
+    }
+
+    private struct Metrics {
+        let consumed: Counter
+        let rejected: Counter
+        let requeued: Counter
+        let latency: Timer
+        let batchSize: Recorder
+
+        init(queue: String) {
+            consumed = Counter(
+                label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "ack")])
+            rejected = Counter(
+                label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "dead")])
+            requeued = Counter(
+                label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "requeue")])
+            latency = Timer(label: "batch.messages.handler.duration", dimensions: [("queue", queue)])
+            batchSize = Recorder(label: "batch.messages.batch.size", dimensions: [("queue", queue)])
+        }
+    }
+
+    private func process(_ batch: [Delivery], metrics: Metrics) async {
+        let start = ContinuousClock.now
+        do {
+            try await handle(batch)
+            batch.forEach { $0.ack() }
+            metrics.consumed.increment(by: batch.count)
+            metrics.batchSize.record(batch.count)
+            metrics.latency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+            return
+        } catch {
+            guard batch.count > 1 else {
+                await settleFailure(batch[0], error, metrics: metrics)
+                return
+            }
+            logger.warning(
+                "batch failed; handling its messages one at a time",
+                metadata: [
+                    "queue": "\(queue)", "batch.size": "\(batch.count)", "error": "\(String(reflecting: error))",
+                ])
+        }
+        for delivery in batch {
+            do {
+                try await handle([delivery])
+                delivery.ack()
+                metrics.consumed.increment()
+            } catch {
+                await settleFailure(delivery, error, metrics: metrics)
+            }
+        }
+    }
+
+    private func settleFailure(_ delivery: Delivery, _ error: any Error, metrics: Metrics) async {
+        if let poison = error as? PoisonMessage {
+            logger.error(
+                "poison message sent to the dead-letter queue",
+                metadata: [
+                    "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
+                    "message.id": "\(delivery.messageID ?? "?")", "error": "\(poison.reason)",
+                ])
+            delivery.reject()
+            metrics.rejected.increment()
+        } else {
+            logger.warning(
+                "handler failed, message requeued",
+                metadata: [
+                    "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
+                    "error": "\(String(reflecting: error))",
+                ])
+            try? await Task.sleep(for: .milliseconds(200))
+            delivery.nack(requeue: true)
+            metrics.requeued.increment()
+        }
+    }
+}
+
+/// Deliveries received and not yet handled.
+private final class DeliveryBuffer: Sendable {
+    private let pending = Mutex<[Delivery]>([])
+
+    func append(_ delivery: Delivery) { pending.withLock { $0.append(delivery) } }
+
+    /// Removes and returns the oldest `count` (or fewer).
+    func take(_ count: Int) -> [Delivery] {
+        pending.withLock { pending in
+            let batch = Array(pending.prefix(count))
+            pending.removeFirst(batch.count)
+            return batch
+        }
+    }
+}
