@@ -51,6 +51,8 @@ public struct OutboxRelay: Service {
         public var batchSize = 500
         /// How often to look for rows written by other processes (or due for a retry). Default 1 s.
         public var pollInterval: Duration = .seconds(1)
+        /// How long a claimed row waits before another relay publishes it again, should its relay die. Default 5 s.
+        public var lease: Duration = .seconds(5)
         public init() {}
     }
 
@@ -90,62 +92,95 @@ public struct OutboxRelay: Service {
     }
 
     /// Publishes one batch of due rows; returns how many there were.
+    ///
+    /// Rows are first claimed for ``Configuration/lease`` in a transaction of their own, then published, then
+    /// deleted. A relay killed after publishing leaves its rows claimed: they go out again once the lease ends
+    /// (at-least-once), by which time an `instance.run` whose attempt has started or moved on is dropped instead, so
+    /// a crash does not hand the same run to a second node.
     @discardableResult
     public func relayBatch() async throws -> Int {
         let sealer = database.sealer
         let logger = self.logger
-        let amqp = self.amqp
         let limit = configuration.batchSize
-        return try await database.client.withTransaction(logger: logger) { connection in
-            let rows = try await connection.query(
+        let lease = Int(configuration.lease.components.seconds)
+        var claimed: [(id: Int, message: OutgoingMessage?, attempts: Int)] = []
+        for try await (id, exchange, routingKey, messageID, type, correlationID, body, mandatory, attempts)
+            in try await database.client.query(
                 """
-                SELECT id, exchange, routing_key, message_id, message_type, correlation_id, body_sealed, mandatory
-                FROM outbox WHERE next_attempt_at <= now() ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED
-                """, logger: logger)
-            var ids: [Int] = []
-            var messages: [OutgoingMessage] = []
-            var unreadable: [Int] = []
-            for try await (id, exchange, routingKey, messageID, type, correlationID, body, mandatory) in rows.decode(
-                (Int, String, String, String, String?, String?, String, Bool).self)
-            {
-                do {
-                    let bytes = try sealer.openBytes(body, context: "outbox:\(messageID)")
-                    ids.append(id)
-                    messages.append(
-                        OutgoingMessage(
-                            exchange: exchange, routingKey: routingKey, body: bytes, messageID: messageID,
-                            type: type.flatMap { $0.isEmpty ? nil : $0 },
-                            correlationID: correlationID.flatMap { $0.isEmpty ? nil : $0 }, mandatory: mandatory))
-                } catch {
-                    logger.error("outbox row does not open", metadata: ["outbox.id": "\(id)", "error": "\(error)"])
-                    unreadable.append(id)
-                }
+                UPDATE outbox o SET next_attempt_at = now() + \(lease) * interval '1 s', attempts = o.attempts + 1
+                FROM (SELECT id FROM outbox WHERE next_attempt_at <= now() ORDER BY id LIMIT \(limit)
+                    FOR UPDATE SKIP LOCKED) due
+                WHERE o.id = due.id
+                RETURNING o.id, o.exchange, o.routing_key, o.message_id, o.message_type, o.correlation_id,
+                    o.body_sealed, o.mandatory, o.attempts
+                """, logger: logger
+            ).decode((Int, String, String, String, String?, String?, String, Bool, Int).self)
+        {
+            do {
+                let bytes = try sealer.openBytes(body, context: "outbox:\(messageID)")
+                let message = OutgoingMessage(
+                    exchange: exchange, routingKey: routingKey, body: bytes, messageID: messageID,
+                    type: type.flatMap { $0.isEmpty ? nil : $0 },
+                    correlationID: correlationID.flatMap { $0.isEmpty ? nil : $0 }, mandatory: mandatory)
+                claimed.append((id, message, attempts))
+            } catch {
+                logger.error("outbox row does not open", metadata: ["outbox.id": "\(id)", "error": "\(error)"])
+                claimed.append((id, nil, attempts))
             }
-            guard !messages.isEmpty || !unreadable.isEmpty else { return 0 }
-            let results = await amqp.publish(messages)
-            var sent: [Int] = []
-            var failed = unreadable
-            for (id, error) in zip(ids, results) {
-                if let error {
-                    failed.append(id)
-                    logger.warning(
-                        "outbox message not published", metadata: ["outbox.id": "\(id)", "error": "\(error)"])
-                } else {
-                    sent.append(id)
-                }
-            }
-            if !sent.isEmpty {
-                try await connection.query("DELETE FROM outbox WHERE id = ANY(\(sent))", logger: logger)
-            }
-            if !failed.isEmpty {
-                try await connection.query(
-                    """
-                    UPDATE outbox SET attempts = attempts + 1,
-                        next_attempt_at = now() + least(attempts + 1, 60) * interval '1 second'
-                    WHERE id = ANY(\(failed))
-                    """, logger: logger)
-            }
-            return ids.count + unreadable.count
         }
+        guard !claimed.isEmpty else { return 0 }
+        claimed.sort { $0.id < $1.id }
+        let stale = try await staleRuns(
+            claimed.filter { $0.attempts > 1 }.compactMap { row in row.message.map { (row.id, $0) } })
+        if !stale.isEmpty {
+            logger.info("outbox: runs whose attempt already started dropped", metadata: ["count": "\(stale.count)"])
+        }
+        let due = claimed.filter { $0.message != nil && !stale.contains($0.id) }
+        let results = await amqp.publish(due.map { $0.message! })
+        var sent = Array(stale)
+        var failed = claimed.filter { $0.message == nil }.map(\.id)
+        for (row, error) in zip(due, results) {
+            if let error {
+                failed.append(row.id)
+                logger.warning(
+                    "outbox message not published", metadata: ["outbox.id": "\(row.id)", "error": "\(error)"])
+            } else {
+                sent.append(row.id)
+            }
+        }
+        if !sent.isEmpty {
+            try await database.client.query("DELETE FROM outbox WHERE id = ANY(\(sent))", logger: logger)
+        }
+        if !failed.isEmpty {
+            try await database.client.query(
+                """
+                UPDATE outbox SET next_attempt_at = now() + least(attempts, 60) * interval '1 s'
+                WHERE id = ANY(\(failed))
+                """, logger: logger)
+        }
+        return claimed.count
+    }
+
+    /// Of `rows` published before (their lease ran out), the `instance.run` ones whose attempt is no longer waiting
+    /// for a node: it started, ended, or was dispatched again.
+    func staleRuns(_ rows: [(id: Int, message: OutgoingMessage)]) async throws -> Set<Int> {
+        var runs: [(id: Int, run: InstanceRun)] = []
+        for (id, message) in rows where message.type == InstanceRun.type {
+            if let run = try? Envelope<InstanceRun>.decode(message.body).payload { runs.append((id, run)) }
+        }
+        guard !runs.isEmpty else { return [] }
+        var waiting: Set<Int> = []
+        for try await id in try await database.client.query(
+            """
+            SELECT r.id FROM unnest(\(runs.map(\.id))::bigint[], \(runs.map(\.run.jobID.rawValue))::text[],
+                \(runs.map(\.run.taskName))::text[], \(runs.map(\.run.instanceIndex))::integer[],
+                \(runs.map(\.run.attempt))::integer[]) AS r(id, job_id, task_name, instance_index, attempt)
+            JOIN task_instances i USING (job_id, task_name, instance_index, attempt)
+            WHERE i.state = 'RUNNABLE' AND i.dispatched AND i.node_id IS NULL
+            """, logger: logger
+        ).decode(Int.self) {
+            waiting.insert(id)
+        }
+        return Set(runs.map(\.id)).subtracting(waiting)
     }
 }

@@ -149,7 +149,9 @@ struct SchedulerTests {
                         body: #"[ "$BATCH_TASK_ATTEMPT" -ge 2 ] || (exit 4)"#,
                         extra: [
                             "MaxRetryCount": 5,
-                            "RetryRules": [["OnExitCode": "3", "Action": "EXIT"], ["OnExitCode": "*", "Action": "RETRY"]],
+                            "RetryRules": [
+                                ["OnExitCode": "3", "Action": "EXIT"], ["OnExitCode": "*", "Action": "RETRY"],
+                            ],
                         ]),
                 ])
             let job = try await stack.waitForJob(jobID)
@@ -179,7 +181,8 @@ struct SchedulerTests {
             let jobID = try await stack.submit(
                 "limited", env: env,
                 tasks: [
-                    recordingTask("limited", instances: 12, records: records, body: "sleep 0.3", extra: ["MaxConcurrentNum": 3])
+                    recordingTask(
+                        "limited", instances: 12, records: records, body: "sleep 0.3", extra: ["MaxConcurrentNum": 3])
                 ])
             let job = try await stack.waitForJob(jobID)
             #expect(job["JobState"] as? String == "SUCCEED")
