@@ -149,3 +149,53 @@ struct PolicyTests {
         #expect(try StorageLocation.parse(path).get() == location)
     }
 }
+
+@Suite("Dispatch allotment of free slots among waiting tasks")
+struct AllotmentTests {
+    let env = EnvID(rawValue: "env-aaaaaaaa")
+    let other = EnvID(rawValue: "env-bbbbbbbb")
+
+    func demand(
+        _ task: String, env: EnvID, waiting: Int, ready: Int? = nil, active: Int = 0, limit: Int? = nil,
+        backoffEnd: Date? = nil
+    ) -> DispatchPlanner.Demand {
+        DispatchPlanner.Demand(
+            task: DispatchPlanner.TaskKey(job: JobID(rawValue: "job-aaaaaaaa"), task: task), env: env,
+            waiting: waiting, ready: ready ?? waiting, backoffEnd: backoffEnd, active: active, maxConcurrent: limit)
+    }
+
+    @Test("tasks take free slots in the order given; those behind a full environment learn how many wait ahead")
+    func order() {
+        let allotments = DispatchPlanner.allot(
+            [
+                demand("high", env: env, waiting: 3), demand("low", env: env, waiting: 4),
+                demand("x", env: other, waiting: 2),
+            ],
+            freeSlots: [env: 5, other: 1])
+        #expect(allotments.map(\.count) == [3, 2, 1])
+        #expect(allotments[0].reason == nil)
+        #expect(allotments[1].reason == .noFreeNode(env: env, queuedAhead: 0))
+        #expect(allotments[2].reason == .noFreeNode(env: other, queuedAhead: 0))
+        let full = DispatchPlanner.allot(
+            [demand("a", env: env, waiting: 2), demand("b", env: env, waiting: 1)], freeSlots: [env: 0])
+        #expect(full.map(\.reason) == [.noFreeNode(env: env, queuedAhead: 0), .noFreeNode(env: env, queuedAhead: 2)])
+    }
+
+    @Test("MaxConcurrentNum counts the task's active instances and leaves the other slots to other tasks")
+    func maxConcurrent() {
+        let allotments = DispatchPlanner.allot(
+            [demand("limited", env: env, waiting: 10, active: 2, limit: 3), demand("free", env: env, waiting: 10)],
+            freeSlots: [env: 6])
+        #expect(allotments.map(\.count) == [1, 5])
+        #expect(allotments[0].reason == .maxConcurrentReached(limit: 3))
+        #expect(allotments[1].reason == .noFreeNode(env: env, queuedAhead: 0))
+    }
+
+    @Test("instances in retry back-off wait for it to end, with nothing else holding them")
+    func backoff() {
+        let end = Date(timeIntervalSince1970: 1_800_000_000)
+        let allotments = DispatchPlanner.allot(
+            [demand("retrying", env: env, waiting: 3, ready: 1, backoffEnd: end)], freeSlots: [env: 8])
+        #expect(allotments == [DispatchPlanner.Allotment(count: 1, reason: .retryBackoff(until: end))])
+    }
+}
