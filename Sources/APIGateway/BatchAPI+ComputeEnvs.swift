@@ -206,7 +206,7 @@ extension BatchAPI {
         var instances: [Instance]
     }
 
-    /// Machines that run `ExecutorService --env-id <EnvId> --instance-id <InstanceId>` join the environment.
+    /// Records machines as `USER_ATTACHED` nodes of the environment (`CREATED`, no slots until an executor runs there).
     func attachInstances(_ context: ActionContext) async throws -> EmptyResponse {
         let request = try context.decode(AttachInstancesRequest.self)
         let instances = try Self.ids(request.instances.map(\.instanceId), field: "Instances") { id, field in

@@ -49,7 +49,8 @@ public struct BatchConsumer: Service {
         let deliveries = amqp.consume(queue: queue, prefetch: UInt16(clamping: prefetch))
         let buffer = DeliveryBuffer()
         let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let metrics = Metrics(queue: queue)
+        let outcomes = ConsumerOutcomes(queue: queue, logger: logger)
+        let batchSize = Recorder(label: "batch.messages.batch.size", dimensions: [("queue", queue)])
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await delivery in deliveries {
@@ -71,7 +72,7 @@ public struct BatchConsumer: Service {
                 while true {
                     let batch = buffer.take(maxBatch)
                     if batch.isEmpty { break }
-                    await process(batch, metrics: metrics)
+                    await process(batch, outcomes: outcomes, batchSize: batchSize)
                 }
                 if let tick, ContinuousClock.now >= nextTick {
                     nextTick = ContinuousClock.now + tick.interval
@@ -86,37 +87,18 @@ public struct BatchConsumer: Service {
         }
     }
 
-    private struct Metrics {
-        let consumed: Counter
-        let rejected: Counter
-        let requeued: Counter
-        let latency: Timer
-        let batchSize: Recorder
-
-        init(queue: String) {
-            consumed = Counter(
-                label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "ack")])
-            rejected = Counter(
-                label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "dead")])
-            requeued = Counter(
-                label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "requeue")])
-            latency = Timer(label: "batch.messages.handler.duration", dimensions: [("queue", queue)])
-            batchSize = Recorder(label: "batch.messages.batch.size", dimensions: [("queue", queue)])
-        }
-    }
-
-    private func process(_ batch: [Delivery], metrics: Metrics) async {
+    private func process(_ batch: [Delivery], outcomes: ConsumerOutcomes, batchSize: Recorder) async {
         let start = ContinuousClock.now
         do {
             try await handle(batch)
             batch.forEach { $0.ack() }
-            metrics.consumed.increment(by: batch.count)
-            metrics.batchSize.record(batch.count)
-            metrics.latency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+            outcomes.consumed.increment(by: batch.count)
+            batchSize.record(batch.count)
+            outcomes.latency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
             return
         } catch {
             guard batch.count > 1 else {
-                await settleFailure(batch[0], error, metrics: metrics)
+                await outcomes.settle(batch[0], failedWith: error)
                 return
             }
             logger.warning(
@@ -129,33 +111,10 @@ public struct BatchConsumer: Service {
             do {
                 try await handle([delivery])
                 delivery.ack()
-                metrics.consumed.increment()
+                outcomes.consumed.increment()
             } catch {
-                await settleFailure(delivery, error, metrics: metrics)
+                await outcomes.settle(delivery, failedWith: error)
             }
-        }
-    }
-
-    private func settleFailure(_ delivery: Delivery, _ error: any Error, metrics: Metrics) async {
-        if let poison = error as? PoisonMessage {
-            logger.error(
-                "poison message sent to the dead-letter queue",
-                metadata: [
-                    "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
-                    "message.id": "\(delivery.messageID ?? "?")", "error": "\(poison.reason)",
-                ])
-            delivery.reject()
-            metrics.rejected.increment()
-        } else {
-            logger.warning(
-                "handler failed, message requeued",
-                metadata: [
-                    "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
-                    "error": "\(String(reflecting: error))",
-                ])
-            try? await Task.sleep(for: .milliseconds(200))
-            delivery.nack(requeue: true)
-            metrics.requeued.increment()
         }
     }
 }

@@ -40,13 +40,7 @@ public struct EventConsumer: Service {
 
     public func run() async throws {
         let deliveries = amqp.consume(queue: queue, prefetch: UInt16(clamping: prefetch))
-        let consumed = Counter(
-            label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "ack")])
-        let rejected = Counter(
-            label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "dead")])
-        let requeued = Counter(
-            label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", "requeue")])
-        let latency = Timer(label: "batch.messages.handler.duration", dimensions: [("queue", queue)])
+        let outcomes = ConsumerOutcomes(queue: queue, logger: logger)
         await withTaskGroup(of: Void.self) { group in
             var running = 0
             for await delivery in deliveries.cancelOnGracefulShutdown() {
@@ -60,31 +54,61 @@ public struct EventConsumer: Service {
                     do {
                         try await handle(delivery)
                         if !handlerAcks { delivery.ack() }
-                        consumed.increment()
-                    } catch let poison as PoisonMessage {
-                        logger.error(
-                            "poison message sent to the dead-letter queue",
-                            metadata: [
-                                "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
-                                "message.id": "\(delivery.messageID ?? "?")", "error": "\(poison.reason)",
-                            ])
-                        delivery.reject()
-                        rejected.increment()
+                        outcomes.consumed.increment()
                     } catch {
-                        logger.warning(
-                            "handler failed, message requeued",
-                            metadata: [
-                                "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
-                                "error": "\(String(reflecting: error))",
-                            ])
-                        try? await Task.sleep(for: .milliseconds(200))
-                        delivery.nack(requeue: true)
-                        requeued.increment()
+                        await outcomes.settle(delivery, failedWith: error)
                     }
-                    latency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+                    outcomes.latency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
                 }
             }
             await group.waitForAll()
+        }
+    }
+}
+
+/// How a consumer's deliveries end, counted by queue and outcome, and how a failed one is settled.
+struct ConsumerOutcomes: Sendable {
+    let queue: String
+    let logger: Logger
+    let consumed: Counter
+    let rejected: Counter
+    let requeued: Counter
+    let latency: Timer
+
+    init(queue: String, logger: Logger) {
+        self.queue = queue
+        self.logger = logger
+        func counter(_ outcome: String) -> Counter {
+            Counter(label: "batch.messages.consumed.total", dimensions: [("queue", queue), ("outcome", outcome)])
+        }
+        consumed = counter("ack")
+        rejected = counter("dead")
+        requeued = counter("requeue")
+        latency = Timer(label: "batch.messages.handler.duration", dimensions: [("queue", queue)])
+    }
+
+    /// A ``PoisonMessage`` goes to the dead-letter queue with a log line; any other failure requeues the delivery
+    /// after a short pause, so a transient failure (database down) is retried.
+    func settle(_ delivery: Delivery, failedWith error: any Error) async {
+        if let poison = error as? PoisonMessage {
+            logger.error(
+                "poison message sent to the dead-letter queue",
+                metadata: [
+                    "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
+                    "message.id": "\(delivery.messageID ?? "?")", "error": "\(poison.reason)",
+                ])
+            delivery.reject()
+            rejected.increment()
+        } else {
+            logger.warning(
+                "handler failed, message requeued",
+                metadata: [
+                    "queue": "\(queue)", "message.type": "\(delivery.type ?? "?")",
+                    "error": "\(String(reflecting: error))",
+                ])
+            try? await Task.sleep(for: .milliseconds(200))
+            delivery.nack(requeue: true)
+            requeued.increment()
         }
     }
 }

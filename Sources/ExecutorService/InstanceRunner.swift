@@ -24,7 +24,7 @@ final class InstanceRunner: Sendable {
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
     /// The attempts this node has taken, so a second delivery of one is not run again.
-    private let seen = Mutex(RecentKeys(capacity: 100_000))
+    private let seen = Mutex(RecentKeys(capacity: 10_000))
 
     static func key(_ job: JobID, _ task: String, _ index: Int, _ attempt: Int) -> String {
         "\(job)/\(task)/\(index)/\(attempt)"

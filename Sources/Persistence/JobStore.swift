@@ -214,25 +214,21 @@ public struct JobStore: Sendable {
             )
             .first(where: { _ in true })
         else { return nil }
-        var query = SQLBuilder("FROM task_instances WHERE job_id = ")
-        query.append(query.bind(jobID.rawValue))
-        query.append(" AND task_name = \(query.bind(task))")
-        if let states { query.append(" AND state = ANY(\(query.bind(states)))") }
-        let total = try await Self.count(
-            query.countQuery, client: database.client,
-            logger: logger)
-        query.append(" ORDER BY instance_index LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))")
-        query.prepend(
-            """
-            SELECT instance_index, state, exit_code, state_reason, node_id, created_at, launch_time, end_time, attempt,
+        let (total, page) = try await instancePage(
+            jobID, task: task, paging: paging,
+            columns: """
+                instance_index, state, exit_code, state_reason, node_id, created_at, launch_time, end_time, attempt,
                 dispatched
-            """)
+                """
+        ) { query in
+            if let states { query.append(" AND state = ANY(\(query.bind(states)))") }
+        }
         var instances: [TaskInstanceView] = []
         for try await (
             index, instanceState, exitCode, instanceReason, node, instanceCreated, launched, instanceEnded, attempt,
             dispatched
         )
-            in try await database.client.query(query.query, logger: logger).decode(
+            in try await database.client.query(page, logger: logger).decode(
                 (Int, String, Int?, String?, String?, Date, Date?, Date?, Int, Bool).self)
         {
             // A runnable instance shows why it is not running: queued for a node, or the task's pending reason.
@@ -261,18 +257,14 @@ public struct JobStore: Sendable {
         -> (total: Int, logs: [TaskInstanceLog])?
     {
         guard try await taskExists(jobID, task: task, user: user) else { return nil }
-        var query = SQLBuilder("FROM task_instances WHERE job_id = ")
-        query.append(query.bind(jobID.rawValue))
-        query.append(" AND task_name = \(query.bind(task))")
-        if let indexes { query.append(" AND instance_index = ANY(\(query.bind(indexes)))") }
-        let total = try await Self.count(
-            query.countQuery, client: database.client,
-            logger: logger)
-        query.append(" ORDER BY instance_index LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))")
-        query.prepend("SELECT instance_index, stdout_tail_sealed, stderr_tail_sealed ")
+        let (total, page) = try await instancePage(
+            jobID, task: task, paging: paging, columns: "instance_index, stdout_tail_sealed, stderr_tail_sealed"
+        ) { query in
+            if let indexes { query.append(" AND instance_index = ANY(\(query.bind(indexes)))") }
+        }
         var logs: [TaskInstanceLog] = []
         let sealer = database.sealer
-        for try await (index, stdout, stderr) in try await database.client.query(query.query, logger: logger).decode(
+        for try await (index, stdout, stderr) in try await database.client.query(page, logger: logger).decode(
             (Int, String?, String?).self)
         {
             func open(_ sealed: String?, _ stream: String) throws -> String? {
@@ -386,6 +378,21 @@ public struct JobStore: Sendable {
     }
 
     // MARK: Helpers
+
+    /// One page of a task's instances, in index order: how many `filter` keeps in all, and the query for `columns`
+    /// of the page.
+    private func instancePage(
+        _ jobID: JobID, task: String, paging: Paging, columns: String, filter: (inout SQLBuilder) -> Void
+    ) async throws -> (total: Int, page: PostgresQuery) {
+        var query = SQLBuilder("FROM task_instances WHERE job_id = ")
+        query.append(query.bind(jobID.rawValue))
+        query.append(" AND task_name = \(query.bind(task))")
+        filter(&query)
+        let total = try await Self.count(query.countQuery, client: database.client, logger: logger)
+        query.append(" ORDER BY instance_index LIMIT \(query.bind(paging.limit)) OFFSET \(query.bind(paging.offset))")
+        query.prepend("SELECT \(columns) ")
+        return (total, query.query)
+    }
 
     private func taskExists(_ jobID: JobID, task: String, user: UserID) async throws -> Bool {
         try await database.client.query(

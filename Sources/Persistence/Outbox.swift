@@ -93,8 +93,8 @@ public struct OutboxRelay: Service {
 
     /// Publishes one batch of due rows; returns how many there were.
     ///
-    /// Rows are first claimed for ``Configuration/lease`` in a transaction of their own, then published, then
-    /// deleted. A relay killed after publishing leaves its rows claimed: they go out again once the lease ends
+    /// Rows are first claimed for ``Configuration/lease`` in a transaction of their own, then published (the lease
+    /// renewed while the broker takes its time), then deleted. A relay killed after publishing leaves its rows claimed: they go out again once the lease ends
     /// (at-least-once), by which time an `instance.run` whose attempt has started or moved on is dropped instead, so
     /// a crash does not hand the same run to a second node.
     @discardableResult
@@ -136,7 +136,8 @@ public struct OutboxRelay: Service {
             logger.info("outbox: runs whose attempt already started dropped", metadata: ["count": "\(stale.count)"])
         }
         let due = claimed.filter { $0.message != nil && !stale.contains($0.id) }
-        let results = await amqp.publish(due.map { $0.message! })
+        let messages = due.map { $0.message! }
+        let results = await renewingLease(of: due.map(\.id)) { await amqp.publish(messages) }
         var sent = Array(stale)
         var failed = claimed.filter { $0.message == nil }.map(\.id)
         for (row, error) in zip(due, results) {
@@ -159,6 +160,34 @@ public struct OutboxRelay: Service {
                 """, logger: logger)
         }
         return claimed.count
+    }
+
+    /// Runs `publish` while renewing the lease of rows `ids` every half lease: only a relay that died lets its rows
+    /// go to another, however long a broker outage makes the publish wait.
+    private func renewingLease<Result: Sendable>(of ids: [Int], _ publish: () async -> Result) async -> Result {
+        let lease = configuration.lease
+        let seconds = Int(lease.components.seconds)
+        let (database, logger) = (self.database, self.logger)
+        return await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    do {
+                        try await Task.sleep(for: lease / 2)
+                        try await database.client.query(
+                            """
+                            UPDATE outbox SET next_attempt_at = now() + \(seconds) * interval '1 s'
+                            WHERE id = ANY(\(ids))
+                            """, logger: logger)
+                    } catch {
+                        if Task.isCancelled { return }
+                        logger.warning("outbox lease not renewed", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+            let result = await publish()
+            group.cancelAll()
+            return result
+        }
     }
 
     /// Of `rows` published before (their lease ran out), the `instance.run` ones whose attempt is no longer waiting

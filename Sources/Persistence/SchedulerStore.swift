@@ -92,12 +92,12 @@ public struct SchedulerStore: Sendable {
             order.append(name)
             tasks[name] = JobProgress.TaskProgress(name: name, state: ExecutionState(rawValue: state) ?? .submitted)
         }
-        if counting == nil || !(counting!.isEmpty) {
-            let names = counting.map { Array($0) } ?? order
+        let counted = counting.map(Array.init) ?? order
+        if !counted.isEmpty {
             for try await (name, state, count) in try await connection.query(
                 """
                 SELECT task_name, state, count(*) FROM task_instances
-                WHERE job_id = \(job.id.rawValue) AND task_name = ANY(\(names))
+                WHERE job_id = \(job.id.rawValue) AND task_name = ANY(\(counted))
                 GROUP BY task_name, state
                 """, logger: logger
             ).decode((String, String, Int).self) {
@@ -398,28 +398,19 @@ public struct SchedulerStore: Sendable {
 
     /// Running instances whose node never reported their end `grace` after their `Timeout`.
     public func timedOut(grace: Duration, on connection: PostgresConnection) async throws -> [Overdue] {
-        var overdue: [Overdue] = []
-        for try await (job, task, index, attempt, node, timeout) in try await connection.query(
+        try await overdue(
             """
             SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, t.timeout_seconds
             FROM task_instances i JOIN tasks t USING (job_id, task_name)
             WHERE i.dispatched AND i.state IN ('STARTING', 'RUNNING')
                 AND i.launch_time + (t.timeout_seconds + \(Int(grace.components.seconds))) * interval '1 s' < now()
             LIMIT 1000
-            """, logger: logger
-        ).decode((String, String, Int, Int, String?, Int).self) {
-            overdue.append(
-                Overdue(
-                    job: JobID(rawValue: job), key: InstanceKey(task: task, index: index), attempt: attempt,
-                    node: node.map(NodeID.init), timeoutSeconds: timeout))
-        }
-        return overdue
+            """, on: connection)
     }
 
     /// Instances out on a node that is gone (its row removed) or silent for longer than `lostAfter`.
     public func onLostNodes(lostAfter: Duration, on connection: PostgresConnection) async throws -> [Overdue] {
-        var lost: [Overdue] = []
-        for try await (job, task, index, attempt, node, timeout) in try await connection.query(
+        try await overdue(
             """
             SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, 0
             FROM task_instances i
@@ -428,14 +419,21 @@ public struct SchedulerStore: Sendable {
                     AND coalesce(n.last_heartbeat, n.created_at)
                         > now() - \(Int(lostAfter.components.seconds)) * interval '1 s')
             LIMIT 1000
-            """, logger: logger
-        ).decode((String, String, Int, Int, String?, Int).self) {
-            lost.append(
+            """, on: connection)
+    }
+
+    /// Runs a watchdog query selecting job, task, index, attempt, node and timeout.
+    private func overdue(_ query: PostgresQuery, on connection: PostgresConnection) async throws -> [Overdue] {
+        var found: [Overdue] = []
+        for try await (job, task, index, attempt, node, timeout) in try await connection.query(query, logger: logger)
+            .decode((String, String, Int, Int, String?, Int).self)
+        {
+            found.append(
                 Overdue(
                     job: JobID(rawValue: job), key: InstanceKey(task: task, index: index), attempt: attempt,
                     node: node.map(NodeID.init), timeoutSeconds: timeout))
         }
-        return lost
+        return found
     }
 }
 

@@ -9,7 +9,7 @@ import ServiceLifecycle
 /// Keeps each environment at its desired node count and records what nodes report.
 ///
 /// As a `Service` it reconciles every environment at start and every few seconds (a node that died is replaced),
-/// and stops its nodes on shutdown.
+/// handles environment and node events in between, and stops its nodes on shutdown.
 struct Provisioner: Service {
     let database: Database
     let amqp: AMQPClient
@@ -28,27 +28,38 @@ struct Provisioner: Service {
         self.logger = logger
     }
 
+    /// Reconciles every environment, then consumes the provisioner's queue with the periodic reconciliation in the
+    /// same loop, one thing at a time: two reconciliations of an environment never interleave (both would see it
+    /// short of nodes and start them). Stops the nodes on shutdown.
     func run() async throws {
         let envs = self.envs
         await driver.onNodeExit { node, _, reason in
             try? await envs.deleteNode(node, cause: "node process ended: \(reason)")
         }
         try await envs.forgetProcessNodes()
-        while !Task.isShuttingDownGracefully {
-            do {
-                for env in try await envs.all() where env.driver == driver.name {
-                    if env.deleting {
-                        try await removeEnvironment(env.envID)
-                    } else {
-                        try await reconcile(env.envID, desired: env.desired)
-                    }
-                }
-            } catch {
-                logger.warning("reconciling environments failed", metadata: ["error": "\(error)"])
-            }
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        do {
+            try await reconcileAll()
+        } catch {
+            logger.warning("reconciling environments failed", metadata: ["error": "\(error)"])
         }
+        try await BatchConsumer(
+            amqp: amqp, queue: Topology.provisionerQueue, prefetch: 50, maxBatch: 1,
+            tick: .init(every: interval, reconcileAll), logger: logger
+        ) { deliveries in
+            for delivery in deliveries { try await handle(delivery) }
+        }.run()
         await driver.shutdown()
+    }
+
+    /// Brings every environment of this driver to its desired node count, and removes those being deleted.
+    @Sendable func reconcileAll() async throws {
+        for env in try await envs.all() where env.driver == driver.name {
+            if env.deleting {
+                try await removeEnvironment(env.envID)
+            } else {
+                try await reconcile(env.envID, desired: env.desired)
+            }
+        }
     }
 
     /// Starts or stops nodes until `env` has `desired` of them.

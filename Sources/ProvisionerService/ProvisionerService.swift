@@ -59,7 +59,6 @@ struct ProvisionerService: AsyncParsableCommand {
                 amqp,
                 OutboxRelay(database: database, amqp: amqp, logger: logger),
                 provisioner,
-                EventConsumer(amqp: amqp, queue: Topology.provisionerQueue, logger: logger, handle: provisioner.handle),
             ]
             if opsPort > 0 {
                 services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })

@@ -382,11 +382,13 @@ struct JobScheduler: Sendable {
         }
         guard !effects.notifications.isEmpty else { return messages }
         let topics = try await cache.notifications(job.id, store: store, on: connection)
+        let encoder = BatchJSON.encoder()
         for note in effects.notifications {
-            let body = try BatchJSON.encode(
-                BatchNotification(
-                    event: note.event, at: Date(), region: settings.region, job: job.id, jobName: job.name,
-                    task: note.task, instance: note.index, state: note.state, reason: note.reason))
+            let body = Array(
+                try encoder.encode(
+                    BatchNotification(
+                        event: note.event, at: Date(), region: settings.region, job: job.id, jobName: job.name,
+                        task: note.task, instance: note.index, state: note.state, reason: note.reason)))
             var keys = [Topology.notificationRoutingKey(event: note.event.rawValue, job: job.id.rawValue)]
             for topic in topics where topic.eventConfigs.contains(where: { $0.eventName == note.event.rawValue }) {
                 keys.append(Topology.topicRoutingKey(topic: topic.topicName))
