@@ -6,6 +6,7 @@ import NIOFoundationCompat
 
 // Load on a running gateway: SubmitJob, then DescribeJob, from several concurrent clients, each a user of its
 // own, every request signed with TC3-HMAC-SHA256. Reports throughput and latency percentiles.
+// `--scenario scheduler` measures scheduling instead (SchedulerBench.swift).
 //
 //   api-bench --endpoint 127.0.0.1:18999 --credentials users.json [--clients 16] [--requests 5000]
 //
@@ -13,18 +14,26 @@ import NIOFoundationCompat
 //
 // users.json is a JSON array of {"secretId", "secretKey"}, one per client (scripts/bench makes it).
 
+/// The value after `name` on the command line.
+func option(_ name: String) -> String? {
+    let arguments = CommandLine.arguments
+    guard let index = arguments.firstIndex(of: name), index + 1 < arguments.count else { return nil }
+    return arguments[index + 1]
+}
+
 @main
 struct ApiBench {
     static func main() async throws {
-        func option(_ name: String) -> String? {
-            let arguments = CommandLine.arguments
-            guard let index = arguments.firstIndex(of: name), index + 1 < arguments.count else { return nil }
-            return arguments[index + 1]
-        }
         let clients = Int(option("--clients") ?? "") ?? 16
         let requests = Int(option("--requests") ?? "") ?? 5000
         let users = try JSONDecoder().decode(
             [Credentials].self, from: Data(contentsOf: URL(fileURLWithPath: option("--credentials") ?? "users.json")))
+        if option("--scenario") == "scheduler" {
+            let bench = Bench(endpoint: option("--endpoint") ?? "127.0.0.1:18999", users: users, clients: 1)
+            try await SchedulerBench.run(bench)
+            try await bench.http.shutdown()
+            return
+        }
         guard users.count >= clients else { throw Failure(description: "need \(clients) users, got \(users.count)") }
         var setup = Bench(endpoint: option("--endpoint") ?? "127.0.0.1:18999", users: users, clients: clients)
         for user in users.prefix(clients) {

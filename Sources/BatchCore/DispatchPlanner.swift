@@ -78,23 +78,19 @@ extension DispatchPlanner {
     public struct Demand: Sendable, Hashable {
         public var task: TaskKey
         public var env: EnvID
-        /// Instances `RUNNABLE` and not dispatched.
-        public var waiting: Int
-        /// Of those, the ones not in a retry back-off.
+        /// Instances `RUNNABLE`, not dispatched and not in a retry back-off.
         public var ready: Int
-        /// When the earliest back-off among the others ends.
+        /// When the earliest back-off of the task's other waiting instances ends, if some wait on one.
         public var backoffEnd: Date?
         /// Instances dispatched and not ended.
         public var active: Int
         public var maxConcurrent: Int?
 
         public init(
-            task: TaskKey, env: EnvID, waiting: Int, ready: Int, backoffEnd: Date? = nil, active: Int,
-            maxConcurrent: Int?
+            task: TaskKey, env: EnvID, ready: Int, backoffEnd: Date? = nil, active: Int, maxConcurrent: Int?
         ) {
             self.task = task
             self.env = env
-            self.waiting = waiting
             self.ready = ready
             self.backoffEnd = backoffEnd
             self.active = active
@@ -129,7 +125,7 @@ extension DispatchPlanner {
                     reason = .noFreeNode(env: demand.env, queuedAhead: queuedAhead[demand.env, default: 0])
                     queuedAhead[demand.env, default: 0] += readyLeft
                 }
-            } else if demand.waiting > demand.ready, let end = demand.backoffEnd {
+            } else if let end = demand.backoffEnd {
                 reason = .retryBackoff(until: end)
             }
             return Allotment(count: count, reason: reason)

@@ -3,7 +3,7 @@ public enum Limits {
     public static let nameLength = 60
     public static let descriptionLength = 200
     public static let tasksPerJob = 100
-    public static let instancesPerTask = 1...10_000
+    public static let instancesPerTask = 1...100_000
     public static let priority = 0...100
     public static let maxRetryCount = 0...100
     public static let resourceMaxRetryCount = 0...100

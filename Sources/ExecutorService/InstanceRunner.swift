@@ -23,7 +23,7 @@ final class InstanceRunner: Sendable {
     private let busy = Atomic<Int>(0)
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
-    /// The attempts this node has taken, so a second delivery of one is not run again.
+    /// The attempts this node has taken or was told to kill, so a (second) delivery of one is not run.
     private let seen = Mutex(RecentKeys(capacity: 10_000))
 
     static func key(_ job: JobID, _ task: String, _ index: Int, _ attempt: Int) -> String {
@@ -52,8 +52,8 @@ final class InstanceRunner: Sendable {
         logger[metadataKey: "instance.attempt"] = "\(run.attempt)"
         let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         guard seen.withLock({ $0.insert(key) }) else {
-            // The same attempt again (a redelivery, or a message published twice): it runs or ran here already.
-            logger.info("second delivery of an attempt this node has run ignored")
+            // The same attempt again (a redelivery, or a message published twice), or one killed before it came.
+            logger.info("run of an attempt this node has run or was told to kill ignored")
             delivery.ack()
             return
         }
@@ -149,11 +149,16 @@ final class InstanceRunner: Sendable {
         return (termination.code, termination == .exited(0) ? nil : termination.description)
     }
 
-    /// `instance.kill`: stops the attempt's whole process group if it runs here (SIGTERM, SIGKILL after 10 s).
+    /// `instance.kill`: stops the attempt's whole process group if it runs here (SIGTERM, SIGKILL after 10 s), or
+    /// makes sure it never starts here.
     @Sendable func kill(_ delivery: Delivery) async throws {
         let kill = try delivery.decode(InstanceKill.self).payload
         let key = Self.key(kill.jobID, kill.taskName, kill.instanceIndex, kill.attempt)
-        guard let child = running.withLock({ $0[key] }) else { return }
+        guard let child = running.withLock({ $0[key] }) else {
+            // Not running here: should its run message come to this node later, it is skipped.
+            _ = seen.withLock { $0.insert(key) }
+            return
+        }
         logger.info(
             "instance killed",
             metadata: [

@@ -409,12 +409,15 @@ public struct JobStore: Sendable {
             if let task {
                 try await database.client.query(
                     """
-                    SELECT state, count(*) FROM task_instances WHERE job_id = \(jobID.rawValue)
-                        AND task_name = \(task) GROUP BY state
+                    SELECT state, count::bigint FROM task_instance_counts WHERE job_id = \(jobID.rawValue)
+                        AND task_name = \(task)
                     """, logger: logger)
             } else {
                 try await database.client.query(
-                    "SELECT state, count(*) FROM task_instances WHERE job_id = \(jobID.rawValue) GROUP BY state",
+                    """
+                    SELECT state, sum(count)::bigint FROM task_instance_counts WHERE job_id = \(jobID.rawValue)
+                    GROUP BY state
+                    """,
                     logger: logger)
             }
         for try await (state, count) in rows.decode((String, Int).self) {

@@ -225,5 +225,61 @@ extension Migration {
                 """,
             ]
         ),
+        Migration(
+            version: 6, name: "instance state counts kept by a trigger; retry back-offs indexed",
+            statements: [
+                // How many of a task's instances are in each state, so neither the scheduler nor DescribeJob counts
+                // a 100,000-instance task row by row. A statement-level trigger applies each INSERT's and UPDATE's
+                // changes, read from its transition tables (O(rows changed)). Instances are deleted only with their
+                // task, which takes its counts with it.
+                """
+                CREATE TABLE task_instance_counts (
+                    job_id text NOT NULL,
+                    task_name text NOT NULL,
+                    state text NOT NULL,
+                    count integer NOT NULL,
+                    PRIMARY KEY (job_id, task_name, state),
+                    FOREIGN KEY (job_id, task_name) REFERENCES tasks ON DELETE CASCADE
+                )
+                """,
+                """
+                INSERT INTO task_instance_counts (job_id, task_name, state, count)
+                SELECT job_id, task_name, state, count(*) FROM task_instances GROUP BY job_id, task_name, state
+                """,
+                """
+                CREATE FUNCTION count_task_instances() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP = 'INSERT' THEN
+                        INSERT INTO task_instance_counts AS c (job_id, task_name, state, count)
+                        SELECT job_id, task_name, state, count(*) FROM new_rows GROUP BY job_id, task_name, state
+                        ON CONFLICT (job_id, task_name, state) DO UPDATE SET count = c.count + EXCLUDED.count;
+                    ELSE
+                        INSERT INTO task_instance_counts AS c (job_id, task_name, state, count)
+                        SELECT job_id, task_name, state, sum(change) FROM (
+                            SELECT job_id, task_name, state, 1 AS change FROM new_rows
+                            UNION ALL
+                            SELECT job_id, task_name, state, -1 FROM old_rows) changes
+                        GROUP BY job_id, task_name, state HAVING sum(change) <> 0
+                        ON CONFLICT (job_id, task_name, state) DO UPDATE SET count = c.count + EXCLUDED.count;
+                    END IF;
+                    RETURN NULL;
+                END
+                $$
+                """,
+                """
+                CREATE TRIGGER task_instances_counted_on_insert AFTER INSERT ON task_instances
+                    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION count_task_instances()
+                """,
+                """
+                CREATE TRIGGER task_instances_counted_on_update AFTER UPDATE ON task_instances
+                    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION count_task_instances()
+                """,
+                """
+                CREATE INDEX task_instances_backoff ON task_instances (job_id, task_name, not_before)
+                    WHERE state = 'RUNNABLE' AND NOT dispatched AND not_before IS NOT NULL
+                """,
+            ]
+        ),
     ]
 }

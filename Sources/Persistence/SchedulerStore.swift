@@ -96,9 +96,8 @@ public struct SchedulerStore: Sendable {
         if !counted.isEmpty {
             for try await (name, state, count) in try await connection.query(
                 """
-                SELECT task_name, state, count(*) FROM task_instances
+                SELECT task_name, state, count FROM task_instance_counts
                 WHERE job_id = \(job.id.rawValue) AND task_name = ANY(\(counted))
-                GROUP BY task_name, state
                 """, logger: logger
             ).decode((String, String, Int).self) {
                 if let parsed = ExecutionState(rawValue: state) { tasks[name]?.instances[parsed] += count }
@@ -239,12 +238,14 @@ public struct SchedulerStore: Sendable {
             """, logger: logger)
     }
 
-    /// An instance that was killed, with the node it ran on.
+    /// An instance that was ended, with the nodes that may run its attempt: the one it runs on; every node of its
+    /// environment when its run message was sent and not yet taken (whichever takes it must skip it); none when it
+    /// was never sent.
     public struct Ended: Sendable {
         public var task: String
         public var index: Int
         public var attempt: Int
-        public var node: NodeID?
+        public var nodes: [NodeID]
     }
 
     /// Ends instances that have not finished (and releases kept ones): all of the job's, a task's, or one; with
@@ -255,24 +256,40 @@ public struct SchedulerStore: Sendable {
     ) async throws -> [Ended] {
         var query = SQLBuilder(
             """
-            UPDATE task_instances SET state = 'FAILED', dispatched = false, not_before = NULL,
+            UPDATE task_instances i SET state = 'FAILED', dispatched = false, not_before = NULL,
                 end_time = now(), state_reason =
             """)
-        query.append(" \(query.bind(reason))")
-        query.append(" WHERE job_id = \(query.bind(job.rawValue))")
+        query.append(" \(query.bind(reason)) FROM tasks t")
+        query.append(
+            " WHERE t.job_id = i.job_id AND t.task_name = i.task_name AND i.job_id = \(query.bind(job.rawValue))")
         query.append(
             notStarted
-                ? " AND state IN ('SUBMITTED', 'PENDING', 'RUNNABLE')" : " AND state NOT IN ('SUCCEED', 'FAILED')")
-        if let task { query.append(" AND task_name = \(query.bind(task))") }
-        if let index { query.append(" AND instance_index = \(query.bind(index))") }
-        query.append(" RETURNING task_name, instance_index, attempt, node_id")
-        var ended: [Ended] = []
-        for try await (taskName, instanceIndex, attempt, node) in try await connection.query(
-            query.query, logger: logger
-        ).decode((String, Int, Int, String?).self) {
-            ended.append(Ended(task: taskName, index: instanceIndex, attempt: attempt, node: node.map(NodeID.init)))
+                ? " AND i.state IN ('SUBMITTED', 'PENDING', 'RUNNABLE')" : " AND i.state NOT IN ('SUCCEED', 'FAILED')")
+        if let task { query.append(" AND i.task_name = \(query.bind(task))") }
+        if let index { query.append(" AND i.instance_index = \(query.bind(index))") }
+        query.append(" RETURNING i.task_name, i.instance_index, i.attempt, i.node_id, t.env_id")
+        var rows: [(task: String, index: Int, attempt: Int, node: String?, env: String?)] = []
+        for try await row in try await connection.query(query.query, logger: logger).decode(
+            (String, Int, Int, String?, String?).self)
+        {
+            rows.append(row)
         }
-        return ended
+        let sentEnvs = Set(rows.filter { $0.node == nil && $0.attempt > 0 }.compactMap(\.env))
+        var envNodes: [String: [NodeID]] = [:]
+        if !sentEnvs.isEmpty {
+            for try await (env, node) in try await connection.query(
+                "SELECT env_id, node_id FROM compute_nodes WHERE env_id = ANY(\(Array(sentEnvs)))", logger: logger
+            ).decode((String, String).self) {
+                envNodes[env, default: []].append(NodeID(rawValue: node))
+            }
+        }
+        return rows.map { row in
+            let nodes =
+                if let node = row.node { [NodeID(rawValue: node)] } else if row.attempt > 0, let env = row.env {
+                    envNodes[env] ?? []
+                } else { [NodeID]() }
+            return Ended(task: row.task, index: row.index, attempt: row.attempt, nodes: nodes)
+        }
     }
 
     // MARK: Dispatch
@@ -284,7 +301,6 @@ public struct SchedulerStore: Sendable {
         public var env: EnvID
         public var maxConcurrent: Int?
         public var stateReason: String?
-        public var waiting: Int
         public var ready: Int
         public var backoffEnd: Date?
         public var key: DispatchPlanner.TaskKey { DispatchPlanner.TaskKey(job: job, task: task) }
@@ -324,29 +340,38 @@ public struct SchedulerStore: Sendable {
     }
 
     /// Started tasks with instances waiting for dispatch, highest job priority first, then oldest job, then task
-    /// order; with how many wait and how many of those are past any retry back-off.
-    public func waitingTasks(on connection: PostgresConnection) async throws -> [WaitingTask] {
+    /// order; with how many are ready (past any retry back-off; counted up to `readyCap`, so a task of 100,000
+    /// waiting instances costs no more than one of `readyCap`) and when the earliest back-off ends. Only tasks of
+    /// `envs` (those with free slots), and tasks without a pending reason yet: a task already told it waits for a
+    /// full environment is not looked at again until a slot frees up there.
+    public func waitingTasks(in envs: [EnvID], readyCap: Int, on connection: PostgresConnection) async throws
+        -> [WaitingTask]
+    {
         var tasks: [WaitingTask] = []
-        for try await (job, task, env, limit, reason, waiting, ready, backoffEnd) in try await connection.query(
+        for try await (job, task, env, limit, reason, ready, backoffEnd) in try await connection.query(
             """
-            SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.waiting, w.ready,
-                w.backoff_end
+            SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.ready, w.backoff_end
             FROM tasks t JOIN jobs j USING (job_id)
             CROSS JOIN LATERAL (
-                SELECT count(*)::integer AS waiting,
-                    (count(*) FILTER (WHERE i.not_before IS NULL OR i.not_before <= now()))::integer AS ready,
-                    min(i.not_before) FILTER (WHERE i.not_before > now()) AS backoff_end
-                FROM task_instances i
-                WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
-                    AND NOT i.dispatched) w
-            WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL AND w.waiting > 0
+                SELECT
+                    (SELECT count(*)::integer FROM (
+                        SELECT 1 FROM task_instances i
+                        WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                            AND NOT i.dispatched AND (i.not_before IS NULL OR i.not_before <= now())
+                        LIMIT \(readyCap)) r) AS ready,
+                    (SELECT min(i.not_before) FROM task_instances i
+                        WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                            AND NOT i.dispatched AND i.not_before > now()) AS backoff_end) w
+            WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL
+                AND (t.env_id = ANY(\(envs.map(\.rawValue))) OR t.state_reason IS NULL)
+                AND (w.ready > 0 OR w.backoff_end IS NOT NULL)
             ORDER BY j.priority DESC, j.created_at, t.job_id, t.position
             """, logger: logger
-        ).decode((String, String, String, Int?, String?, Int, Int, Date?).self) {
+        ).decode((String, String, String, Int?, String?, Int, Date?).self) {
             tasks.append(
                 WaitingTask(
                     job: JobID(rawValue: job), task: task, env: EnvID(rawValue: env), maxConcurrent: limit,
-                    stateReason: reason, waiting: waiting, ready: ready, backoffEnd: backoffEnd))
+                    stateReason: reason, ready: ready, backoffEnd: backoffEnd))
         }
         return tasks
     }

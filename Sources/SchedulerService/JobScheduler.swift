@@ -62,6 +62,8 @@ struct JobScheduler: Sendable {
         var nodeLostAfter: Duration = .seconds(30)
         /// How long after an instance's `Timeout` the scheduler fails it when its node did not report.
         var timeoutGrace: Duration = .seconds(30)
+        /// Run messages queued per node slot beyond those running.
+        var queuedPerSlot = 1
         /// `Region` in notifications.
         var region = "local"
     }
@@ -330,17 +332,22 @@ struct JobScheduler: Sendable {
 
     // MARK: Dispatch
 
-    /// Sends out as many waiting instances as the environments' live nodes have free slots for, in priority order
+    /// Sends out as many waiting instances as the environments' live nodes have room for, in priority order
     /// and within each task's `MaxConcurrentNum`; records why the others wait.
     private func dispatch(on connection: PostgresConnection) async throws -> [OutgoingMessage] {
-        let waiting = try await store.waitingTasks(on: connection)
-        guard !waiting.isEmpty else { return [] }
-        var free = try await store.capacity(lostAfter: settings.nodeLostAfter, on: connection)
+        // Each slot gets `queuedPerSlot` more run messages than it runs, so a node starts its next instance the
+        // moment one ends, without waiting for this transaction's round trip.
+        var free = try await store.capacity(lostAfter: settings.nodeLostAfter, on: connection).mapValues {
+            $0 * (1 + settings.queuedPerSlot)
+        }
         let active = try await store.active(on: connection)
         for (_, out) in active { if let env = out.env { free[env, default: 0] -= out.count } }
+        let waiting = try await store.waitingTasks(
+            in: free.filter { $0.value > 0 }.map(\.key), readyCap: (free.values.max() ?? 0) + 1000, on: connection)
+        guard !waiting.isEmpty else { return [] }
         let demands = waiting.map {
             DispatchPlanner.Demand(
-                task: $0.key, env: $0.env, waiting: $0.waiting, ready: $0.ready, backoffEnd: $0.backoffEnd,
+                task: $0.key, env: $0.env, ready: $0.ready, backoffEnd: $0.backoffEnd,
                 active: active[$0.key]?.count ?? 0, maxConcurrent: $0.maxConcurrent)
         }
         var messages: [OutgoingMessage] = []
@@ -434,10 +441,10 @@ struct Effects {
         notifications.append(Note(event: event, task: task, index: index, state: state, reason: reason))
     }
 
-    /// Instances a termination ended: kills for those on a node, and their notifications.
+    /// Instances a termination ended: kills for the nodes that run or may take them, and their notifications.
     mutating func ended(_ ended: [SchedulerStore.Ended], reason: String) {
         for instance in ended {
-            if let node = instance.node {
+            for node in instance.nodes {
                 kill(node: node, task: instance.task, index: instance.index, attempt: instance.attempt, reason: reason)
             }
             notify(.taskInstanceFailed, task: instance.task, index: instance.index, state: .failed, reason: reason)

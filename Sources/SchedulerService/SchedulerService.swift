@@ -34,6 +34,10 @@ struct SchedulerService: AsyncParsableCommand {
     @Option(help: "Seconds past a Timeout before an unreported instance is failed (BATCH_TIMEOUT_GRACE).")
     var timeoutGrace: Int = Environment.int("BATCH_TIMEOUT_GRACE", default: 30)
 
+    /// Run messages queued per node slot beyond those running, so nodes never wait for the scheduler. Default 1.
+    @Option(help: "Run messages queued per node slot beyond those running (BATCH_QUEUED_PER_SLOT).")
+    var queuedPerSlot: Int = Environment.int("BATCH_QUEUED_PER_SLOT", default: 1)
+
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
@@ -44,7 +48,9 @@ struct SchedulerService: AsyncParsableCommand {
         try await bootstrap.withPreparedDatabase {
             let scheduler = JobScheduler(
                 database: database,
-                settings: .init(nodeLostAfter: .seconds(nodeLostAfter), timeoutGrace: .seconds(timeoutGrace)),
+                settings: .init(
+                    nodeLostAfter: .seconds(nodeLostAfter), timeoutGrace: .seconds(timeoutGrace),
+                    queuedPerSlot: max(0, queuedPerSlot)),
                 logger: logger)
             var services: [any Service] = [
                 amqp,

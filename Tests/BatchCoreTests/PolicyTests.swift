@@ -155,13 +155,14 @@ struct AllotmentTests {
     let env = EnvID(rawValue: "env-aaaaaaaa")
     let other = EnvID(rawValue: "env-bbbbbbbb")
 
+    /// `waiting` instances, of which `ready` (default all) are past any back-off.
     func demand(
         _ task: String, env: EnvID, waiting: Int, ready: Int? = nil, active: Int = 0, limit: Int? = nil,
         backoffEnd: Date? = nil
     ) -> DispatchPlanner.Demand {
         DispatchPlanner.Demand(
             task: DispatchPlanner.TaskKey(job: JobID(rawValue: "job-aaaaaaaa"), task: task), env: env,
-            waiting: waiting, ready: ready ?? waiting, backoffEnd: backoffEnd, active: active, maxConcurrent: limit)
+            ready: ready ?? waiting, backoffEnd: backoffEnd, active: active, maxConcurrent: limit)
     }
 
     @Test("tasks take free slots in the order given; those behind a full environment learn how many wait ahead")

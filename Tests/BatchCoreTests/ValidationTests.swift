@@ -49,7 +49,7 @@ let invalidJobs: [InvalidCase] = [
         name: "zero instances", job: job([task("a", instances: 0)]), code: "InvalidParameterValue.TaskInstanceNum",
         field: "Job.Tasks[0].TaskInstanceNum"),
     InvalidCase(
-        name: "too many instances", job: job([task("a", instances: 10_001)]),
+        name: "too many instances", job: job([task("a", instances: 100_001)]),
         code: "InvalidParameterValue.TaskInstanceNum", field: "Job.Tasks[0].TaskInstanceNum"),
     InvalidCase(
         name: "neither EnvId nor ComputeEnv", job: job([task("a", env: nil)]),

@@ -1,0 +1,129 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Scheduling overhead measured end to end through the running system, on trivial instances:
+///
+/// - throughput: one task of `--instances` (default 5,000) instances of `true`, from SubmitJob to `SUCCEED`;
+/// - latency: a chain of 50 one-instance tasks, each step the time from one task's instance starting to the next
+///   one's (the instances record their own start in `--work`);
+/// - memory: with `--scheduler-pid`, the scheduler's resident memory while one task of `--large` (default 100,000)
+///   instances runs, sampled at every tenth of the way, and its peak.
+///
+///   api-bench --scenario scheduler --endpoint … --credentials users.json --work DIR [--nodes 2]
+///       [--instances 5000] [--large 100000] [--scheduler-pid PID]
+enum SchedulerBench {
+    static func run(_ bench: Bench) async throws {
+        let user = bench.users[0]
+        let work = option("--work") ?? NSTemporaryDirectory()
+        let nodes = Int(option("--nodes") ?? "") ?? 2
+        let env =
+            try await bench.call(
+                "CreateComputeEnv", ["ComputeEnv": ["EnvName": "sched-bench", "DesiredComputeNodeCount": nodes]],
+                as: user
+            )["EnvId"] as? String ?? ""
+        try await waitUntil("\(nodes) nodes run") {
+            let view = try await bench.call("DescribeComputeEnv", ["EnvId": env], as: user)
+            let metrics = view["ComputeNodeMetrics"] as? [String: Any]
+            return metrics?["RunningCount"] as? Int == nodes
+        }
+        // The nodes announce themselves with their first heartbeat; give the scheduler that one beat.
+        try await Task.sleep(for: .seconds(4))
+
+        func task(_ name: String, _ count: Int, _ command: String) -> [String: Any] {
+            [
+                "TaskName": name, "TaskInstanceNum": count, "EnvId": env,
+                "Application": ["DeliveryForm": "LOCAL", "Command": command],
+            ]
+        }
+
+        let instances = Int(option("--instances") ?? "") ?? 5000
+        let wide = try await runJob(bench, ["JobName": "wide", "Tasks": [task("wide", instances, "true")]])
+        say(
+            String(
+                format: "one task of %d instances of true: %.1f s, %.0f instances/s", instances, wide.seconds,
+                Double(instances) / wide.seconds))
+
+        let records = URL(fileURLWithPath: work).appendingPathComponent("chain")
+        try FileManager.default.createDirectory(at: records, withIntermediateDirectories: true)
+        let steps = 50
+        let chain = try await runJob(
+            bench,
+            [
+                "JobName": "chain",
+                "Tasks": (0..<steps).map { task("s\($0)", 1, "date +%s%N > \(records.path)/$BATCH_TASK_NAME") },
+                "Dependences": (1..<steps).map { ["StartTask": "s\($0 - 1)", "EndTask": "s\($0)"] },
+            ])
+        let starts = try (0..<steps).map { index in
+            let text = try String(contentsOf: records.appendingPathComponent("s\(index)"), encoding: .utf8)
+            return Double(text.trimmingCharacters(in: .whitespacesAndNewlines))! / 1e6
+        }
+        let gaps = zip(starts.dropFirst(), starts).map { $0 - $1 }.sorted()
+        say(
+            String(
+                format: "chain of %d one-instance tasks: %.1f s; step p50 %.1f ms, p90 %.1f ms, max %.1f ms", steps,
+                chain.seconds, gaps[gaps.count / 2], gaps[gaps.count * 9 / 10], gaps.last!))
+
+        guard let pid = option("--scheduler-pid").flatMap(Int32.init) else { return }
+        let large = Int(option("--large") ?? "") ?? 100_000
+        var samples: [String] = []
+        var nextTenth = 1
+        let big = try await runJob(
+            bench, ["JobName": "large", "Tasks": [task("large", large, "true")]], poll: .milliseconds(250)
+        ) { done in
+            while nextTenth <= 10, done * 10 >= large * nextTenth {
+                samples.append(String(format: "%d%% %.0f MB", nextTenth * 10, memory(of: pid, "VmRSS")))
+                nextTenth += 1
+            }
+        }
+        say(
+            String(
+                format:
+                    "one task of %d instances: %.1f s, %.0f instances/s; scheduler RSS by progress: %@; peak %.0f MB",
+                large, big.seconds, Double(large) / big.seconds, samples.joined(separator: ", "),
+                memory(of: pid, "VmHWM")))
+    }
+
+    /// Submits `job` and waits for it to succeed, calling `progress` with its succeeded instances as it goes.
+    static func runJob(
+        _ bench: Bench, _ job: [String: Any], poll: Duration = .milliseconds(20), progress: (Int) -> Void = { _ in }
+    ) async throws -> (id: String, seconds: Double) {
+        let user = bench.users[0]
+        let start = ContinuousClock.now
+        let id = try await bench.call("SubmitJob", ["Job": job], as: user)["JobId"] as? String ?? ""
+        while true {
+            let view = try await bench.call("DescribeJob", ["JobId": id], as: user)
+            let state = view["JobState"] as? String
+            let metrics = view["TaskInstanceMetrics"] as? [String: Any]
+            progress(metrics?["SucceedCount"] as? Int ?? 0)
+            if state == "SUCCEED" { return (id, Bench.seconds(ContinuousClock.now - start)) }
+            if state == "FAILED" || state == "FAILED_INTERRUPTED" {
+                throw Failure(description: "job \(job["JobName"] ?? "") ended \(state!)")
+            }
+            try await Task.sleep(for: poll)
+        }
+    }
+
+    static func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
+        for _ in 0..<600 {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw Failure(description: "timed out waiting until \(what)")
+    }
+
+    /// Prints a line at once (stdout may be a file, which would hold it back).
+    static func say(_ line: String) {
+        print(line)
+        fflush(nil)
+    }
+
+    /// A `/proc/PID/status` figure (`VmRSS`, `VmHWM`) in MB.
+    static func memory(of pid: Int32, _ field: String) -> Double {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("\(field):") } ?? ""
+        return (Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+    }
+}
