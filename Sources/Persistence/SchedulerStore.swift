@@ -130,15 +130,22 @@ public struct SchedulerStore: Sendable {
 
     /// Makes a task's instances runnable: new ones are created (`RUNNABLE`, attempt 0, not dispatched) and failed
     /// ones (`RetryJobs`) go back to `RUNNABLE` with their history reset. The dispatch pass sends them out.
-    public func startTask(_ name: String, of job: LockedJob, on connection: PostgresConnection) async throws {
-        try await connection.query(
-            """
-            INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
-            SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 0
-            FROM tasks, generate_series(0, instance_num - 1) AS i
-            WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
+    /// Returns how many instances it created.
+    @discardableResult
+    public func startTask(_ name: String, of job: LockedJob, on connection: PostgresConnection) async throws -> Int {
+        let created =
+            try await connection.query(
+                """
+                WITH created AS (
+                    INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
+                    SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 0
+                    FROM tasks, generate_series(0, instance_num - 1) AS i
+                    WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
+                    ON CONFLICT DO NOTHING
+                    RETURNING 1)
+                SELECT count(*)::integer FROM created
+                """, logger: logger
+            ).decode(Int.self).first { _ in true } ?? 0
         try await connection.query(
             """
             UPDATE task_instances SET state = 'RUNNABLE', dispatched = false, failures = 0, not_before = NULL,
@@ -151,6 +158,13 @@ public struct SchedulerStore: Sendable {
                 start_time = coalesce(start_time, now())
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
+        return created
+    }
+
+    /// Refreshes the planner's statistics of instances, after many were created: until then it takes a large new
+    /// task for a handful of rows and plans the per-batch statements accordingly. Runs outside any transaction.
+    public func refreshInstanceStatistics() async throws {
+        try await database.client.query("ANALYZE task_instances", logger: logger)
     }
 
     /// A task that can never run ends `FAILED` with `reason`.
@@ -377,7 +391,9 @@ public struct SchedulerStore: Sendable {
     }
 
     /// Marks up to `limit` of a task's waiting instances dispatched (lowest index first, none in back-off), each
-    /// with its next attempt; returns their indices and attempts.
+    /// with its next attempt; returns their indices and attempts. The rows picked are updated by their `ctid`: with
+    /// the statistics of a task just created, the planner would otherwise walk every instance of the task and
+    /// re-run the pick for each (280 ms instead of 0.2 ms at 20,000 instances).
     public func dispatch(_ task: WaitingTask, limit: Int, on connection: PostgresConnection) async throws
         -> [(index: Int, attempt: Int)]
     {
@@ -386,11 +402,11 @@ public struct SchedulerStore: Sendable {
             """
             UPDATE task_instances SET dispatched = true, attempt = attempt + 1, dispatched_at = now(),
                 node_id = NULL, state_reason = NULL, not_before = NULL
-            WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task) AND instance_index IN (
-                SELECT instance_index FROM task_instances
+            WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM task_instances
                 WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task) AND state = 'RUNNABLE'
                     AND NOT dispatched AND (not_before IS NULL OR not_before <= now())
-                ORDER BY instance_index LIMIT \(limit))
+                ORDER BY instance_index LIMIT \(limit) FOR UPDATE))
             RETURNING instance_index, attempt
             """, logger: logger
         ).decode((Int, Int).self) {

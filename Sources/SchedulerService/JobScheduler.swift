@@ -73,6 +73,7 @@ struct JobScheduler: Sendable {
     let settings: Settings
     let logger: Logger
     private let cache = ConfigCache()
+    private let created = CreatedInstances()
 
     init(database: Database, settings: Settings = Settings(), logger: Logger) {
         self.database = database
@@ -111,6 +112,13 @@ struct JobScheduler: Sendable {
         try await database.transaction { connection in
             try await lockScheduling(on: connection)
             try await apply(events, on: connection)
+        }
+        if created.take() >= 1000 {
+            do {
+                try await store.refreshInstanceStatistics()
+            } catch {
+                logger.warning("instance statistics not refreshed", metadata: ["error": "\(error)"])
+            }
         }
     }
 
@@ -307,7 +315,7 @@ struct JobScheduler: Sendable {
         for action in transform(&progress) {
             switch action {
             case .startTask(let name):
-                try await store.startTask(name, of: job, on: connection)
+                created.add(try await store.startTask(name, of: job, on: connection))
                 logger.info("task started", metadata: ["job.id": "\(job.id)", "task.name": "\(name)"])
             case .skipTask(let name, let why):
                 try await store.skipTask(name, of: job, reason: why, on: connection)
@@ -506,4 +514,14 @@ final class ConfigCache: Sendable {
         }
         return loaded
     }
+}
+
+/// Instances created since the planner's statistics were last refreshed.
+final class CreatedInstances: Sendable {
+    private let count = Atomic<Int>(0)
+
+    func add(_ amount: Int) { count.add(amount, ordering: .relaxed) }
+
+    /// The count so far, reset to zero.
+    func take() -> Int { count.exchange(0, ordering: .relaxed) }
 }
