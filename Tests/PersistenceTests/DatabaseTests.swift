@@ -100,6 +100,56 @@ struct DatabaseTests {
         }
     }
 
+    @Test("instance state counts follow every insert and update of instances, as a recount finds them")
+    func instanceCounts() async throws {
+        try await TestDatabase.withDatabase { database, _ in
+            let client = database.client
+            let user = try await UserStore(database: database).createUser(name: "counter").userID.rawValue
+            try await client.query(
+                """
+                INSERT INTO jobs (job_id, user_id, state, dependency_rule, dependences, spec_sealed)
+                VALUES ('job-counts01', \(user), 'RUNNING', 'PRE_TASK_SUCCEED', '[]', 'x')
+                """)
+            for task in ["a", "b"] {
+                try await client.query(
+                    """
+                    INSERT INTO tasks (job_id, task_name, position, state, instance_num, max_retry_count,
+                        timeout_seconds, spec_sealed)
+                    VALUES ('job-counts01', \(task), 0, 'RUNNING', 1000, 0, 60, 'x')
+                    """)
+            }
+            try await client.query(
+                """
+                INSERT INTO task_instances (job_id, task_name, instance_index, state)
+                SELECT 'job-counts01', t, i, 'RUNNABLE' FROM unnest(ARRAY['a', 'b']) t, generate_series(0, 999) i
+                """)
+            try await client.query(
+                "UPDATE task_instances SET state = 'RUNNING' WHERE task_name = 'a' AND instance_index < 300")
+            try await client.query(
+                "UPDATE task_instances SET state = 'SUCCEED' WHERE task_name = 'a' AND instance_index < 100")
+            try await client.query(
+                "UPDATE task_instances SET state = 'FAILED' WHERE task_name = 'b' AND instance_index % 7 = 0")
+            // An update that changes no state changes no count.
+            try await client.query("UPDATE task_instances SET dispatched = true WHERE task_name = 'b'")
+            func rows(_ query: PostgresQuery) async throws -> [String: Int] {
+                var rows: [String: Int] = [:]
+                for try await (task, state, count) in try await client.query(query).decode((String, String, Int).self) {
+                    if count != 0 { rows["\(task) \(state)"] = count }
+                }
+                return rows
+            }
+            let kept = try await rows("SELECT task_name, state, count::bigint FROM task_instance_counts")
+            let recounted = try await rows(
+                "SELECT task_name, state, count(*) FROM task_instances GROUP BY task_name, state")
+            #expect(kept == recounted)
+            #expect(
+                kept == ["a RUNNABLE": 700, "a RUNNING": 200, "a SUCCEED": 100, "b RUNNABLE": 857, "b FAILED": 143])
+            // Deleting the job takes its counts with it.
+            try await client.query("DELETE FROM jobs WHERE job_id = 'job-counts01'")
+            #expect(try await rows("SELECT task_name, state, count::bigint FROM task_instance_counts").isEmpty)
+        }
+    }
+
     func tableNames(_ database: Database) async throws -> Set<String> {
         Set(
             try await database.client.query(
