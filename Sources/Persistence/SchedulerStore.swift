@@ -86,21 +86,22 @@ public struct SchedulerStore: Sendable {
     {
         var order: [String] = []
         var tasks: [String: JobProgress.TaskProgress] = [:]
-        for try await (name, state) in try await connection.query(
-            "SELECT task_name, state FROM tasks WHERE job_id = \(job.id.rawValue) ORDER BY position", logger: logger
-        ).decode((String, String).self) {
-            order.append(name)
-            tasks[name] = JobProgress.TaskProgress(name: name, state: ExecutionState(rawValue: state) ?? .submitted)
-        }
-        let counted = counting.map(Array.init) ?? order
-        if !counted.isEmpty {
-            for try await (name, state, count) in try await connection.query(
-                """
-                SELECT task_name, state, count FROM task_instance_counts
-                WHERE job_id = \(job.id.rawValue) AND task_name = ANY(\(counted))
-                """, logger: logger
-            ).decode((String, String, Int).self) {
-                if let parsed = ExecutionState(rawValue: state) { tasks[name]?.instances[parsed] += count }
+        // One round trip: each task with the counts of its instances per state, when it is counted.
+        for try await (name, state, instanceState, count) in try await connection.query(
+            """
+            SELECT t.task_name, t.state, c.state, c.count
+            FROM tasks t LEFT JOIN task_instance_counts c
+                ON c.job_id = t.job_id AND c.task_name = t.task_name AND (\(counting == nil) OR t.task_name = ANY(\(
+                    Array(counting ?? []))))
+            WHERE t.job_id = \(job.id.rawValue) ORDER BY t.position
+            """, logger: logger
+        ).decode((String, String, String?, Int?).self) {
+            if tasks[name] == nil {
+                order.append(name)
+                tasks[name] = JobProgress.TaskProgress(name: name, state: ExecutionState(rawValue: state) ?? .submitted)
+            }
+            if let instanceState = instanceState.flatMap(ExecutionState.init(rawValue:)), let count {
+                tasks[name]?.instances[instanceState] += count
             }
         }
         return JobProgress(
@@ -178,6 +179,8 @@ public struct SchedulerStore: Sendable {
             """, logger: logger)
     }
 
+    /// A task's state follows from its instances. A pending reason stays while the task runs (the dispatch pass
+    /// keeps it current) and goes once the task is final.
     public func setTaskState(
         _ name: String, of job: LockedJob, _ state: ExecutionState, on connection: PostgresConnection
     ) async throws {
@@ -185,7 +188,7 @@ public struct SchedulerStore: Sendable {
             """
             UPDATE tasks SET state = \(state.rawValue),
                 end_time = CASE WHEN \(state.isFinal) THEN now() END,
-                state_reason = CASE WHEN \(state.isFinal) OR \(state == .pending) THEN state_reason END
+                state_reason = CASE WHEN NOT \(state.isFinal) THEN state_reason END
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
     }
@@ -320,37 +323,32 @@ public struct SchedulerStore: Sendable {
         public var key: DispatchPlanner.TaskKey { DispatchPlanner.TaskKey(job: job, task: task) }
     }
 
-    /// Slots of each environment's live nodes (running, heard from within `lostAfter`).
-    public func capacity(lostAfter: Duration, on connection: PostgresConnection) async throws -> [EnvID: Int] {
-        var capacity: [EnvID: Int] = [:]
-        for try await (env, slots) in try await connection.query(
-            """
-            SELECT env_id, sum(slots)::integer FROM compute_nodes
-            WHERE state = 'RUNNING'
-                AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
-            GROUP BY env_id
-            """, logger: logger
-        ).decode((String, Int).self) {
-            capacity[EnvID(rawValue: env)] = slots
-        }
-        return capacity
-    }
-
-    /// Instances dispatched and not ended, by task (with its environment).
-    public func active(on connection: PostgresConnection) async throws
-        -> [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)]
+    /// What the dispatch pass starts from: the slots of each environment's live nodes (running, heard from within
+    /// `lostAfter`), and the instances dispatched and not ended by task, with its environment. One round trip.
+    public func capacityAndActive(lostAfter: Duration, on connection: PostgresConnection) async throws
+        -> (capacity: [EnvID: Int], active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)])
     {
+        var capacity: [EnvID: Int] = [:]
         var active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)] = [:]
         for try await (job, task, env, count) in try await connection.query(
             """
+            SELECT NULL, NULL, env_id, sum(slots)::integer FROM compute_nodes
+            WHERE state = 'RUNNING'
+                AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
+            GROUP BY env_id
+            UNION ALL
             SELECT i.job_id, i.task_name, t.env_id, count(*)::integer
             FROM task_instances i JOIN tasks t USING (job_id, task_name)
             WHERE i.dispatched GROUP BY i.job_id, i.task_name, t.env_id
             """, logger: logger
-        ).decode((String, String, String?, Int).self) {
-            active[DispatchPlanner.TaskKey(job: JobID(rawValue: job), task: task)] = (env.map(EnvID.init), count)
+        ).decode((String?, String?, String?, Int).self) {
+            if let job, let task {
+                active[DispatchPlanner.TaskKey(job: JobID(rawValue: job), task: task)] = (env.map(EnvID.init), count)
+            } else if let env {
+                capacity[EnvID(rawValue: env)] = count
+            }
         }
-        return active
+        return (capacity, active)
     }
 
     /// Started tasks with instances waiting for dispatch, highest job priority first, then oldest job, then task

@@ -28,6 +28,12 @@ enum SchedulerEvent: Sendable {
         }
     }
 
+    /// Whether the event may free a slot or make instances runnable (all but a start).
+    var mayFreeSlots: Bool {
+        if case .started = self { return false }
+        return true
+    }
+
     /// Decodes a delivery into its job and event; a message of another type is poison.
     static func decode(_ delivery: Delivery) throws -> (JobID, SchedulerEvent) {
         switch delivery.type {
@@ -133,7 +139,11 @@ struct JobScheduler: Sendable {
         for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
             messages += try await handle(job, events[job]!, on: connection)
         }
-        messages += try await dispatch(on: connection)
+        // A start frees no slot and makes nothing runnable: a batch of starts alone skips the dispatch pass (the
+        // watchdog's pass every second covers nodes that joined and back-offs that ended).
+        if events.isEmpty || events.values.joined().contains(where: \.mayFreeSlots) {
+            messages += try await dispatch(on: connection)
+        }
         try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
     }
 
@@ -345,10 +355,8 @@ struct JobScheduler: Sendable {
     private func dispatch(on connection: PostgresConnection) async throws -> [OutgoingMessage] {
         // Each slot gets `queuedPerSlot` more run messages than it runs, so a node starts its next instance the
         // moment one ends, without waiting for this transaction's round trip.
-        var free = try await store.capacity(lostAfter: settings.nodeLostAfter, on: connection).mapValues {
-            $0 * (1 + settings.queuedPerSlot)
-        }
-        let active = try await store.active(on: connection)
+        let (capacity, active) = try await store.capacityAndActive(lostAfter: settings.nodeLostAfter, on: connection)
+        var free = capacity.mapValues { $0 * (1 + settings.queuedPerSlot) }
         for (_, out) in active { if let env = out.env { free[env, default: 0] -= out.count } }
         let waiting = try await store.waitingTasks(
             in: free.filter { $0.value > 0 }.map(\.key), readyCap: (free.values.max() ?? 0) + 1000, on: connection)
