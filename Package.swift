@@ -69,6 +69,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Remote storage for executors: file:// and S3-compatible object stores (AWS Signature V4).
+        .target(
+            name: "Storage",
+            dependencies: [
+                "BatchCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // What every service executable shares: configuration from the environment, logging, /healthz and /metrics.
         .target(
             name: "BatchRuntime",
@@ -120,7 +132,7 @@ let package = Package(
         .executableTarget(
             name: "ExecutorService",
             dependencies: [
-                "BatchCore", "Messaging", "BatchRuntime",
+                "BatchCore", "Messaging", "BatchRuntime", "Storage",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -164,6 +176,7 @@ let package = Package(
         ),
         .testTarget(name: "BatchCoreTests", dependencies: ["BatchCore"], swiftSettings: swiftSettings),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "PersistenceTests", dependencies: ["Persistence", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(

@@ -52,6 +52,26 @@ public enum TestServers {
         return url
     }
 
+    /// The S3-compatible object store `scripts/servers start` runs (moto, checking signatures), with the key pair
+    /// it made: from `BATCH_S3_ENDPOINT`, `BATCH_S3_ACCESS_KEY_ID` and `BATCH_S3_SECRET_ACCESS_KEY`.
+    public static func objectStore() throws -> (endpoint: URL, accessKeyID: String, secretAccessKey: String) {
+        let environment = ProcessInfo.processInfo.environment
+        guard let endpointString = environment["BATCH_S3_ENDPOINT"], let endpoint = URL(string: endpointString),
+            let key = environment["BATCH_S3_ACCESS_KEY_ID"], let secret = environment["BATCH_S3_SECRET_ACCESS_KEY"]
+        else {
+            throw Missing(
+                description:
+                    "no object store configured: run `scripts/servers start` and `eval \"$(scripts/servers env)\"` "
+                    + "(BATCH_S3_ENDPOINT, BATCH_S3_ACCESS_KEY_ID, BATCH_S3_SECRET_ACCESS_KEY)")
+        }
+        guard canConnect(host: endpoint.host ?? "127.0.0.1", port: endpoint.port ?? 80) else {
+            throw Missing(
+                description:
+                    "the object store is not reachable at \(endpointString); start it with `scripts/servers start`")
+        }
+        return (endpoint, key, secret)
+    }
+
     public static func uniqueName(_ prefix: String) -> String {
         "\(prefix).\(UUID().uuidString.prefix(8).lowercased())"
     }
