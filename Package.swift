@@ -182,7 +182,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "BatchCore", "Persistence", "TestSupport",
+                "BatchCore", "Persistence", "Storage", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

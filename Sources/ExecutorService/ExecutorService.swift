@@ -40,6 +40,12 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Seconds between heartbeats.")
     var heartbeatInterval: Int = Environment.int("BATCH_HEARTBEAT_INTERVAL", default: 3)
 
+    @Option(help: "Run each instance in a bubblewrap sandbox: on, off (trusted work) (BATCH_SANDBOX, default on).")
+    var sandbox: String = Environment.value("BATCH_SANDBOX", default: "on")
+
+    @Option(help: "Colon-separated directories (shared file systems) sandboxed instances see (BATCH_SHARED_PATHS).")
+    var sharedPaths: String = Environment.value("BATCH_SHARED_PATHS", default: "")
+
     @Flag(help: "Exit when the parent process (the provisioner that started this node) exits.")
     var exitWithParent = false
 
@@ -51,6 +57,7 @@ struct ExecutorService: AsyncParsableCommand {
             throw ValidationError("--node-id must be a node id such as node-ab12cd34")
         }
         guard slots >= 1 else { throw ValidationError("--slots must be at least 1") }
+        guard ["on", "off"].contains(sandbox) else { throw ValidationError("--sandbox must be on or off") }
     }
 
     func run() async throws {
@@ -69,8 +76,18 @@ struct ExecutorService: AsyncParsableCommand {
         } catch {
             exitWithError("ExecutorService", error)
         }
+        let isolation = await Sandbox.probe(enabled: sandbox == "on")
+        switch isolation {
+        case .bubblewrap(let path):
+            logger.info("instances run in a bubblewrap sandbox", metadata: ["bwrap": "\(path)"])
+        case .none(let reason):
+            logger.warning(
+                "instances run without a sandbox: \(reason); two instances that map the same path never run at once")
+        }
         let runner = InstanceRunner(
-            amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, logger: logger)
+            amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, sandbox: isolation,
+            sharedPaths: sharedPaths.split(separator: ":").map(String.init), storage: .fromEnvironment(),
+            logger: logger)
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval),
             parent: exitWithParent ? getppid() : nil, logger: logger)

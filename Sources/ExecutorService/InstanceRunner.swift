@@ -19,7 +19,12 @@ final class InstanceRunner: Sendable {
     let envID: EnvID
     let slots: Int
     let workRoot: URL
+    let sandbox: Sandbox
+    /// Directories of the node (shared file systems) that sandboxed instances see at the same path.
+    let sharedPaths: [String]
+    let storage: NodeStorage
     let logger: Logger
+    private let pathLocks = PathLocks()
     private let busy = Atomic<Int>(0)
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
@@ -30,7 +35,13 @@ final class InstanceRunner: Sendable {
         "\(job)/\(task)/\(index)/\(attempt)"
     }
 
-    init(amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, logger: Logger) {
+    init(
+        amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, sandbox: Sandbox,
+        sharedPaths: [String], storage: NodeStorage, logger: Logger
+    ) {
+        self.sandbox = sandbox
+        self.sharedPaths = sharedPaths
+        self.storage = storage
         self.amqp = amqp
         self.nodeID = nodeID
         self.envID = envID
@@ -97,13 +108,45 @@ final class InstanceRunner: Sendable {
         }
     }
 
-    /// Runs the command; returns its exit code (nil if it could not start) and, unless it exited 0, why; or nil
+    /// Prepares the attempt (package, inputs), runs the command, and stores its outputs and logs. Returns the exit
+    /// code (nil when the command did not run or its outputs were not stored) and, unless all went well, why; or nil
     /// when the node shut down while it ran (the command was stopped).
     func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> (Int?, String?)? {
+        let io = run.io ?? InstanceIO()
+        let sandboxed = if case .bubblewrap = sandbox, io.docker == nil { true } else { false }
+        let workspace = Workspace(attempt: directory, run: run, sandboxed: sandboxed, nodeStorage: storage)
+        // Unsandboxed instances use the mappings' paths as they are: one at a time per path.
+        let paths = sandboxed ? [] : io.inputMappings.map(\.destinationPath) + io.outputMappings.map(\.sourcePath)
+        if !paths.isEmpty {
+            do { try await pathLocks.lock(paths) } catch { return nil }
+        }
+        defer { if !paths.isEmpty { pathLocks.unlock(paths) } }
+
+        var outcome: (Int?, String?)
+        do {
+            try await workspace.prepare()
+            guard let ran = await launch(run, workspace: workspace, logger: logger) else { return nil }
+            outcome = ran
+            if outcome.0 == 0 { try await workspace.uploadOutputs() }
+        } catch {
+            logger.warning("instance failed around its run", metadata: ["reason": "\(error)"])
+            outcome = (nil, "\(error)")
+        }
+        if let problem = await workspace.uploadLogs() {
+            logger.warning("logs not uploaded", metadata: ["reason": "\(problem)"])
+            if outcome.0 == 0 { outcome = (nil, problem) }
+        }
+        return outcome
+    }
+
+    /// Runs the command in the sandbox (or the container, or directly), enforcing the timeout.
+    func launch(_ run: InstanceRun, workspace: Workspace, logger: Logger) async -> (Int?, String?)? {
+        let work = workspace.work
+        let temporary = workspace.attempt.appendingPathComponent("tmp", isDirectory: true)
         var environment = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": directory.path,
-            "TMPDIR": directory.path,
+            "HOME": work.path,
+            "TMPDIR": workspace.sandboxed ? "/tmp" : temporary.path,
             "LANG": "C.UTF-8",
         ]
         for variable in run.environment { environment[variable.name] = variable.value }
@@ -113,14 +156,37 @@ final class InstanceRunner: Sendable {
         environment["BATCH_TASK_INSTANCE_NUM"] = String(run.instanceCount)
         environment["BATCH_TASK_ATTEMPT"] = String(run.attempt)
         environment["BATCH_NODE_ID"] = nodeID.rawValue
-        environment["BATCH_WORK_DIR"] = directory.path
+        environment["BATCH_WORK_DIR"] = work.path
+
+        let executable: String
+        var arguments: [String]
+        let mounts = workspace.sandboxed ? workspace.mountPoints.map { ($0, workspace.host($0)) } : []
+        if let docker = run.io?.docker {
+            guard let runtime = ContainerRuntime.find() else {
+                return (nil, "the node has no container runtime (docker or podman on the PATH) to run \(docker.image)")
+            }
+            executable = runtime
+            arguments = ContainerRuntime.arguments(
+                docker: docker, name: "batch-\(nodeID)-\(run.jobID)-\(run.instanceIndex)-\(run.attempt)",
+                attempt: workspace.attempt, work: work, environment: environment,
+                mounts: workspace.mountPoints.map { ($0, workspace.host($0)) }, command: run.command)
+        } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
+            executable = bwrap
+            arguments =
+                sandbox.arguments(
+                    attemptDirectory: workspace.attempt, workDirectory: work, mounts: mounts, shared: sharedPaths)
+                + ["/bin/sh", "-c", run.command]
+        } else {
+            try? FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+            executable = "/bin/sh"
+            arguments = ["-c", run.command]
+        }
 
         let child: ChildProcess
         do {
             child = try ChildProcess(
-                executable: "/bin/sh", arguments: ["-c", run.command], environment: environment,
-                directory: directory.path, stdout: directory.appendingPathComponent("stdout.log").path,
-                stderr: directory.appendingPathComponent("stderr.log").path)
+                executable: executable, arguments: arguments, environment: environment, directory: work.path,
+                stdout: workspace.stdout.path, stderr: workspace.stderr.path)
         } catch {
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return (nil, "could not start: \(error)")
@@ -145,6 +211,9 @@ final class InstanceRunner: Sendable {
         if interrupted.load(ordering: .relaxed) { return nil }
         if timedOut.load(ordering: .relaxed) {
             return (termination.code, "timed out after \(run.timeoutSeconds) s")
+        }
+        if run.io?.docker != nil, termination == .exited(125) {
+            return (125, "the container runtime could not run \(run.io?.docker?.image ?? "the image") (see stderr)")
         }
         return (termination.code, termination == .exited(0) ? nil : termination.description)
     }

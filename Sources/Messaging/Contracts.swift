@@ -26,11 +26,14 @@ public struct InstanceRun: MessageContract, Hashable {
     public var command: String
     public var environment: [EnvVar]
     public var timeoutSeconds: Int
+    /// The package, storage mappings and log destinations; nil when the task has none.
+    public var io: InstanceIO?
 
     public init(
         jobID: JobID, taskName: String, instanceIndex: Int, instanceCount: Int, attempt: Int, envID: EnvID,
-        command: String, environment: [EnvVar], timeoutSeconds: Int
+        command: String, environment: [EnvVar], timeoutSeconds: Int, io: InstanceIO? = nil
     ) {
+        self.io = io
         self.jobID = jobID
         self.taskName = taskName
         self.instanceIndex = instanceIndex
@@ -40,6 +43,45 @@ public struct InstanceRun: MessageContract, Hashable {
         self.command = command
         self.environment = environment
         self.timeoutSeconds = timeoutSeconds
+    }
+}
+
+/// What an instance takes from storage and leaves there: its package, inputs, outputs and logs, with the task's
+/// storage credentials (sealed in the database; in this message only on the broker, never logged).
+public struct InstanceIO: Codable, Sendable, Hashable {
+    /// A `.tar.gz` unpacked into the work dir before the run (`DeliveryForm` `PACKAGE`).
+    public var packagePath: String?
+    /// Run the command in this image through the node's container runtime.
+    public var docker: Docker?
+    public var inputMappings: [InputMapping]
+    public var outputMappings: [OutputMapping]
+    public var outputMappingConfigs: [OutputMappingConfig]
+    public var redirectInfo: RedirectInfo?
+    public var authentications: [Authentication]
+
+    public init(
+        packagePath: String? = nil, docker: Docker? = nil, inputMappings: [InputMapping] = [],
+        outputMappings: [OutputMapping] = [], outputMappingConfigs: [OutputMappingConfig] = [],
+        redirectInfo: RedirectInfo? = nil, authentications: [Authentication] = []
+    ) {
+        self.packagePath = packagePath
+        self.docker = docker
+        self.inputMappings = inputMappings
+        self.outputMappings = outputMappings
+        self.outputMappingConfigs = outputMappingConfigs
+        self.redirectInfo = redirectInfo
+        self.authentications = authentications
+    }
+
+    /// The storage parts of a task, or nil when it uses none of them.
+    public init?(task: TaskSpec) {
+        let application = task.application
+        self.init(
+            packagePath: application?.deliveryForm == "PACKAGE" ? application?.packagePath : nil,
+            docker: application?.docker, inputMappings: task.inputMappings ?? [],
+            outputMappings: task.outputMappings ?? [], outputMappingConfigs: task.outputMappingConfigs ?? [],
+            redirectInfo: task.redirectInfo, authentications: task.authentications ?? [])
+        if self == InstanceIO() { return nil }
     }
 }
 

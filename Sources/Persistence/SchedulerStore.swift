@@ -486,6 +486,7 @@ extension SchedulerStore {
         public var environment: [EnvVar]
         public var policy: RetryPolicy
         public var failedAction: FailedAction
+        public var io: InstanceIO?
     }
 
     /// The task's configuration, from its row and its sealed spec.
@@ -502,7 +503,8 @@ extension SchedulerStore {
                 env: env.map(EnvID.init), instanceCount: count, timeoutSeconds: timeout,
                 command: spec.application?.script ?? "", environment: spec.envVars ?? [],
                 policy: RetryPolicy(task: spec),
-                failedAction: spec.failedAction.flatMap(FailedAction.init(rawValue:)) ?? .terminate)
+                failedAction: spec.failedAction.flatMap(FailedAction.init(rawValue:)) ?? .terminate,
+                io: InstanceIO(task: spec))
         }
         return nil
     }

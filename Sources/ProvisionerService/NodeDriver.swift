@@ -47,7 +47,11 @@ actor ProcessNodeDriver: NodeDriver {
         let directory = nodesDirectory.appendingPathComponent(node.rawValue, isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var environment = ["BATCH_AMQP_URL": amqpURL, "PATH": "/usr/local/bin:/usr/bin:/bin"]
-        for name in ["BATCH_LOG_LEVEL", "HOME", "LANG"] {
+        let passed = [
+            "BATCH_LOG_LEVEL", "BATCH_S3_ENDPOINT", "BATCH_S3_REGION", "BATCH_SANDBOX", "BATCH_SHARED_PATHS", "HOME",
+            "LANG",
+        ]
+        for name in passed {
             if let value = ProcessInfo.processInfo.environment[name] { environment[name] = value }
         }
         let log = directory.appendingPathComponent("executor.log").path

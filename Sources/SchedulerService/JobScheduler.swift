@@ -379,7 +379,7 @@ struct JobScheduler: Sendable {
                                 jobID: task.job, taskName: task.task, instanceIndex: index,
                                 instanceCount: config.instanceCount, attempt: attempt, envID: task.env,
                                 command: config.command, environment: config.environment,
-                                timeoutSeconds: config.timeoutSeconds),
+                                timeoutSeconds: config.timeoutSeconds, io: config.io),
                             correlationID: task.job.rawValue, mandatory: true))
                 }
             }

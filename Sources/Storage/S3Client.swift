@@ -34,9 +34,16 @@ public struct S3Client: Sendable {
 
     /// The size of an object, or nil when there is none at `key`.
     public func size(bucket: String, key: String) async throws -> Int64? {
-        let response = try await send("HEAD", bucket: bucket, key: key, operation: "HeadObject", allowing: [404])
-        guard response.status == .ok else { return nil }
-        return response.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
+        do {
+            let response = try await send("HEAD", bucket: bucket, key: key, operation: "HeadObject", allowing: [404])
+            guard response.status == .ok else { return nil }
+            return response.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
+        } catch StorageError.remote(_, "HeadObject", _, _, _) {
+            // A HEAD reply has no body to say why; a GET of the object does (or gets it after all).
+            let response = try await send("GET", bucket: bucket, key: key, operation: "GetObject")
+            _ = try await response.body.collect(upTo: .max)
+            return response.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
+        }
     }
 
     /// Every object whose key starts with `prefix`, in key order.

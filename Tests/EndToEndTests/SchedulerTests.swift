@@ -18,7 +18,7 @@ struct RunRecord: Hashable {
 extension Stack {
     /// A directory instances write their records to.
     func recordsDirectory() throws -> URL {
-        let directory = self.directory.appendingPathComponent("records-\(UUID().uuidString.prefix(8))")
+        let directory = self.directory.appendingPathComponent("shared/records-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         return directory
     }
@@ -252,7 +252,7 @@ struct SchedulerTests {
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 1)
             let records = try stack.recordsDirectory()
-            let fixed = stack.directory.appendingPathComponent("fixed").path
+            let fixed = stack.directory.appendingPathComponent("shared/fixed").path
             let jobID = try await stack.submit(
                 "retry-jobs", env: env,
                 tasks: [

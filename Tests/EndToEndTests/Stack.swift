@@ -56,7 +56,8 @@ final class Stack: @unchecked Sendable {
         let vhost = TestServers.uniqueName("test.e2e")
         try await RabbitManagement.createVhost(vhost)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost)
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: directory.appendingPathComponent("shared"), withIntermediateDirectories: true)
         var security = ["BATCH_INSECURE_HTTP": "1"]
         if tls {
             let certificate = directory.appendingPathComponent("gateway.pem").path
@@ -80,6 +81,9 @@ final class Stack: @unchecked Sendable {
             "BATCH_NODES_DIR": directory.appendingPathComponent("nodes").path,
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",
+            // Sandboxed instances see this directory (the tests' "shared file system") and nothing else of the node.
+            "BATCH_SHARED_PATHS": directory.appendingPathComponent("shared").path,
+            "BATCH_S3_ENDPOINT": ProcessInfo.processInfo.environment["BATCH_S3_ENDPOINT"] ?? "",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
         ].merging(security) { $1 }.merging(settings) { $1 }
         let stack = Stack(

@@ -8,7 +8,7 @@ struct WalkingSkeletonTests {
     func twentyInstances() async throws {
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 2)
-            let out = stack.directory.appendingPathComponent("out")
+            let out = stack.directory.appendingPathComponent("shared/out")
             try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
             let command = #"""
                 printf '%s %s %s %s %s\n' "$BATCH_JOB_ID" "$BATCH_TASK_NAME" "$BATCH_TASK_INSTANCE_INDEX" \

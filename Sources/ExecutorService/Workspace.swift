@@ -1,0 +1,194 @@
+import BatchCore
+import BatchRuntime
+import Foundation
+import Messaging
+import Storage
+
+/// One attempt's directory on the node, and the transfers around its run.
+///
+/// Layout: `work/` is the command's working directory (a package is unpacked there), `root/` holds the storage
+/// mappings' paths (the instance's `/data/in` is `root/data/in`, bind-mounted at `/data/in` in the sandbox), and
+/// `stdout.log`/`stderr.log` the command's output while it runs. Without a sandbox the mappings' paths are used as
+/// they are on the node.
+struct Workspace {
+    let attempt: URL
+    let run: InstanceRun
+    let sandboxed: Bool
+    let storage: Storage
+
+    var work: URL { attempt.appendingPathComponent("work", isDirectory: true) }
+    var root: URL { attempt.appendingPathComponent("root", isDirectory: true) }
+    var stdout: URL { attempt.appendingPathComponent("stdout.log") }
+    var stderr: URL { attempt.appendingPathComponent("stderr.log") }
+    var io: InstanceIO { run.io ?? InstanceIO() }
+
+    /// Why an attempt could not run or finish, as the instance's reason says it.
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    init(attempt: URL, run: InstanceRun, sandboxed: Bool, nodeStorage: NodeStorage) {
+        self.attempt = attempt
+        self.run = run
+        self.sandboxed = sandboxed
+        self.storage = nodeStorage.storage(for: run.io ?? InstanceIO())
+    }
+
+    /// The node's own path for a path inside the instance.
+    func host(_ inside: String) -> URL {
+        sandboxed
+            ? root.appendingPathComponent(String(inside.drop(while: { $0 == "/" }))) : URL(fileURLWithPath: inside)
+    }
+
+    /// `${BATCH_JOB_ID}`, `${BATCH_TASK_NAME}` and `${BATCH_TASK_INSTANCE_INDEX}` filled in.
+    func expand(_ text: String) -> String {
+        text.replacingOccurrences(of: "${BATCH_JOB_ID}", with: run.jobID.rawValue)
+            .replacingOccurrences(of: "${BATCH_TASK_NAME}", with: run.taskName)
+            .replacingOccurrences(of: "${BATCH_TASK_INSTANCE_INDEX}", with: String(run.instanceIndex))
+    }
+
+    func location(_ path: String, _ what: String) throws -> StorageLocation {
+        switch StorageLocation.parse(expand(path)) {
+        case .success(let location): return location
+        case .failure(let error): throw Failure(description: "\(what) \(path) is not a storage path: \(error)")
+        }
+    }
+
+    /// The directories the mappings put in the instance (outermost only): an input's destination, or its parent
+    /// when it is a file; an output's source when it ends with `/`, otherwise its parent.
+    var mountPoints: [String] {
+        var points: [String] = []
+        for mapping in io.inputMappings {
+            let path = mapping.destinationPath
+            var isDirectory: ObjCBool = false
+            let exists = FileManager.default.fileExists(atPath: host(path).path, isDirectory: &isDirectory)
+            points.append(path.hasSuffix("/") || (exists && isDirectory.boolValue) ? path : parent(path))
+        }
+        for mapping in io.outputMappings {
+            points.append(mapping.sourcePath.hasSuffix("/") ? mapping.sourcePath : parent(mapping.sourcePath))
+        }
+        let normalized = Set(points.map { "/" + $0.split(separator: "/").joined(separator: "/") })
+        return normalized.filter { point in
+            !normalized.contains { $0 != point && point.hasPrefix($0 == "/" ? "/" : $0 + "/") }
+        }.sorted()
+    }
+
+    private func parent(_ path: String) -> String { (path as NSString).deletingLastPathComponent }
+
+    /// Makes the directories, fetches and unpacks the package, and fetches the inputs.
+    func prepare() async throws {
+        let files = FileManager.default
+        try files.createDirectory(at: work, withIntermediateDirectories: true)
+        if let packagePath = io.packagePath {
+            let package = attempt.appendingPathComponent("package.tar.gz")
+            do {
+                try await storage.fetch(try location(packagePath, "the package"), to: package)
+            } catch let error as StorageError {
+                throw Failure(description: "the package was not fetched: \(error)")
+            }
+            let log = attempt.appendingPathComponent("unpack.log").path
+            let tar = try ChildProcess(
+                executable: "/bin/tar", arguments: ["-xzf", package.path, "-C", work.path],
+                environment: ["PATH": "/usr/bin:/bin"], stdout: log, stderr: log)
+            let result = await tar.wait()
+            guard result == .exited(0) else {
+                let said = (try? String(contentsOfFile: log, encoding: .utf8))?.trimmingCharacters(
+                    in: .whitespacesAndNewlines)
+                throw Failure(description: "the package \(packagePath) is not a .tar.gz: \(said ?? result.description)")
+            }
+        }
+        for mapping in io.inputMappings {
+            let source = try location(mapping.sourcePath, "the input")
+            do {
+                try await storage.fetch(
+                    source, to: host(mapping.destinationPath), intoDirectory: mapping.destinationPath.hasSuffix("/"))
+            } catch let error as StorageError {
+                throw Failure(description: "input not fetched: \(error)")
+            }
+        }
+        for point in mountPoints {
+            guard point != "/" else {
+                throw Failure(description: "a mapping's local path must be inside a directory, not directly in /")
+            }
+            if sandboxed { try files.createDirectory(at: host(point), withIntermediateDirectories: true) }
+        }
+        for mapping in io.outputMappings where mapping.sourcePath.hasSuffix("/") {
+            try files.createDirectory(at: host(mapping.sourcePath), withIntermediateDirectories: true)
+        }
+    }
+
+    /// Uploads the outputs (after a successful run).
+    func uploadOutputs() async throws {
+        for mapping in io.outputMappings {
+            let destination = try location(mapping.destinationPath, "the output destination")
+            do {
+                try await storage.store(host(mapping.sourcePath), to: destination)
+            } catch let error as StorageError {
+                throw Failure(description: "output \(mapping.sourcePath) not uploaded: \(error)")
+            }
+        }
+    }
+
+    /// Uploads stdout and stderr where `RedirectInfo` says; returns what went wrong, if anything.
+    func uploadLogs() async -> String? {
+        guard let redirect = io.redirectInfo else { return nil }
+        let streams = [
+            (stdout, redirect.stdoutRedirectPath, redirect.stdoutRedirectFileName, "stdout"),
+            (stderr, redirect.stderrRedirectPath, redirect.stderrRedirectFileName, "stderr"),
+        ]
+        var problems: [String] = []
+        for (file, path, name, stream) in streams {
+            guard let path, !path.isEmpty else { continue }
+            let fileName = expand(name ?? "${BATCH_JOB_ID}_${BATCH_TASK_NAME}_${BATCH_TASK_INSTANCE_INDEX}.\(stream)")
+            do {
+                let directory = try location(path.hasSuffix("/") ? path : path + "/", "the \(stream) redirect path")
+                let target: StorageLocation
+                switch directory {
+                case .file(let base): target = .file(path: base + fileName)
+                case .s3(let bucket, let key): target = .s3(bucket: bucket, key: key + fileName)
+                }
+                if !FileManager.default.fileExists(atPath: file.path) {
+                    FileManager.default.createFile(atPath: file.path, contents: nil)
+                }
+                try await storage.store(file, to: target)
+            } catch {
+                problems.append("\(stream) log not uploaded: \(error)")
+            }
+        }
+        return problems.isEmpty ? nil : problems.joined(separator: "; ")
+    }
+}
+
+/// The node's storage settings: where `s3://` goes and with what region; tasks bring their own credentials
+/// (`Authentications`), else the node's own are used.
+struct NodeStorage: Sendable {
+    var endpoint: URL?
+    var region: String
+    var credentials: AWSSignatureV4.Credentials?
+
+    static func fromEnvironment() -> NodeStorage {
+        let environment = ProcessInfo.processInfo.environment
+        let endpoint = (environment["BATCH_S3_ENDPOINT"] ?? environment["AWS_ENDPOINT_URL_S3"]).flatMap {
+            URL(string: $0)
+        }
+        let region = environment["BATCH_S3_REGION"] ?? environment["AWS_REGION"] ?? "us-east-1"
+        var credentials: AWSSignatureV4.Credentials?
+        if let key = environment["AWS_ACCESS_KEY_ID"], let secret = environment["AWS_SECRET_ACCESS_KEY"] {
+            credentials = .init(
+                accessKeyID: key, secretAccessKey: secret, sessionToken: environment["AWS_SESSION_TOKEN"])
+        }
+        return NodeStorage(endpoint: endpoint, region: region, credentials: credentials)
+    }
+
+    func storage(for io: InstanceIO) -> Storage {
+        let authentication = io.authentications.first { ["S3", "COS"].contains($0.scene.uppercased()) }
+        let config = io.outputMappingConfigs.first
+        return Storage(
+            endpoint: endpoint, region: region,
+            credentials: authentication.map {
+                .init(accessKeyID: $0.secretId, secretAccessKey: $0.secretKey)
+            } ?? credentials,
+            partSize: (config?.workerPartSize).map { $0 << 20 } ?? Storage.defaultPartSize,
+            workers: config?.workerNum ?? 4)
+    }
+}
