@@ -312,6 +312,8 @@ public struct NamedComputeEnv: Codable, Sendable, Hashable {
     public var resourceMaxRetryCount: Int?
     /// At most 10.
     public var tags: [Tag]?
+    /// Ours: run each instance in a sandbox (default true); false for trusted work where launch cost matters.
+    public var sandbox: Bool?
 
     public init(envName: String, desiredComputeNodeCount: Int, envType: String? = "MANAGED") {
         self.envName = envName

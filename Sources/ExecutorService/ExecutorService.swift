@@ -93,7 +93,7 @@ struct ExecutorService: AsyncParsableCommand {
             parent: exitWithParent ? getppid() : nil, logger: logger)
         logger.info(
             "executor starting", metadata: ["env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)"])
-        try await ServiceGroup(
+        let group = ServiceGroup(
             configuration: .init(
                 services: [
                     .init(service: amqp),
@@ -107,8 +107,20 @@ struct ExecutorService: AsyncParsableCommand {
                             amqp: amqp, queue: Topology.workQueue(env: envID.rawValue), concurrency: slots,
                             prefetch: slots, handlerAcks: true, logger: logger, handle: runner.run),
                         successTerminationBehavior: .gracefullyShutdownGroup),
-                ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        ).run()
+                ], gracefulShutdownSignals: [.sigterm], logger: logger))
+        // SIGTERM drains: no new work, running instances finish and report, heartbeats go on until they have (the
+        // group stops services in reverse order). SIGINT hands the work back: running instances stop now and run
+        // again elsewhere.
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
+        interrupt.setEventHandler {
+            logger.info("interrupted: running instances stop and go back to the scheduler")
+            runner.handBack()
+            Task { await group.triggerGracefulShutdown() }
+        }
+        interrupt.resume()
+        try await group.run()
+        interrupt.cancel()
     }
 }
 
@@ -126,7 +138,9 @@ struct Heartbeat: Service {
         var next = ContinuousClock.now
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if let parent, getppid() != parent {
+                // A new provisioner forgets this node and its instances run again elsewhere: stop them now.
                 logger.warning("the provisioner that started this node is gone; stopping")
+                runner.handBack()
                 break
             }
             if ContinuousClock.now >= next {

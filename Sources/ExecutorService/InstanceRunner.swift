@@ -25,6 +25,7 @@ final class InstanceRunner: Sendable {
     let storage: NodeStorage
     let logger: Logger
     private let pathLocks = PathLocks()
+    private let handingBack = Atomic<Bool>(false)
     private let busy = Atomic<Int>(0)
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
@@ -200,15 +201,10 @@ final class InstanceRunner: Sendable {
             timedOut.store(true, ordering: .relaxed)
             await child.terminate()
         }
-        let interrupted = Atomic<Bool>(false)
-        let termination = await withGracefulShutdownHandler {
-            await child.wait()
-        } onGracefulShutdown: {
-            interrupted.store(true, ordering: .relaxed)
-            Task { await child.terminate(grace: .seconds(5)) }
-        }
+        // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
+        let termination = await child.wait()
         timeout.cancel()
-        if interrupted.load(ordering: .relaxed) { return nil }
+        if handingBack.load(ordering: .relaxed) && !timedOut.load(ordering: .relaxed) { return nil }
         if timedOut.load(ordering: .relaxed) {
             return (termination.code, "timed out after \(run.timeoutSeconds) s")
         }
@@ -217,6 +213,18 @@ final class InstanceRunner: Sendable {
         }
         return (termination.code, termination == .exited(0) ? nil : termination.description)
     }
+
+    /// Stops every running instance now, to run again elsewhere (each ends as interrupted, not counted against
+    /// `MaxRetryCount`): the node is going away without draining.
+    func handBack() {
+        handingBack.store(true, ordering: .relaxed)
+        for child in running.withLock({ Array($0.values) }) {
+            Task { await child.terminate(grace: .seconds(5)) }
+        }
+    }
+
+    /// The number of instances running now.
+    var busyCount: Int { busy.load(ordering: .relaxed) }
 
     /// `instance.kill`: stops the attempt's whole process group if it runs here (SIGTERM, SIGKILL after 10 s), or
     /// makes sure it never starts here.

@@ -362,28 +362,59 @@ public struct ComputeEnvStore: Sendable {
         return result
     }
 
-    /// Every environment, for the provisioner: id, desired node count, node driver, and whether it is being
-    /// deleted.
-    public func all() async throws -> [(envID: EnvID, desired: Int, driver: String, deleting: Bool)] {
-        let rows = try await database.client.query(
-            "SELECT env_id, desired_node_count, driver, next_action FROM compute_envs ORDER BY created_at",
-            logger: logger)
-        var result: [(EnvID, Int, String, Bool)] = []
-        for try await (id, desired, driver, next) in rows.decode((String, Int, String, String?).self) {
-            result.append((EnvID(rawValue: id), desired, driver, next == "DELETING"))
+    /// An environment as the provisioner sees it.
+    public struct Provisioned: Sendable {
+        public var envID: EnvID
+        public var desired: Int
+        public var driver: String
+        /// `DeleteComputeEnv` was called: its nodes go, then it does.
+        public var deleting: Bool
+        /// Its nodes run instances in a sandbox.
+        public var sandbox: Bool
+    }
+
+    /// Every environment, for the provisioner.
+    public func all() async throws -> [Provisioned] {
+        try await provisioned(
+            "SELECT env_id, desired_node_count, driver, next_action, spec_sealed FROM compute_envs ORDER BY created_at")
+    }
+
+    /// One environment, for the provisioner.
+    public func find(_ envID: EnvID) async throws -> Provisioned? {
+        try await provisioned(
+            """
+            SELECT env_id, desired_node_count, driver, next_action, spec_sealed FROM compute_envs
+            WHERE env_id = \(envID.rawValue)
+            """
+        ).first
+    }
+
+    private func provisioned(_ query: PostgresQuery) async throws -> [Provisioned] {
+        let rows = try await database.client.query(query, logger: logger)
+        var result: [Provisioned] = []
+        for try await (id, desired, driver, next, sealed) in rows.decode((String, Int, String, String?, String).self) {
+            let spec = try BatchJSON.decode(
+                NamedComputeEnv.self, from: try database.sealer.openBytes(sealed, context: "compute_envs.spec:\(id)"))
+            result.append(
+                Provisioned(
+                    envID: EnvID(rawValue: id), desired: desired, driver: driver, deleting: next == "DELETING",
+                    sandbox: spec.sandbox ?? true))
         }
         return result
     }
 
-    /// One environment, for the provisioner.
-    public func find(_ envID: EnvID) async throws -> (desired: Int, driver: String, deleting: Bool)? {
+    /// The nodes of `env` that have not been heard from for `silentAfter` and are not being deleted: for the
+    /// provisioner to mark `ABNORMAL` and replace.
+    public func silentNodes(of env: EnvID, silentAfter: Duration) async throws -> [NodeID] {
         let rows = try await database.client.query(
-            "SELECT desired_node_count, driver, next_action FROM compute_envs WHERE env_id = \(envID.rawValue)",
-            logger: logger)
-        for try await (desired, driver, next) in rows.decode((Int, String, String?).self) {
-            return (desired, driver, next == "DELETING")
-        }
-        return nil
+            """
+            SELECT node_id FROM compute_nodes
+            WHERE env_id = \(env.rawValue) AND state IN ('CREATING', 'CREATED', 'RUNNING')
+                AND coalesce(last_heartbeat, created_at) < now() - \(Int(silentAfter.components.seconds)) * interval '1 s'
+            """, logger: logger)
+        var nodes: [NodeID] = []
+        for try await id in rows.decode(String.self) { nodes.append(NodeID(rawValue: id)) }
+        return nodes
     }
 
     /// Removes an environment whose nodes are gone.
@@ -469,7 +500,32 @@ public struct ComputeEnvStore: Sendable {
             logger: logger)
     }
 
-    /// Removes a node that is gone, closing its activities; records a `destroy` activity with `cause`.
+    /// Marks a node `DELETING` and opens its `destroy` activity with `cause` (it ends when the node is gone).
+    public func nodeDeleting(_ nodeID: NodeID, cause: String) async throws {
+        let logger = self.logger
+        try await database.transaction { connection in
+            let env = try await connection.query(
+                """
+                UPDATE compute_nodes SET state = 'DELETING', updated_at = now() WHERE node_id = \(nodeID.rawValue)
+                RETURNING env_id
+                """, logger: logger
+            ).decode(String.self).first { _ in true }
+            guard let env else { return }
+            let open = try await connection.query(
+                """
+                SELECT 1 FROM compute_env_activities
+                WHERE node_id = \(nodeID.rawValue) AND activity_type = 'destroy' AND end_time IS NULL
+                """, logger: logger
+            ).decode(Int.self).first { _ in true }
+            guard open == nil else { return }
+            try await Self.recordActivity(
+                env: EnvID(rawValue: env), node: nodeID, type: "destroy", cause: cause, state: "PROCESSING",
+                on: connection, logger: logger)
+        }
+    }
+
+    /// Removes a node that is gone. Its open `destroy` activity succeeds; without one (the node ended on its own),
+    /// one is recorded with `cause`. An unfinished `create` fails with `cause`.
     public func deleteNode(_ nodeID: NodeID, cause: String) async throws {
         let logger = self.logger
         try await database.transaction { connection in
@@ -480,8 +536,16 @@ public struct ComputeEnvStore: Sendable {
             try await connection.query(
                 """
                 UPDATE compute_env_activities SET state = 'FAILED', state_reason = \(cause), end_time = now()
-                WHERE node_id = \(nodeID.rawValue) AND end_time IS NULL
+                WHERE node_id = \(nodeID.rawValue) AND activity_type = 'create' AND end_time IS NULL
                 """, logger: logger)
+            let closed = try await connection.query(
+                """
+                UPDATE compute_env_activities SET state = 'SUCCEED', end_time = now()
+                WHERE node_id = \(nodeID.rawValue) AND activity_type = 'destroy' AND end_time IS NULL
+                RETURNING 1
+                """, logger: logger
+            ).decode(Int.self).first { _ in true }
+            guard closed == nil else { return }
             try await Self.recordActivity(
                 env: EnvID(rawValue: env), node: nodeID, type: "destroy", cause: cause, state: "SUCCEED",
                 on: connection, logger: logger)

@@ -10,15 +10,31 @@ import Logging
 protocol NodeDriver: Sendable {
     var name: String { get }
     /// Starts a node of `slots` slots for `env`; it announces itself with heartbeats once up.
-    func createNode(_ node: NodeID, env: EnvID, slots: Int) async throws
-    /// Stops a node; it finishes or hands back its work first.
-    func destroyNode(_ node: NodeID) async
-    /// The nodes of `env` this driver runs now.
-    func nodes(of env: EnvID) async -> [NodeID]
-    /// Calls `handler` whenever a node ends without being asked to.
-    func onNodeExit(_ handler: @escaping @Sendable (NodeID, EnvID, String) async -> Void) async
-    /// Stops every node (the provisioner is shutting down).
+    func createNode(_ node: NodeID, env: EnvID, slots: Int, settings: NodeSettings) async throws
+    /// Asks a node to go: with `drain`, it takes no more work and stops once its running instances have finished;
+    /// without, it stops them now (they run again elsewhere). Returns at once; `onNodeExit` reports the end.
+    func stopNode(_ node: NodeID, drain: Bool) async
+    /// The nodes of `env` this driver runs now, those draining included.
+    func nodes(of env: EnvID) async -> [(node: NodeID, draining: Bool)]
+    /// Calls `handler` whenever a node ends, with whether it was asked to and how it ended.
+    func onNodeExit(_ handler: @escaping @Sendable (NodeExit) async -> Void) async
+    /// Stops every node now (the provisioner is shutting down) and waits until they are gone.
     func shutdown() async
+}
+
+/// How a node the driver ran ended.
+struct NodeExit: Sendable {
+    var node: NodeID
+    var env: EnvID
+    /// True when the provisioner asked it to stop.
+    var expected: Bool
+    var reason: String
+}
+
+/// What a node is started with, from its environment's settings.
+struct NodeSettings: Sendable, Hashable {
+    /// Run instances in a sandbox (`Sandbox` of the environment; default on).
+    var sandbox: Bool = true
 }
 
 /// Nodes as ExecutorService processes on this machine, each with its own work dir and log.
@@ -30,7 +46,7 @@ actor ProcessNodeDriver: NodeDriver {
     let logger: Logger
     private var children: [NodeID: (env: EnvID, process: ChildProcess)] = [:]
     private var stopping: Set<NodeID> = []
-    private var exitHandler: (@Sendable (NodeID, EnvID, String) async -> Void)?
+    private var exitHandler: (@Sendable (NodeExit) async -> Void)?
 
     init(executable: String, nodesDirectory: URL, amqpURL: String, logger: Logger) {
         self.executable = executable
@@ -39,11 +55,11 @@ actor ProcessNodeDriver: NodeDriver {
         self.logger = logger
     }
 
-    func onNodeExit(_ handler: @escaping @Sendable (NodeID, EnvID, String) async -> Void) {
+    func onNodeExit(_ handler: @escaping @Sendable (NodeExit) async -> Void) {
         exitHandler = handler
     }
 
-    func createNode(_ node: NodeID, env: EnvID, slots: Int) throws {
+    func createNode(_ node: NodeID, env: EnvID, slots: Int, settings: NodeSettings) throws {
         let directory = nodesDirectory.appendingPathComponent(node.rawValue, isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var environment = ["BATCH_AMQP_URL": amqpURL, "PATH": "/usr/local/bin:/usr/bin:/bin"]
@@ -54,6 +70,7 @@ actor ProcessNodeDriver: NodeDriver {
         for name in passed {
             if let value = ProcessInfo.processInfo.environment[name] { environment[name] = value }
         }
+        if !settings.sandbox { environment["BATCH_SANDBOX"] = "off" }
         let log = directory.appendingPathComponent("executor.log").path
         let process = try ChildProcess(
             executable: executable,
@@ -76,24 +93,33 @@ actor ProcessNodeDriver: NodeDriver {
         let expected = stopping.remove(node) != nil
         if !expected {
             logger.warning("node process ended", metadata: ["node.id": "\(node)", "termination": "\(termination)"])
-            await exitHandler?(node, env, termination.description)
+        }
+        await exitHandler?(NodeExit(node: node, env: env, expected: expected, reason: termination.description))
+    }
+
+    /// SIGTERM drains the executor; SIGINT makes it hand its instances back, and SIGKILL follows after 30 s.
+    func stopNode(_ node: NodeID, drain: Bool) {
+        guard let child = children[node] else { return }
+        stopping.insert(node)
+        if drain {
+            child.process.signalGroup(SIGTERM)
+        } else {
+            child.process.signalGroup(SIGINT)
+            Task {
+                try await Task.sleep(for: .seconds(30))
+                child.process.signalGroup(SIGKILL)
+            }
         }
     }
 
-    func destroyNode(_ node: NodeID) async {
-        guard let child = children[node] else { return }
-        stopping.insert(node)
-        await child.process.terminate(grace: .seconds(30))
-    }
-
-    func nodes(of env: EnvID) -> [NodeID] {
-        children.filter { $0.value.env == env }.map(\.key).sorted { $0.rawValue < $1.rawValue }
+    func nodes(of env: EnvID) -> [(node: NodeID, draining: Bool)] {
+        children.filter { $0.value.env == env }.map { ($0.key, stopping.contains($0.key)) }
+            .sorted { $0.node.rawValue < $1.node.rawValue }
     }
 
     func shutdown() async {
-        let all = Array(children.keys)
-        await withTaskGroup(of: Void.self) { group in
-            for node in all { group.addTask { await self.destroyNode(node) } }
-        }
+        let all = children
+        for node in all.keys { stopNode(node, drain: false) }
+        for (_, child) in all { _ = await child.process.wait() }
     }
 }

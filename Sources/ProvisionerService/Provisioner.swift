@@ -18,6 +18,9 @@ struct Provisioner: Service {
     let nodeSlots: Int
     let logger: Logger
     let interval: Duration = .seconds(5)
+    /// A node not heard from for this long is `ABNORMAL` and replaced (the scheduler reruns its instances after
+    /// the same time).
+    let silentAfter: Duration = .seconds(30)
 
     init(database: Database, amqp: AMQPClient, driver: any NodeDriver, nodeSlots: Int, logger: Logger) {
         self.database = database
@@ -33,8 +36,14 @@ struct Provisioner: Service {
     /// short of nodes and start them). Stops the nodes on shutdown.
     func run() async throws {
         let envs = self.envs
-        await driver.onNodeExit { node, _, reason in
-            try? await envs.deleteNode(node, cause: "node process ended: \(reason)")
+        let logger = self.logger
+        await driver.onNodeExit { exit in
+            let cause = exit.expected ? "the node stopped" : "the node ended unexpectedly: \(exit.reason)"
+            do {
+                try await envs.deleteNode(exit.node, cause: cause)
+            } catch {
+                logger.warning("node end not recorded", metadata: ["node.id": "\(exit.node)", "error": "\(error)"])
+            }
         }
         try await envs.forgetProcessNodes()
         do {
@@ -51,74 +60,89 @@ struct Provisioner: Service {
         await driver.shutdown()
     }
 
-    /// Brings every environment of this driver to its desired node count, and removes those being deleted.
+    /// Brings every environment of this driver to its desired node count, replaces silent nodes, and removes the
+    /// environments being deleted once their nodes are gone.
     @Sendable func reconcileAll() async throws {
         for env in try await envs.all() where env.driver == driver.name {
-            if env.deleting {
-                try await removeEnvironment(env.envID)
-            } else {
-                try await reconcile(env.envID, desired: env.desired)
+            try await reconcile(env)
+        }
+    }
+
+    /// Starts nodes, or drains the idlest, until `env` has its desired number (draining nodes do not count); stops
+    /// silent nodes (`ABNORMAL`) so that they are replaced; deletes an environment being deleted once its last node
+    /// is gone.
+    func reconcile(_ env: ComputeEnvStore.Provisioned) async throws {
+        let nodes = await driver.nodes(of: env.envID)
+        if env.deleting {
+            for node in nodes where !node.draining {
+                try await stop(node.node, drain: true, cause: "the environment is being deleted")
+            }
+            if nodes.isEmpty {
+                try await envs.deleteEnvironment(env.envID)
+                logger.info("compute environment deleted", metadata: ["env.id": "\(env.envID)"])
+            }
+            return
+        }
+        try await amqp.declare(.workQueue(forEnv: env.envID.rawValue))
+        for node in try await envs.silentNodes(of: env.envID, silentAfter: silentAfter)
+        where nodes.contains(where: { $0.node == node && !$0.draining }) {
+            logger.warning("node silent; replacing it", metadata: ["node.id": "\(node)"])
+            try await envs.setNodeState(node, "ABNORMAL")
+            try await stop(node, drain: false, cause: "no heartbeat for \(silentAfter)")
+        }
+        let active = await driver.nodes(of: env.envID).filter { !$0.draining }.map(\.node)
+        if active.count < env.desired {
+            for _ in active.count..<env.desired {
+                try await create(in: env, cause: "the environment has \(active.count) of \(env.desired) nodes")
+            }
+        } else if active.count > env.desired {
+            // The idlest first: a node running nothing goes at once, a busy one only after its instances end.
+            let busy = Dictionary(
+                (try await envs.nodes(of: [env.envID]))[env.envID, default: []].map {
+                    ($0.computeNodeId, $0.cpu - $0.taskInstanceNumAvailable)
+                }, uniquingKeysWith: { first, _ in first })
+            let idlest = active.sorted { busy[$0, default: 0] < busy[$1, default: 0] }
+            for node in idlest.prefix(active.count - env.desired) {
+                try await stop(node, drain: true, cause: "the environment wants \(env.desired) nodes")
             }
         }
     }
 
-    /// Starts or stops nodes until `env` has `desired` of them.
-    func reconcile(_ env: EnvID, desired: Int) async throws {
-        try await amqp.declare(.workQueue(forEnv: env.rawValue))
-        let running = await driver.nodes(of: env)
-        if running.count < desired {
-            for _ in running.count..<desired {
-                let node = NodeID.generate()
-                try await envs.nodeCreating(
-                    node, env: env, slots: nodeSlots, host: ProcessInfo.processInfo.hostName,
-                    cause: "the environment has \(running.count) of \(desired) nodes")
-                do {
-                    try await driver.createNode(node, env: env, slots: nodeSlots)
-                } catch {
-                    try await envs.setNodeState(node, "CREATION_FAILED")
-                    try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")
-                    throw error
-                }
-            }
-        } else if running.count > desired {
-            for node in running.suffix(running.count - desired) {
-                try await destroy(node, cause: "the environment wants \(desired) nodes")
-            }
+    func create(in env: ComputeEnvStore.Provisioned, cause: String) async throws {
+        let node = NodeID.generate()
+        try await envs.nodeCreating(
+            node, env: env.envID, slots: nodeSlots, host: ProcessInfo.processInfo.hostName, cause: cause)
+        do {
+            try await driver.createNode(
+                node, env: env.envID, slots: nodeSlots, settings: NodeSettings(sandbox: env.sandbox))
+        } catch {
+            try await envs.setNodeState(node, "CREATION_FAILED")
+            try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")
+            throw error
         }
     }
 
-    /// Stops a node (it finishes its work first) and records why.
-    func destroy(_ node: NodeID, cause: String) async throws {
-        try await envs.setNodeState(node, "DELETING")
-        await driver.destroyNode(node)
-        try await envs.deleteNode(node, cause: cause)
-    }
-
-    /// `DeleteComputeEnv`: every node goes, then the environment.
-    func removeEnvironment(_ env: EnvID) async throws {
-        for node in await driver.nodes(of: env) {
-            try await destroy(node, cause: "the environment is being deleted")
-        }
-        try await envs.deleteEnvironment(env)
-        logger.info("compute environment deleted", metadata: ["env.id": "\(env)"])
+    /// Asks a node to go (draining or now) and marks it `DELETING`; its row goes when it has ended.
+    func stop(_ node: NodeID, drain: Bool, cause: String) async throws {
+        logger.info("stopping node", metadata: ["node.id": "\(node)", "drain": "\(drain)", "cause": "\(cause)"])
+        try await envs.nodeDeleting(node, cause: cause)
+        await driver.stopNode(node, drain: drain)
     }
 
     @Sendable func handle(_ delivery: Delivery) async throws {
         switch delivery.type {
-        case ComputeEnvCreated.type, ComputeEnvModified.type:
+        case ComputeEnvCreated.type, ComputeEnvModified.type, ComputeEnvDeletionRequested.type:
             let envID =
-                delivery.type == ComputeEnvCreated.type
-                ? try delivery.decode(ComputeEnvCreated.self).payload.envID
-                : try delivery.decode(ComputeEnvModified.self).payload.envID
-            guard let env = try await envs.find(envID), env.driver == driver.name, !env.deleting else { return }
-            try await reconcile(envID, desired: env.desired)
-        case ComputeEnvDeletionRequested.type:
-            let envID = try delivery.decode(ComputeEnvDeletionRequested.self).payload.envID
+                switch delivery.type {
+                case ComputeEnvCreated.type: try delivery.decode(ComputeEnvCreated.self).payload.envID
+                case ComputeEnvModified.type: try delivery.decode(ComputeEnvModified.self).payload.envID
+                default: try delivery.decode(ComputeEnvDeletionRequested.self).payload.envID
+                }
             guard let env = try await envs.find(envID), env.driver == driver.name else { return }
-            try await removeEnvironment(envID)
+            try await reconcile(env)
         case NodeTerminationRequested.type:
             let event = try delivery.decode(NodeTerminationRequested.self).payload
-            for node in event.nodeIDs { try await destroy(node, cause: "terminated by the user") }
+            for node in event.nodeIDs { try await stop(node, drain: false, cause: "terminated by the user") }
         case NodeHeartbeat.type:
             try await envs.heartbeat(try delivery.decode(NodeHeartbeat.self).payload)
         case NodeStopped.type:

@@ -1,0 +1,95 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Compute environments' nodes through the whole system: scaling with work queued, and a node that dies.
+@Suite("Provisioner: scaling, draining and lost nodes", .serialized, .timeLimit(.minutes(5)))
+struct NodeTests {
+    @Test("ModifyComputeEnv from 1 to 4 nodes and back to 1 while work is queued: busy nodes drain, nothing fails")
+    func scaleUpAndDown() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            let records = try stack.recordsDirectory()
+            let jobID = try await stack.submit(
+                "scaling", env: env, tasks: [recordingTask("work", instances: 40, records: records, body: "sleep 1")])
+            try await waitUntil("the first instances run") {
+                try await stack.runningInstances(jobID, "work") > 0
+            }
+            _ = try await stack.call("ModifyComputeEnv", ["EnvId": env, "DesiredComputeNodeCount": 4])
+            try await waitUntil("four nodes run instances") {
+                Set(try await stack.instances(jobID, "work").compactMap { $0["ComputeNodeInstanceId"] as? String })
+                    .count >= 4
+            }
+            _ = try await stack.call("ModifyComputeEnv", ["EnvId": env, "DesiredComputeNodeCount": 1])
+            let job = try await stack.waitForJob(jobID)
+            #expect(job["JobState"] as? String == "SUCCEED")
+            // Nothing was interrupted: every instance ran once, in its first attempt, to the end.
+            let runs = try readRecords(records)
+            #expect(runs.map(\.index).sorted() == Array(0..<40))
+            #expect(runs.allSatisfy { $0.attempt == 1 })
+            try await waitUntil("the environment is back to one node") {
+                try await stack.nodes(env).count == 1
+            }
+            let activities = try await stack.call("DescribeComputeEnvActivities", ["EnvId": env, "Limit": 100])
+            let destroyed = try unwrap(activities["ActivitySet"] as? [[String: Any]]).filter {
+                $0["ComputeNodeActivityType"] as? String == "destroy"
+            }
+            #expect(destroyed.count == 3)
+            #expect(destroyed.allSatisfy { $0["Cause"] as? String == "the environment wants 1 nodes" })
+            #expect(destroyed.allSatisfy { $0["ActivityState"] as? String == "SUCCEED" })
+        }
+    }
+
+    @Test("kill -9 of an executor mid-instance: the instance runs again on another node, and the node is replaced")
+    func executorKilled() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 2)
+            let records = try stack.recordsDirectory()
+            let jobID = try await stack.submit(
+                "lost-node", env: env, tasks: [recordingTask("work", instances: 2, records: records, body: "sleep 2")])
+            var victim = ""
+            try await waitUntil("both instances run") {
+                let instances = try await stack.instances(jobID, "work")
+                guard instances.allSatisfy({ $0["TaskInstanceState"] as? String == "RUNNING" }) else { return false }
+                victim =
+                    instances.first { $0["TaskInstanceIndex"] as? Int == 0 }?["ComputeNodeInstanceId"] as? String
+                    ?? ""
+                return !victim.isEmpty
+            }
+            let pids = try await processes(matching: "ExecutorService.*--node-id \(victim)")
+            #expect(pids.count == 1)
+            for pid in pids { kill(pid_t(pid)!, SIGKILL) }
+
+            let job = try await stack.waitForJob(jobID)
+            #expect(job["JobState"] as? String == "SUCCEED")
+            let instance = try unwrap(
+                try await stack.instances(jobID, "work").first { $0["TaskInstanceIndex"] as? Int == 0 })
+            #expect(instance["ComputeNodeInstanceId"] as? String != victim)
+            // The killed attempt never finished (its sandbox died with its node); the second did.
+            #expect(try readRecords(records).filter { $0.index == 0 }.map(\.attempt) == [2])
+            try await waitUntil("a new node replaces the dead one") {
+                let nodes = try await stack.nodes(env)
+                return nodes.count == 2 && !nodes.contains(victim)
+            }
+            let activities = try await stack.call("DescribeComputeEnvActivities", ["EnvId": env, "Limit": 100])
+            let destroy = try unwrap(activities["ActivitySet"] as? [[String: Any]]).first {
+                $0["ComputeNodeId"] as? String == victim && $0["ComputeNodeActivityType"] as? String == "destroy"
+            }
+            #expect((destroy?["Cause"] as? String)?.contains("the node ended unexpectedly: killed by signal 9") == true)
+        }
+    }
+}
+
+extension Stack {
+    /// The ids of the environment's nodes that are `RUNNING`.
+    func nodes(_ env: String) async throws -> [String] {
+        let view = try await call("DescribeComputeEnv", ["EnvId": env])
+        return try unwrap(view["ComputeNodeSet"] as? [[String: Any]]).filter {
+            $0["ComputeNodeState"] as? String == "RUNNING"
+        }.compactMap { $0["ComputeNodeId"] as? String }
+    }
+
+    func runningInstances(_ jobID: String, _ task: String) async throws -> Int {
+        try await instances(jobID, task).filter { $0["TaskInstanceState"] as? String == "RUNNING" }.count
+    }
+}
