@@ -75,13 +75,16 @@ struct APIGateway: AsyncParsableCommand {
         quotas.jobsPerUser = quotaJobs
         quotas.taskTemplatesPerUser = quotaTemplates
         quotas.computeEnvsPerUser = quotaEnvs
+        let replyID = "gateway-\(UUID().uuidString.prefix(8).lowercased())"
         let bootstrap = ServiceBootstrap(
-            service: "APIGateway", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL, topology: .base,
-            logger: logger)
+            service: "APIGateway", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
+            topology: LogFetcher.topology(id: replyID), logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
+            let logFetcher = LogFetcher(amqp: amqp, id: replyID, logger: logger)
             let api = BatchAPI(
-                database: database, quotas: quotas, zone: zone, maxBodySize: maxBodySize, logger: logger)
+                database: database, quotas: quotas, zone: zone, maxBodySize: maxBodySize, logFetcher: logFetcher,
+                logger: logger)
             let router = Router()
             router.post("/") { request, context in try await api.respond(to: request, context: context) }
             Observability.addOperationalRoutes(to: router) {
@@ -109,7 +112,7 @@ struct APIGateway: AsyncParsableCommand {
                 logger: logger)
             let services = ServiceGroup(
                 configuration: .init(
-                    services: [amqp, OutboxRelay(database: database, amqp: amqp, logger: logger), app],
+                    services: [amqp, OutboxRelay(database: database, amqp: amqp, logger: logger), logFetcher, app],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await services.run()
         }

@@ -13,6 +13,7 @@ extension BatchAPI {
         "DescribeJobSubmitInfo": { try await $0.describeJobSubmitInfo($1) },
         "DescribeTask": { try await $0.describeTask($1) },
         "DescribeTaskLogs": { try await $0.describeTaskLogs($1) },
+        "GetTaskInstanceLog": { try await $0.getTaskInstanceLog($1) },
         "TerminateJob": { try await $0.terminateJob($1) },
         "TerminateTaskInstance": { try await $0.terminateTaskInstance($1) },
         "DeleteJob": { try await $0.deleteJob($1) },

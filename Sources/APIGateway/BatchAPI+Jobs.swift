@@ -23,11 +23,6 @@ extension BatchAPI {
         let problems = request.job.validate(templates: templates)
         guard problems.isEmpty else { throw APIError(problems: problems) }
         let job = request.job.resolvingTemplates(templates)
-        if let index = job.tasks.firstIndex(where: { $0.computeEnv != nil }) {
-            throw APIError(
-                .unsupportedOperation,
-                "Job.Tasks[\(index)].ComputeEnv: anonymous compute environments are not supported yet; give an EnvId")
-        }
         let jobID = try await jobs.submit(
             user: context.user, spec: job, clientToken: request.clientToken, zone: request.placement?.zone ?? zone)
         context.logger.info("job submitted", metadata: ["job.id": "\(jobID)"])
@@ -164,7 +159,93 @@ extension BatchAPI {
         else {
             throw APIError(.taskNotFound, "TaskName: job \(jobID) has no task \(request.taskName.prefix(60))")
         }
-        return DescribeTaskLogsResponse(totalCount: result.total, taskInstanceLogSet: result.logs)
+        // A running instance has no stored tail yet: its node has the output so far.
+        var logs: [TaskInstanceLog] = []
+        for instance in result.logs {
+            var log = instance.log
+            if let node = instance.node, instance.state == "RUNNING" || instance.state == "STARTING",
+                let fetcher = logFetcher
+            {
+                let (task, index, attempt) = (request.taskName, log.taskInstanceIndex, instance.attempt)
+                async let stdout = fetcher.fetch(
+                    node: node, job: jobID, task: task, index: index, attempt: attempt, stream: "stdout",
+                    offset: -TaskInstanceLog.tailSize, limit: TaskInstanceLog.tailSize)
+                async let stderr = fetcher.fetch(
+                    node: node, job: jobID, task: task, index: index, attempt: attempt, stream: "stderr",
+                    offset: -TaskInstanceLog.tailSize, limit: TaskInstanceLog.tailSize)
+                if let chunk = await stdout, chunk.found { log.stdoutLog = Data(chunk.data).base64EncodedString() }
+                if let chunk = await stderr, chunk.found { log.stderrLog = Data(chunk.data).base64EncodedString() }
+            }
+            logs.append(log)
+        }
+        return DescribeTaskLogsResponse(totalCount: result.total, taskInstanceLogSet: logs)
+    }
+
+    struct GetTaskInstanceLogRequest: Decodable {
+        var jobId: String
+        var taskName: String
+        var taskInstanceIndex: Int
+        var stream: String?
+        var offset: Int?
+        var limit: Int?
+    }
+
+    struct GetTaskInstanceLogResponse: Encodable, Sendable {
+        /// Base64 of the bytes read.
+        var log: String
+        /// Where `Log` starts in the stream, and where the next read should start.
+        var offset: Int
+        var nextOffset: Int
+        /// True while the instance runs: more output may come.
+        var running: Bool
+        /// `NODE` (the whole output, from the node that ran it) or `TAIL` (its last 2 KiB, kept after the node went).
+        var source: String
+    }
+
+    /// Ours: any part of an instance's stdout or stderr, while it runs or after, from the node's files; follow a
+    /// running instance by reading again from `NextOffset` (`batchctl logs -f`).
+    func getTaskInstanceLog(_ context: ActionContext) async throws -> GetTaskInstanceLogResponse {
+        let request = try context.decode(GetTaskInstanceLogRequest.self)
+        let jobID = try Self.jobID(request.jobId)
+        let stream = request.stream ?? "stdout"
+        guard ["stdout", "stderr"].contains(stream) else {
+            throw APIError(.invalidParameterValue, "Stream: must be stdout or stderr")
+        }
+        guard request.taskInstanceIndex >= 0 else {
+            throw APIError(.negative, "TaskInstanceIndex: must not be negative")
+        }
+        let limit = request.limit ?? 65_536
+        guard (1...(1 << 20)).contains(limit) else {
+            throw APIError(.invalidParameterValue, "Limit: from 1 to 1048576 bytes")
+        }
+        let offset = request.offset ?? 0
+        guard
+            let result = try await jobs.logs(
+                of: jobID, task: request.taskName, user: context.user, indexes: [request.taskInstanceIndex],
+                paging: try Paging(offset: 0, limit: 1, defaultLimit: 1, maximum: 1))
+        else {
+            throw APIError(.taskNotFound, "TaskName: job \(jobID) has no task \(request.taskName.prefix(60))")
+        }
+        guard let instance = result.logs.first else {
+            throw APIError(
+                .taskInstanceNotFound,
+                "TaskInstanceIndex: task \(request.taskName.prefix(60)) has no instance \(request.taskInstanceIndex)")
+        }
+        if let node = instance.node, let fetcher = logFetcher,
+            let chunk = await fetcher.fetch(
+                node: node, job: jobID, task: request.taskName, index: request.taskInstanceIndex,
+                attempt: instance.attempt, stream: stream, offset: offset, limit: limit),
+            chunk.found
+        {
+            return GetTaskInstanceLogResponse(
+                log: Data(chunk.data).base64EncodedString(), offset: chunk.offset,
+                nextOffset: chunk.offset + chunk.data.count, running: chunk.running, source: "NODE")
+        }
+        let tail = (stream == "stdout" ? instance.log.stdoutLog : instance.log.stderrLog) ?? ""
+        let size = Data(base64Encoded: tail)?.count ?? 0
+        return GetTaskInstanceLogResponse(
+            log: tail, offset: -size, nextOffset: 0,
+            running: instance.state == "RUNNING" || instance.state == "STARTING", source: "TAIL")
     }
 
     func terminateJob(_ context: ActionContext) async throws -> EmptyResponse {

@@ -29,8 +29,14 @@ struct BatchAPI: Sendable {
     let zone: String
     let catalog: NodeCatalog
     let maxBodySize: Int
+    /// Reads running and finished instances' output from their nodes.
+    let logFetcher: LogFetcher?
 
-    init(database: Database, quotas: Quotas, zone: String, maxBodySize: Int, logger: Logger) {
+    init(
+        database: Database, quotas: Quotas, zone: String, maxBodySize: Int, logFetcher: LogFetcher? = nil,
+        logger: Logger
+    ) {
+        self.logFetcher = logFetcher
         self.database = database
         self.logger = logger
         self.credentials = CredentialCache(users: UserStore(database: database))

@@ -82,6 +82,8 @@ public struct TaskInstanceView: Codable, Sendable, Hashable {
 
 /// `DescribeTaskLogs`' entries: the end of each stream (at most 2048 bytes, base64).
 public struct TaskInstanceLog: Codable, Sendable, Hashable {
+    /// The most of each stream `DescribeTaskLogs` returns: its last 2 KiB.
+    public static let tailSize = 2048
     public var taskInstanceIndex: Int
     public var stdoutLog: String?
     public var stderrLog: String?

@@ -101,7 +101,7 @@ struct ExecutorService: AsyncParsableCommand {
                     .init(
                         service: EventConsumer(
                             amqp: amqp, queue: Topology.nodeQueue(node: nodeId), concurrency: 4, logger: logger,
-                            handle: runner.kill)),
+                            handle: runner.command)),
                     .init(
                         service: EventConsumer(
                             amqp: amqp, queue: Topology.workQueue(env: envID.rawValue), concurrency: slots,

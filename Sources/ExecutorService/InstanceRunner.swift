@@ -226,6 +226,42 @@ final class InstanceRunner: Sendable {
     /// The number of instances running now.
     var busyCount: Int { busy.load(ordering: .relaxed) }
 
+    /// A command on the node's own queue: `instance.kill` or `instance.log-request`.
+    @Sendable func command(_ delivery: Delivery) async throws {
+        switch delivery.type {
+        case LogRequest.type: try await serveLog(delivery)
+        default: try await kill(delivery)
+        }
+    }
+
+    /// `instance.log-request`: reads a piece of an attempt's stdout or stderr (running or finished) and answers on
+    /// the requester's reply queue.
+    func serveLog(_ delivery: Delivery) async throws {
+        let request = try delivery.decode(LogRequest.self).payload
+        let attempt = workRoot.appendingPathComponent(
+            "\(request.jobID)/\(request.taskName)/\(request.instanceIndex)/attempt-\(request.attempt)",
+            isDirectory: true)
+        let key = Self.key(request.jobID, request.taskName, request.instanceIndex, request.attempt)
+        let running = running.withLock { $0[key] != nil }
+        var chunk = LogChunk(
+            requestID: request.requestID, found: FileManager.default.fileExists(atPath: attempt.path), data: [],
+            offset: 0, size: 0, running: running)
+        let file = attempt.appendingPathComponent(request.stream == "stderr" ? "stderr.log" : "stdout.log")
+        if let handle = try? FileHandle(forReadingFrom: file) {
+            defer { try? handle.close() }
+            let size = Int(try handle.seekToEnd())
+            let start = request.offset < 0 ? max(0, size + request.offset) : min(request.offset, size)
+            try handle.seek(toOffset: UInt64(start))
+            let data = try handle.read(upToCount: max(0, min(request.limit, 1 << 20, size - start))) ?? Data()
+            chunk.data = Array(data)
+            chunk.offset = start
+            chunk.size = size
+        }
+        try await amqp.publish(
+            try OutgoingMessage(
+                exchange: Topology.commandsExchange, routingKey: request.replyTo, payload: chunk, persistent: false))
+    }
+
     /// `instance.kill`: stops the attempt's whole process group if it runs here (SIGTERM, SIGKILL after 10 s), or
     /// makes sure it never starts here.
     @Sendable func kill(_ delivery: Delivery) async throws {

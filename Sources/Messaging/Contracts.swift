@@ -270,6 +270,61 @@ public struct InstanceKill: MessageContract, Hashable {
     }
 }
 
+/// Asks the node that ran an attempt for a piece of its stdout or stderr (it may still be running). Sent to the
+/// node's queue; the answer (``LogChunk``) goes to `batch.commands` with the routing key `replyTo`.
+public struct LogRequest: MessageContract, Hashable {
+    public static let type = "instance.log-request"
+    public var requestID: String
+    public var replyTo: String
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+    public var attempt: Int
+    /// `stdout` or `stderr`.
+    public var stream: String
+    /// Where to start; negative counts from the end (`-2048`: the last 2 KiB).
+    public var offset: Int
+    public var limit: Int
+
+    public init(
+        requestID: String, replyTo: String, jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int,
+        stream: String, offset: Int, limit: Int
+    ) {
+        self.requestID = requestID
+        self.replyTo = replyTo
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+        self.attempt = attempt
+        self.stream = stream
+        self.offset = offset
+        self.limit = limit
+    }
+}
+
+/// A node's answer to a ``LogRequest``.
+public struct LogChunk: MessageContract, Hashable {
+    public static let type = "instance.log-chunk"
+    public var requestID: String
+    /// False when the node has no such attempt (its files are gone).
+    public var found: Bool
+    public var data: [UInt8]
+    /// Where `data` starts in the file, and the file's size when read.
+    public var offset: Int
+    public var size: Int
+    /// True while the attempt runs: more may come.
+    public var running: Bool
+
+    public init(requestID: String, found: Bool, data: [UInt8], offset: Int, size: Int, running: Bool) {
+        self.requestID = requestID
+        self.found = found
+        self.data = data
+        self.offset = offset
+        self.size = size
+        self.running = running
+    }
+}
+
 /// A job, task or instance changed state: the notification users subscribe to, in Tencent Cloud Batch's message
 /// format (`{"Events": [{"EventName": "JOB_SUCCEED", …, "Batch": {…}}]}`), published on `batch.events` with the routing
 /// key ``Topology/notificationRoutingKey(event:job:)`` and, when the job's `Notifications` select the event, also with

@@ -91,16 +91,16 @@ enum EnvelopeCoding {
 }
 
 extension OutgoingMessage {
-    /// A persistent message carrying `payload` in an ``Envelope``.
+    /// A message carrying `payload` in an ``Envelope``; persistent unless told otherwise.
     public init<Payload: MessageContract>(
         exchange: String, routingKey: String, payload: Payload, correlationID: String? = nil,
-        messageID: UUID = UUID(), mandatory: Bool = false
+        messageID: UUID = UUID(), mandatory: Bool = false, persistent: Bool = true
     ) throws {
         let envelope = Envelope(payload, messageID: messageID, correlationID: correlationID)
         self.init(
             exchange: exchange, routingKey: routingKey, body: try envelope.encoded(),
             messageID: messageID.uuidString.lowercased(), type: Payload.type, correlationID: correlationID,
-            mandatory: mandatory
+            mandatory: mandatory, persistent: persistent
         )
     }
 }

@@ -165,6 +165,20 @@ extension Topology {
         )
     }
 
+    /// The routing key on `batch.commands` of one process's reply queue.
+    public static func replyRoutingKey(_ id: String) -> String { "reply.\(id)" }
+    public static func replyQueue(_ id: String) -> String { "batch.reply.\(id)" }
+
+    /// A process's own reply queue (answers to its requests), bound to `batch.commands`; it goes with the process.
+    public static func replyQueue(for id: String) -> Topology {
+        base.merging(
+            Topology(
+                queues: [Queue(replyQueue(id), durable: false, deadLetterExchange: nil)],
+                bindings: [Binding(queue: replyQueue(id), exchange: commandsExchange, routingKey: replyRoutingKey(id))]
+            )
+        )
+    }
+
     /// A compute environment's work queue, bound to `batch.commands`.
     public static func workQueue(forEnv env: String) -> Topology {
         base.merging(

@@ -33,7 +33,8 @@ public struct ComputeEnvStore: Sendable {
         ) { connection in
             try await JobStore.lockUser(user, on: connection, logger: logger)
             let count = try await JobStore.count(
-                "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
+                "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue) AND anonymous_for IS NULL",
+                on: connection, logger: logger)
             if let violation = quotas.check(.computeEnvs, current: count) { throw violation.apiError }
             try await connection.query(
                 """
@@ -45,6 +46,29 @@ public struct ComputeEnvStore: Sendable {
                 """, logger: logger)
             return true
         }
+        return envID
+    }
+
+    /// Creates the anonymous environment of a task (`Task.ComputeEnv`), without nodes until the task is released
+    /// (the scheduler sets its node count then, and back to zero when the task ends). Not counted in the quota.
+    public static func createAnonymous(
+        job: JobID, task: TaskSpec, spec: AnonymousComputeEnv, user: UserID, zone: String?, sealer: Sealer,
+        on connection: PostgresConnection, logger: Logger
+    ) async throws -> EnvID {
+        let envID = EnvID.generate()
+        var named = NamedComputeEnv(envName: "anonymous: \(job)/\(task.taskName)", desiredComputeNodeCount: 0)
+        named.envType = spec.envType ?? "MANAGED"
+        named.envData = spec.envData
+        named.mountDataDisks = spec.mountDataDisks
+        named.authentications = task.authentications
+        let sealed = try sealer.seal(try BatchJSON.encode(named), context: "compute_envs.spec:\(envID)")
+        try await connection.query(
+            """
+            INSERT INTO compute_envs (env_id, user_id, name, env_type, driver, desired_node_count, spec_sealed, zone,
+                tags, anonymous_for)
+            VALUES (\(envID.rawValue), \(user.rawValue), \(named.envName), \(named.envType ?? "MANAGED"), 'process', 0,
+                \(sealed), \(zone), '[]'::jsonb, \("\(job)/\(task.taskName)"))
+            """, logger: logger)
         return envID
     }
 
@@ -63,7 +87,12 @@ public struct ComputeEnvStore: Sendable {
     ) async throws -> (total: Int, envs: [ComputeEnvView]) {
         var query = SQLBuilder("FROM compute_envs e WHERE e.user_id = ")
         query.append(query.bind(user.rawValue))
-        if let envIDs { query.append(" AND e.env_id = ANY(\(query.bind(envIDs.map(\.rawValue))))") }
+        // Anonymous environments are shown when asked for by id, never listed.
+        if let envIDs {
+            query.append(" AND e.env_id = ANY(\(query.bind(envIDs.map(\.rawValue))))")
+        } else {
+            query.append(" AND e.anonymous_for IS NULL")
+        }
         for (column, name) in [
             ("e.env_id", "env-id"), ("e.name", "env-name"), ("e.zone", "zone"), ("e.next_action", "next-action"),
         ] {
@@ -104,7 +133,12 @@ public struct ComputeEnvStore: Sendable {
     {
         var query = SQLBuilder("FROM compute_envs e WHERE e.user_id = ")
         query.append(query.bind(user.rawValue))
-        if let envIDs { query.append(" AND e.env_id = ANY(\(query.bind(envIDs.map(\.rawValue))))") }
+        // Anonymous environments are shown when asked for by id, never listed.
+        if let envIDs {
+            query.append(" AND e.env_id = ANY(\(query.bind(envIDs.map(\.rawValue))))")
+        } else {
+            query.append(" AND e.anonymous_for IS NULL")
+        }
         for (column, name) in [("e.env_id", "env-id"), ("e.name", "env-name"), ("e.zone", "zone")] {
             if let values = filters[name] { query.append(" AND \(column) = ANY(\(query.bind(values)))") }
         }

@@ -67,6 +67,18 @@ public struct JobStore: Sendable {
             let sealedTasks = try spec.tasks.map {
                 try sealer.seal(try BatchJSON.encode($0), context: "tasks.spec:\(jobID)/\($0.taskName)")
             }
+            var taskEnvs: [String] = []
+            for task in spec.tasks {
+                if let anonymous = task.computeEnv {
+                    taskEnvs.append(
+                        try await ComputeEnvStore.createAnonymous(
+                            job: jobID, task: task, spec: anonymous, user: user, zone: zone, sealer: sealer,
+                            on: connection, logger: logger
+                        ).rawValue)
+                } else {
+                    taskEnvs.append(task.envId ?? "")
+                }
+            }
             try await connection.query(
                 """
                 INSERT INTO tasks (job_id, task_name, position, state, instance_num, env_id, max_retry_count,
@@ -75,7 +87,7 @@ public struct JobStore: Sendable {
                     NULLIF(concurrency, 0)
                 FROM unnest(\(spec.tasks.map(\.taskName))::text[],
                     \(Array(spec.tasks.indices))::integer[], \(spec.tasks.map { _ in "SUBMITTED" })::text[],
-                    \(spec.tasks.map(\.instanceCount))::integer[], \(spec.tasks.map { $0.envId ?? "" })::text[],
+                    \(spec.tasks.map(\.instanceCount))::integer[], \(taskEnvs)::text[],
                     \(spec.tasks.map { $0.maxRetryCount ?? 0 })::integer[],
                     \(spec.tasks.map { $0.timeout ?? TaskSpec.defaultTimeout })::integer[], \(sealedTasks)::text[],
                     \(spec.tasks.map { $0.maxConcurrentNum ?? 0 })::integer[])
@@ -253,20 +265,29 @@ public struct JobStore: Sendable {
     }
 
     /// `DescribeTaskLogs`: the end of each stream of the given (or first `paging`) instances, base64.
+    /// One instance's stored log tails, and where its latest attempt runs or ran (to ask that node for more).
+    public struct InstanceLogs: Sendable {
+        public var log: TaskInstanceLog
+        public var node: NodeID?
+        public var attempt: Int
+        public var state: String
+    }
+
     public func logs(of jobID: JobID, task: String, user: UserID, indexes: [Int]?, paging: Paging) async throws
-        -> (total: Int, logs: [TaskInstanceLog])?
+        -> (total: Int, logs: [InstanceLogs])?
     {
         guard try await taskExists(jobID, task: task, user: user) else { return nil }
         let (total, page) = try await instancePage(
-            jobID, task: task, paging: paging, columns: "instance_index, stdout_tail_sealed, stderr_tail_sealed"
+            jobID, task: task, paging: paging,
+            columns: "instance_index, stdout_tail_sealed, stderr_tail_sealed, node_id, attempt, state"
         ) { query in
             if let indexes { query.append(" AND instance_index = ANY(\(query.bind(indexes)))") }
         }
-        var logs: [TaskInstanceLog] = []
+        var logs: [InstanceLogs] = []
         let sealer = database.sealer
-        for try await (index, stdout, stderr) in try await database.client.query(page, logger: logger).decode(
-            (Int, String?, String?).self)
-        {
+        for try await (index, stdout, stderr, node, attempt, state) in try await database.client.query(
+            page, logger: logger
+        ).decode((Int, String?, String?, String?, Int, String).self) {
             func open(_ sealed: String?, _ stream: String) throws -> String? {
                 try sealed.map {
                     Data(try sealer.openBytes($0, context: "logs:\(jobID)/\(task)/\(index)/\(stream)"))
@@ -274,9 +295,11 @@ public struct JobStore: Sendable {
                 }
             }
             logs.append(
-                TaskInstanceLog(
-                    taskInstanceIndex: index, stdoutLog: try open(stdout, "stdout"),
-                    stderrLog: try open(stderr, "stderr")))
+                InstanceLogs(
+                    log: TaskInstanceLog(
+                        taskInstanceIndex: index, stdoutLog: try open(stdout, "stdout"),
+                        stderrLog: try open(stderr, "stderr")),
+                    node: node.map(NodeID.init), attempt: attempt, state: state))
         }
         return (total, logs)
     }
@@ -349,6 +372,23 @@ public struct JobStore: Sendable {
                     .jobInUse, "JobId: job \(jobID) is \(state.rawValue) with \(unfinished) unfinished instances")
             }
             try await connection.query("DELETE FROM jobs WHERE job_id = \(jobID.rawValue)", logger: logger)
+            // The job's anonymous environments go too (their nodes went when their tasks ended, or are kept for
+            // inspection after an INTERRUPT: they go now).
+            var anonymous: [String] = []
+            for try await env in try await connection.query(
+                """
+                UPDATE compute_envs SET next_action = 'DELETING', desired_node_count = 0
+                WHERE anonymous_for LIKE \(jobID.rawValue + "/%") RETURNING env_id
+                """, logger: logger
+            ).decode(String.self) {
+                anonymous.append(env)
+            }
+            try await Outbox.enqueue(
+                try anonymous.map {
+                    try OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvDeletionRequested,
+                        payload: ComputeEnvDeletionRequested(envID: EnvID(rawValue: $0)))
+                }, on: connection, sealer: database.sealer, logger: logger)
             try await connection.query(
                 "UPDATE users SET job_count = greatest(0, job_count - 1) WHERE user_id = \(user.rawValue)",
                 logger: logger)

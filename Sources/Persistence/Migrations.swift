@@ -281,5 +281,13 @@ extension Migration {
                 """,
             ]
         ),
+        Migration(
+            version: 7, name: "anonymous compute environments",
+            statements: [
+                // `<job id>/<task name>` of the task an anonymous environment was made for; NULL for named ones.
+                "ALTER TABLE compute_envs ADD COLUMN anonymous_for text",
+                "CREATE UNIQUE INDEX compute_envs_anonymous ON compute_envs (anonymous_for)",
+            ]
+        ),
     ]
 }

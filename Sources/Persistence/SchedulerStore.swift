@@ -162,6 +162,30 @@ public struct SchedulerStore: Sendable {
         return created
     }
 
+    /// Sizes the anonymous environment of a task, if it has one: `nodes` when it is released (no more than its
+    /// instances or `MaxConcurrentNum`), 0 when it ended. Returns the environment whose size changed.
+    public func sizeAnonymousEnv(
+        of task: String, job: JobID, released: Bool, maxNodes: Int, on connection: PostgresConnection
+    ) async throws -> EnvID? {
+        let size: PostgresQuery =
+            released
+            ? """
+            UPDATE compute_envs e SET desired_node_count = least(t.instance_num, coalesce(t.max_concurrent_num,
+                    t.instance_num), \(maxNodes))
+            FROM tasks t WHERE t.job_id = \(job.rawValue) AND t.task_name = \(task) AND e.env_id = t.env_id
+                AND e.anonymous_for IS NOT NULL AND e.next_action IS NULL
+            RETURNING e.env_id
+            """
+            : """
+            UPDATE compute_envs e SET desired_node_count = 0
+            FROM tasks t WHERE t.job_id = \(job.rawValue) AND t.task_name = \(task) AND e.env_id = t.env_id
+                AND e.anonymous_for IS NOT NULL AND e.desired_node_count > 0
+            RETURNING e.env_id
+            """
+        return try await connection.query(size, logger: logger).decode(String.self).first { _ in true }.map(
+            EnvID.init)
+    }
+
     /// Refreshes the planner's statistics of instances, after many were created: until then it takes a large new
     /// task for a handful of rows and plans the per-batch statements accordingly. Runs outside any transaction.
     public func refreshInstanceStatistics() async throws {

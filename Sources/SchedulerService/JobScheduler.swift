@@ -72,6 +72,8 @@ struct JobScheduler: Sendable {
         var queuedPerSlot = 1
         /// `Region` in notifications.
         var region = "local"
+        /// Most nodes of a task's anonymous environment (`Task.ComputeEnv`).
+        var anonymousNodes = 4
     }
 
     let database: Database
@@ -326,6 +328,11 @@ struct JobScheduler: Sendable {
             switch action {
             case .startTask(let name):
                 created.add(try await store.startTask(name, of: job, on: connection))
+                if let env = try await store.sizeAnonymousEnv(
+                    of: name, job: job.id, released: true, maxNodes: settings.anonymousNodes, on: connection)
+                {
+                    effects.resized.append(env)
+                }
                 logger.info("task started", metadata: ["job.id": "\(job.id)", "task.name": "\(name)"])
             case .skipTask(let name, let why):
                 try await store.skipTask(name, of: job, reason: why, on: connection)
@@ -334,6 +341,13 @@ struct JobScheduler: Sendable {
                     "task cannot run", metadata: ["job.id": "\(job.id)", "task.name": "\(name)", "reason": "\(why)"])
             case .setTaskState(let name, let state):
                 try await store.setTaskState(name, of: job, state, on: connection)
+                // A task's own nodes go when it ends, but for FAILED_INTERRUPTED: kept for inspection.
+                if state.isFinal, state != .failedInterrupted,
+                    let env = try await store.sizeAnonymousEnv(
+                        of: name, job: job.id, released: false, maxNodes: 0, on: connection)
+                {
+                    effects.resized.append(env)
+                }
                 if let event = EventName.task(state) { effects.notify(event, task: name, state: state) }
             case .setJobState(let state):
                 let failedTasks = progress.tasks.values.filter { $0.state == .failed }.map(\.name).sorted()
@@ -403,6 +417,11 @@ struct JobScheduler: Sendable {
                     reason: kill.reason),
                 correlationID: job.id.rawValue)
         }
+        messages += try effects.resized.map {
+            try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvModified,
+                payload: ComputeEnvModified(envID: $0))
+        }
         guard !effects.notifications.isEmpty else { return messages }
         let topics = try await cache.notifications(job.id, store: store, on: connection)
         let encoder = BatchJSON.encoder()
@@ -446,6 +465,8 @@ struct Effects {
     }
     var kills: [Kill] = []
     var notifications: [Note] = []
+    /// Anonymous environments whose node count changed.
+    var resized: [EnvID] = []
 
     mutating func kill(node: NodeID, task: String, index: Int, attempt: Int, reason: String) {
         kills.append(Kill(node: node, task: task, index: index, attempt: attempt, reason: reason))

@@ -38,6 +38,9 @@ struct SchedulerService: AsyncParsableCommand {
     @Option(help: "Run messages queued per node slot beyond those running (BATCH_QUEUED_PER_SLOT).")
     var queuedPerSlot: Int = Environment.int("BATCH_QUEUED_PER_SLOT", default: 1)
 
+    @Option(help: "Most nodes of a task's anonymous environment (BATCH_ANONYMOUS_NODES, default 4).")
+    var anonymousNodes: Int = Environment.int("BATCH_ANONYMOUS_NODES", default: 4)
+
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
@@ -50,7 +53,7 @@ struct SchedulerService: AsyncParsableCommand {
                 database: database,
                 settings: .init(
                     nodeLostAfter: .seconds(nodeLostAfter), timeoutGrace: .seconds(timeoutGrace),
-                    queuedPerSlot: max(0, queuedPerSlot)),
+                    queuedPerSlot: max(0, queuedPerSlot), anonymousNodes: max(1, anonymousNodes)),
                 logger: logger)
             var services: [any Service] = [
                 amqp,

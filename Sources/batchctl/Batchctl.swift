@@ -16,7 +16,7 @@ struct Batchctl: AsyncParsableCommand {
               batchctl admin create-user alice
               batchctl call DescribeJob '{"JobId": "job-ab12cd34"}'
             """,
-        subcommands: [Admin.self, Call.self])
+        subcommands: [Admin.self, Call.self, Logs.self])
 
     /// Prints one line on stderr and exits non-zero, as every failing batchctl command does.
     static func fail(_ message: String) -> Never {
@@ -157,9 +157,6 @@ struct Call: AsyncParsableCommand {
 
     func run() async throws {
         let credentials = Credentials.load(endpoint: endpoint, secretID: secretId, secretKey: secretKey)
-        guard let secretID = credentials.secretID, let secretKey = credentials.secretKey else {
-            Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
-        }
         var payload = Array(body.utf8)
         if body.hasPrefix("@") {
             guard let data = FileManager.default.contents(atPath: String(body.dropFirst())) else {
@@ -169,6 +166,67 @@ struct Call: AsyncParsableCommand {
         }
         guard (try? JSONSerialization.jsonObject(with: Data(payload))) is [String: Any] else {
             Batchctl.fail("the request body is not a JSON object")
+        }
+        let inner = await Gateway(credentials: credentials).call(action, payload)
+        let pretty = try JSONSerialization.data(withJSONObject: inner, options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: pretty, as: UTF8.self))
+    }
+}
+
+/// Prints an instance's stdout (or stderr) from its node, following it while it runs with `-f`.
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print an instance's output, while it runs or after; -f follows it until it ends.",
+        discussion: "Example: batchctl logs job-ab12cd34 render 7 -f")
+
+    @Argument(help: "The job id")
+    var jobId: String
+    @Argument(help: "The task name")
+    var taskName: String
+    @Argument(help: "The instance index (default 0)")
+    var index: Int = 0
+    @Flag(help: "Print stderr instead of stdout")
+    var stderr = false
+    @Flag(name: .shortAndLong, help: "Follow: keep printing new output until the instance ends")
+    var follow = false
+    @Option(help: "The gateway's host:port (BATCH_ENDPOINT, default from .batch/credentials or 127.0.0.1:8080)")
+    var endpoint: String?
+    @Option var secretId: String?
+    @Option var secretKey: String?
+
+    func run() async throws {
+        let gateway = Gateway(
+            credentials: Credentials.load(endpoint: endpoint, secretID: secretId, secretKey: secretKey))
+        var offset = 0
+        while true {
+            let body: [String: Any] = [
+                "JobId": jobId, "TaskName": taskName, "TaskInstanceIndex": index,
+                "Stream": stderr ? "stderr" : "stdout", "Offset": offset, "Limit": 1 << 20,
+            ]
+            let response = await gateway.call(
+                "GetTaskInstanceLog", Array(try JSONSerialization.data(withJSONObject: body)))
+            let data = (response["Log"] as? String).flatMap { Data(base64Encoded: $0) } ?? Data()
+            FileHandle.standardOutput.write(data)
+            // Only the kept tail: the node that ran it is gone.
+            guard response["Source"] as? String == "NODE" else { return }
+            offset = response["NextOffset"] as? Int ?? offset
+            if data.isEmpty {
+                guard follow, response["Running"] as? Bool == true else { return }
+                // Nothing new yet: ask again shortly (the node keeps all the output; nothing is missed).
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+}
+
+/// Calls the gateway's API with a signed request; any failure ends the program with one line on stderr.
+struct Gateway {
+    var credentials: Credentials
+
+    /// The `Response` object of a successful call.
+    func call(_ action: String, _ payload: [UInt8]) async -> [String: Any] {
+        guard let secretID = credentials.secretID, let secretKey = credentials.secretKey else {
+            Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
         }
         let host = credentials.endpoint
         var request = HTTPClientRequest(url: "http://\(host)/")
@@ -181,12 +239,13 @@ struct Call: AsyncParsableCommand {
         }
         request.body = .bytes(payload)
         let response: HTTPClientResponse
+        let data: Data
         do {
             response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+            data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
         } catch {
             Batchctl.fail("cannot reach the gateway at \(host): \(error)")
         }
-        let data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
             let inner = object["Response"] as? [String: Any]
         else {
@@ -195,8 +254,7 @@ struct Call: AsyncParsableCommand {
         if let error = inner["Error"] as? [String: Any] {
             Batchctl.fail("\(error["Code"] ?? "Error"): \(error["Message"] ?? "")")
         }
-        let pretty = try JSONSerialization.data(withJSONObject: inner, options: [.prettyPrinted, .sortedKeys])
-        print(String(decoding: pretty, as: UTF8.self))
+        return inner
     }
 }
 

@@ -80,6 +80,35 @@ struct NodeTests {
     }
 }
 
+extension NodeTests {
+    @Test("a task with its own ComputeEnv gets nodes made for it, and they are gone once it ends")
+    func anonymousEnvironment() async throws {
+        try await Stack.run { stack in
+            let records = try stack.recordsDirectory()
+            var task = recordingTask("own", instances: 3, records: records, body: "sleep 0.5")
+            task["ComputeEnv"] = ["EnvType": "MANAGED"]
+            let submitted = try await stack.call("SubmitJob", ["Job": ["JobName": "anonymous", "Tasks": [task]]])
+            let jobID = try unwrap(submitted["JobId"] as? String)
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            #expect(try readRecords(records).map(\.index).sorted() == [0, 1, 2])
+            // Its nodes ran the instances and are gone: no executor of this stack is left, no node row.
+            #expect(
+                Set(try await stack.instances(jobID, "own").compactMap { $0["ComputeNodeInstanceId"] as? String })
+                    .count >= 1)
+            try await waitUntil("the task's nodes are gone") {
+                let executors = try await processes(matching: "ExecutorService.*\(stack.directory.path)/nodes")
+                let rows = try await stack.rowCount("compute_nodes")
+                return executors.isEmpty && rows == 0
+            }
+            // The environment is the task's: never listed, not in the quota; it goes with the job.
+            #expect(try await stack.call("DescribeComputeEnvs", [:])["TotalCount"] as? Int == 0)
+            #expect(try await stack.rowCount("compute_envs") == 1)
+            _ = try await stack.call("DeleteJob", ["JobId": jobID])
+            try await waitUntil("the environment goes with the job") { try await stack.rowCount("compute_envs") == 0 }
+        }
+    }
+}
+
 extension Stack {
     /// The ids of the environment's nodes that are `RUNNING`.
     func nodes(_ env: String) async throws -> [String] {

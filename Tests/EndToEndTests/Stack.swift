@@ -266,6 +266,7 @@ final class Stack: @unchecked Sendable {
         }
         throw StackError(
             "job \(jobID) did not finish\n--- scheduler\n\(log("SchedulerService"))\n--- provisioner\n\(log("ProvisionerService"))"
+                + "\n--- gateway\n\(log("APIGateway"))"
         )
     }
 
