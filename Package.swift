@@ -162,6 +162,13 @@ let package = Package(
             path: "Benchmarks/DagBenchmark",
             swiftSettings: swiftSettings
         ),
+        // Heartbeats of 2,000 simulated nodes for the provisioner (scripts/bench, results in docs/benchmarks.md).
+        .executableTarget(
+            name: "node-bench",
+            dependencies: ["BatchCore", "Messaging", .product(name: "Logging", package: "swift-log")],
+            path: "Benchmarks/NodeBenchmark",
+            swiftSettings: swiftSettings
+        ),
         // SubmitJob and DescribeJob load on a running gateway (scripts/bench, results in docs/benchmarks.md).
         .executableTarget(
             name: "api-bench",

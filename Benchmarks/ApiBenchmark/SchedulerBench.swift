@@ -13,17 +13,24 @@ import Foundation
 ///   instances runs, sampled at every tenth of the way, and its peak.
 ///
 ///   api-bench --scenario scheduler --endpoint … --credentials users.json --work DIR [--nodes 2]
-///       [--instances 5000] [--large 100000] [--scheduler-pid PID]
+///       [--instances 5000] [--large 100000 (0: none)] [--scheduler-pid PID] [--sandbox on|off]
 enum SchedulerBench {
     static func run(_ bench: Bench) async throws {
         let user = bench.users[0]
         let work = option("--work") ?? NSTemporaryDirectory()
         let nodes = Int(option("--nodes") ?? "") ?? 2
+        let sandbox = option("--sandbox") != "off"
         let env =
             try await bench.call(
-                "CreateComputeEnv", ["ComputeEnv": ["EnvName": "sched-bench", "DesiredComputeNodeCount": nodes]],
-                as: user
+                "CreateComputeEnv",
+                [
+                    "ComputeEnv": [
+                        "EnvName": "sched-bench-\(sandbox ? "sandbox" : "bare")", "DesiredComputeNodeCount": nodes,
+                        "Sandbox": sandbox,
+                    ]
+                ], as: user
             )["EnvId"] as? String ?? ""
+        say("instances \(sandbox ? "in a bubblewrap sandbox" : "without a sandbox")")
         try await waitUntil("\(nodes) nodes run") {
             let view = try await bench.call("DescribeComputeEnv", ["EnvId": env], as: user)
             let metrics = view["ComputeNodeMetrics"] as? [String: Any]
@@ -66,8 +73,8 @@ enum SchedulerBench {
                 format: "chain of %d one-instance tasks: %.1f s; step p50 %.1f ms, p90 %.1f ms, max %.1f ms", steps,
                 chain.seconds, gaps[gaps.count / 2], gaps[gaps.count * 9 / 10], gaps.last!))
 
-        guard let pid = option("--scheduler-pid").flatMap(Int32.init) else { return }
         let large = Int(option("--large") ?? "") ?? 100_000
+        guard let pid = option("--scheduler-pid").flatMap(Int32.init), large > 0 else { return }
         var samples: [String] = []
         var nextTenth = 1
         let big = try await runJob(

@@ -512,19 +512,37 @@ public struct ComputeEnvStore: Sendable {
             """, logger: logger)
     }
 
-    /// Records a heartbeat: the node is `RUNNING` with `freeSlots` free; its creation activity succeeded.
-    public func heartbeat(_ beat: NodeHeartbeat) async throws {
-        try await database.client.query(
-            """
-            INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host, pid, last_heartbeat)
-            VALUES (\(beat.nodeID.rawValue), \(beat.envID.rawValue), 'RUNNING', \(beat.slots), \(beat.freeSlots),
-                \(beat.host), \(Int(beat.pid)), \(beat.at))
-            ON CONFLICT (node_id) DO UPDATE SET state = CASE WHEN compute_nodes.state = 'DELETING' THEN 'DELETING'
-                    ELSE 'RUNNING' END,
-                slots = EXCLUDED.slots, free_slots = EXCLUDED.free_slots, pid = EXCLUDED.pid,
-                last_heartbeat = greatest(compute_nodes.last_heartbeat, EXCLUDED.last_heartbeat), updated_at = now()
-            """, logger: logger)
-        try await finishActivity(node: beat.nodeID, type: "create", state: "SUCCEED")
+    /// Records many heartbeats in two statements (the latest of each node counts): 2,000 nodes beating every few
+    /// seconds cost a few statements a second, not thousands.
+    public func heartbeats(_ beats: [NodeHeartbeat]) async throws {
+        var latest: [NodeID: NodeHeartbeat] = [:]
+        for beat in beats where beat.at >= latest[beat.nodeID]?.at ?? .distantPast { latest[beat.nodeID] = beat }
+        guard !latest.isEmpty else { return }
+        let rows = latest.values.sorted { $0.nodeID.rawValue < $1.nodeID.rawValue }
+        let logger = self.logger
+        try await database.transaction { connection in
+            try await connection.query(
+                """
+                INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host, pid, last_heartbeat)
+                SELECT node, env, 'RUNNING', slots, free, host, pid, at
+                FROM unnest(\(rows.map(\.nodeID.rawValue))::text[], \(rows.map(\.envID.rawValue))::text[],
+                    \(rows.map(\.slots))::integer[], \(rows.map(\.freeSlots))::integer[], \(rows.map(\.host))::text[],
+                    \(rows.map { Int($0.pid) })::integer[], \(rows.map(\.at))::timestamptz[])
+                    AS b(node, env, slots, free, host, pid, at)
+                WHERE EXISTS (SELECT 1 FROM compute_envs e WHERE e.env_id = b.env)
+                ON CONFLICT (node_id) DO UPDATE SET
+                    state = CASE WHEN compute_nodes.state IN ('DELETING', 'ABNORMAL') THEN compute_nodes.state
+                        ELSE 'RUNNING' END,
+                    slots = EXCLUDED.slots, free_slots = EXCLUDED.free_slots, pid = EXCLUDED.pid,
+                    last_heartbeat = greatest(compute_nodes.last_heartbeat, EXCLUDED.last_heartbeat),
+                    updated_at = now()
+                """, logger: logger)
+            try await connection.query(
+                """
+                UPDATE compute_env_activities SET state = 'SUCCEED', end_time = now()
+                WHERE node_id = ANY(\(rows.map(\.nodeID.rawValue))) AND activity_type = 'create' AND end_time IS NULL
+                """, logger: logger)
+        }
     }
 
     /// Sets a node's state (`DELETING`, `ABNORMAL`, …).

@@ -52,10 +52,19 @@ struct Provisioner: Service {
             logger.warning("reconciling environments failed", metadata: ["error": "\(error)"])
         }
         try await BatchConsumer(
-            amqp: amqp, queue: Topology.provisionerQueue, prefetch: 50, maxBatch: 1,
+            amqp: amqp, queue: Topology.provisionerQueue, prefetch: 2000, maxBatch: 1000,
             tick: .init(every: interval, reconcileAll), logger: logger
         ) { deliveries in
-            for delivery in deliveries { try await handle(delivery) }
+            // Heartbeats of the whole batch go in one statement; other events in order, one at a time.
+            var beats: [NodeHeartbeat] = []
+            for delivery in deliveries {
+                if delivery.type == NodeHeartbeat.type {
+                    beats.append(try delivery.decode(NodeHeartbeat.self).payload)
+                } else {
+                    try await handle(delivery)
+                }
+            }
+            try await envs.heartbeats(beats)
         }.run()
         await driver.shutdown()
     }
@@ -144,7 +153,7 @@ struct Provisioner: Service {
             let event = try delivery.decode(NodeTerminationRequested.self).payload
             for node in event.nodeIDs { try await stop(node, drain: false, cause: "terminated by the user") }
         case NodeHeartbeat.type:
-            try await envs.heartbeat(try delivery.decode(NodeHeartbeat.self).payload)
+            try await envs.heartbeats([try delivery.decode(NodeHeartbeat.self).payload])
         case NodeStopped.type:
             try await envs.deleteNode(try delivery.decode(NodeStopped.self).payload.nodeID, cause: "the node stopped")
         default:
