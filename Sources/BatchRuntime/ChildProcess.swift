@@ -8,7 +8,7 @@ import Foundation
 /// can be signalled together; its exit is awaited on a thread of its own (`waitpid` blocks).
 public final class ChildProcess: Sendable {
     public let pid: pid_t
-    private let exit: Task<Termination, Never>
+    private let exit: Task<(Termination, peakMemoryKB: Int), Never>
 
     /// How a child ended.
     public enum Termination: Sendable, Hashable, CustomStringConvertible {
@@ -88,9 +88,12 @@ public final class ChildProcess: Sendable {
             await withCheckedContinuation { continuation in
                 Thread.detachNewThread {
                     var status: Int32 = 0
-                    while waitpid(child, &status, 0) == -1 && errno == EINTR {}
+                    var usage = rusage()
+                    while wait4(child, &status, 0, &usage) == -1 && errno == EINTR {}
                     let signal = status & 0x7f
-                    continuation.resume(returning: signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal))
+                    let termination: Termination = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
+                    // The largest resident set of the child and the descendants it waited for, in KiB.
+                    continuation.resume(returning: (termination, Int(usage.ru_maxrss)))
                 }
             }
         }
@@ -110,7 +113,10 @@ public final class ChildProcess: Sendable {
         }()
 
     /// Waits for the child to end.
-    public func wait() async -> Termination { await exit.value }
+    public func wait() async -> Termination { await exit.value.0 }
+
+    /// The most memory (resident set, KiB) the child, or a descendant it waited for, used; once it has ended.
+    public func peakMemoryKB() async -> Int { await exit.value.peakMemoryKB }
 
     /// Sends `signal` to the child's whole process group.
     public func signalGroup(_ signal: Int32) {

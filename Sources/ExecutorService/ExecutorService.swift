@@ -46,6 +46,9 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Colon-separated directories (shared file systems) sandboxed instances see (BATCH_SHARED_PATHS).")
     var sharedPaths: String = Environment.value("BATCH_SHARED_PATHS", default: "")
 
+    @Option(help: "This machine's id, as AttachInstances names it (BATCH_INSTANCE_ID, default the host name).")
+    var instanceId: String = Environment.value("BATCH_INSTANCE_ID", default: ProcessInfo.processInfo.hostName)
+
     @Flag(help: "Exit when the parent process (the provisioner that started this node) exits.")
     var exitWithParent = false
 
@@ -88,9 +91,10 @@ struct ExecutorService: AsyncParsableCommand {
             amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, sandbox: isolation,
             sharedPaths: sharedPaths.split(separator: ":").map(String.init), storage: .fromEnvironment(),
             logger: logger)
+        // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval),
-            parent: exitWithParent ? getppid() : nil, logger: logger)
+            parent: exitWithParent ? getppid() : nil, instanceID: instanceId, logger: logger)
         logger.info(
             "executor starting", metadata: ["env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)"])
         let group = ServiceGroup(
@@ -111,6 +115,7 @@ struct ExecutorService: AsyncParsableCommand {
         // SIGTERM drains: no new work, running instances finish and report, heartbeats go on until they have (the
         // group stops services in reverse order). SIGINT hands the work back: running instances stop now and run
         // again elsewhere.
+        runner.onStopRequest { Task { await group.triggerGracefulShutdown() } }
         signal(SIGINT, SIG_IGN)
         let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
         interrupt.setEventHandler {
@@ -131,6 +136,7 @@ struct Heartbeat: Service {
     let interval: Duration
     /// When set, the node shuts down once this process is no longer its parent (the provisioner died).
     let parent: pid_t?
+    let instanceID: String
     let logger: Logger
 
     func run() async throws {
@@ -147,7 +153,8 @@ struct Heartbeat: Service {
                 next = ContinuousClock.now + interval
                 let beat = NodeHeartbeat(
                     nodeID: runner.nodeID, envID: runner.envID, slots: runner.slots, freeSlots: runner.freeSlots,
-                    host: host, pid: getpid(), at: Date())
+                    host: host, pid: getpid(), at: Date(), instanceID: parent == nil ? instanceID : nil,
+                    attached: parent == nil)
                 do {
                     try await amqp.publish(
                         try OutgoingMessage(

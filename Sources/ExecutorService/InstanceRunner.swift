@@ -26,6 +26,7 @@ final class InstanceRunner: Sendable {
     let logger: Logger
     private let pathLocks = PathLocks()
     private let handingBack = Atomic<Bool>(false)
+    private let stopRequested = Mutex<(@Sendable () -> Void)?>(nil)
     private let busy = Atomic<Int>(0)
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
@@ -91,10 +92,11 @@ final class InstanceRunner: Sendable {
         let result = await execute(run, in: directory, logger: logger)
         let finished = InstanceFinished(
             jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
-            nodeID: nodeID, exitCode: result?.0, reason: result == nil ? "the node stopped while it ran" : result?.1,
-            finishedAt: Date(), stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
+            nodeID: nodeID, exitCode: result?.code,
+            reason: result == nil ? "the node stopped while it ran" : result?.reason, finishedAt: Date(),
+            stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
             stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log")),
-            interrupted: result == nil ? true : nil)
+            interrupted: result == nil ? true : nil, peakMemoryKB: result?.peakMemoryKB)
         do {
             try await publish(finished, routingKey: Topology.Event.instanceFinished, job: run.jobID)
         } catch {
@@ -105,14 +107,27 @@ final class InstanceRunner: Sendable {
         if result == nil {
             logger.info("instance stopped with the node; it will run again elsewhere")
         } else {
-            logger.info("instance finished", metadata: ["exit.code": "\(result?.0.map(String.init) ?? "none")"])
+            logger.info(
+                "instance finished",
+                metadata: [
+                    "exit.code": "\(result?.code.map(String.init) ?? "none")",
+                    "memory.peak.kb": "\(result?.peakMemoryKB.map(String.init) ?? "none")",
+                ])
         }
+    }
+
+    /// How an attempt ended on this node: the exit code (nil when the command did not run or its outputs were not
+    /// stored), why unless all went well, and the most memory the command used.
+    struct Outcome {
+        var code: Int?
+        var reason: String?
+        var peakMemoryKB: Int?
     }
 
     /// Prepares the attempt (package, inputs), runs the command, and stores its outputs and logs. Returns the exit
     /// code (nil when the command did not run or its outputs were not stored) and, unless all went well, why; or nil
     /// when the node shut down while it ran (the command was stopped).
-    func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> (Int?, String?)? {
+    func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> Outcome? {
         let io = run.io ?? InstanceIO()
         let sandboxed = if case .bubblewrap = sandbox, io.docker == nil { true } else { false }
         let workspace = Workspace(attempt: directory, run: run, sandboxed: sandboxed, nodeStorage: storage)
@@ -123,25 +138,25 @@ final class InstanceRunner: Sendable {
         }
         defer { if !paths.isEmpty { pathLocks.unlock(paths) } }
 
-        var outcome: (Int?, String?)
+        var outcome: Outcome
         do {
             try await workspace.prepare()
             guard let ran = await launch(run, workspace: workspace, logger: logger) else { return nil }
             outcome = ran
-            if outcome.0 == 0 { try await workspace.uploadOutputs() }
+            if outcome.code == 0 { try await workspace.uploadOutputs() }
         } catch {
             logger.warning("instance failed around its run", metadata: ["reason": "\(error)"])
-            outcome = (nil, "\(error)")
+            outcome = Outcome(code: nil, reason: "\(error)")
         }
         if let problem = await workspace.uploadLogs() {
             logger.warning("logs not uploaded", metadata: ["reason": "\(problem)"])
-            if outcome.0 == 0 { outcome = (nil, problem) }
+            if outcome.code == 0 { outcome = Outcome(code: nil, reason: problem, peakMemoryKB: outcome.peakMemoryKB) }
         }
         return outcome
     }
 
     /// Runs the command in the sandbox (or the container, or directly), enforcing the timeout.
-    func launch(_ run: InstanceRun, workspace: Workspace, logger: Logger) async -> (Int?, String?)? {
+    func launch(_ run: InstanceRun, workspace: Workspace, logger: Logger) async -> Outcome? {
         let work = workspace.work
         let temporary = workspace.attempt.appendingPathComponent("tmp", isDirectory: true)
         var environment = [
@@ -164,7 +179,9 @@ final class InstanceRunner: Sendable {
         let mounts = workspace.sandboxed ? workspace.mountPoints.map { ($0, workspace.host($0)) } : []
         if let docker = run.io?.docker {
             guard let runtime = ContainerRuntime.find() else {
-                return (nil, "the node has no container runtime (docker or podman on the PATH) to run \(docker.image)")
+                return Outcome(
+                    code: nil,
+                    reason: "the node has no container runtime (docker or podman on the PATH) to run \(docker.image)")
             }
             executable = runtime
             arguments = ContainerRuntime.arguments(
@@ -190,7 +207,7 @@ final class InstanceRunner: Sendable {
                 stdout: workspace.stdout.path, stderr: workspace.stderr.path)
         } catch {
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
-            return (nil, "could not start: \(error)")
+            return Outcome(code: nil, reason: "could not start: \(error)")
         }
         let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         running.withLock { $0[key] = child }
@@ -205,13 +222,20 @@ final class InstanceRunner: Sendable {
         let termination = await child.wait()
         timeout.cancel()
         if handingBack.load(ordering: .relaxed) && !timedOut.load(ordering: .relaxed) { return nil }
+        let peak = await child.peakMemoryKB()
         if timedOut.load(ordering: .relaxed) {
-            return (termination.code, "timed out after \(run.timeoutSeconds) s")
+            return Outcome(
+                code: termination.code, reason: "timed out after \(run.timeoutSeconds) s", peakMemoryKB: peak)
         }
         if run.io?.docker != nil, termination == .exited(125) {
-            return (125, "the container runtime could not run \(run.io?.docker?.image ?? "the image") (see stderr)")
+            return Outcome(
+                code: 125,
+                reason: "the container runtime could not run \(run.io?.docker?.image ?? "the image") (see stderr)",
+                peakMemoryKB: peak)
         }
-        return (termination.code, termination == .exited(0) ? nil : termination.description)
+        return Outcome(
+            code: termination.code, reason: termination == .exited(0) ? nil : termination.description,
+            peakMemoryKB: peak)
     }
 
     /// Stops every running instance now, to run again elsewhere (each ends as interrupted, not counted against
@@ -230,9 +254,17 @@ final class InstanceRunner: Sendable {
     @Sendable func command(_ delivery: Delivery) async throws {
         switch delivery.type {
         case LogRequest.type: try await serveLog(delivery)
+        case NodeStop.type:
+            let stop = try delivery.decode(NodeStop.self).payload
+            logger.info("asked to stop", metadata: ["drain": "\(stop.drain)", "reason": "\(stop.reason)"])
+            if !stop.drain { handBack() }
+            stopRequested.withLock { $0 }?()
         default: try await kill(delivery)
         }
     }
+
+    /// Called when the node is asked to stop (`node.stop`): shuts the node down (draining, unless handed back).
+    func onStopRequest(_ handler: @escaping @Sendable () -> Void) { stopRequested.withLock { $0 = handler } }
 
     /// `instance.log-request`: reads a piece of an attempt's stdout or stderr (running or finished) and answers on
     /// the requester's reply queue.

@@ -124,12 +124,15 @@ public struct InstanceFinished: MessageContract, Hashable {
     /// True when the node stopped the attempt because the node itself stopped (scale-down, shutdown): the attempt
     /// runs again elsewhere and does not count against `MaxRetryCount`.
     public var interrupted: Bool?
+    /// The most memory the command used (resident set, KiB), when it ran.
+    public var peakMemoryKB: Int?
 
     public init(
         jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, nodeID: NodeID, exitCode: Int?,
         reason: String?, finishedAt: Date, stdoutTail: [UInt8]? = nil, stderrTail: [UInt8]? = nil,
-        interrupted: Bool? = nil
+        interrupted: Bool? = nil, peakMemoryKB: Int? = nil
     ) {
+        self.peakMemoryKB = peakMemoryKB
         self.interrupted = interrupted
         self.stdoutTail = stdoutTail
         self.stderrTail = stderrTail
@@ -164,8 +167,18 @@ public struct NodeHeartbeat: MessageContract, Hashable {
     public var host: String
     public var pid: Int32
     public var at: Date
+    /// The machine's own id (`ComputeNodeInstanceId`): what `AttachInstances` names.
+    public var instanceID: String?
+    /// True for an executor started outside the provisioner (by hand, by `docker compose --scale`): it joined the
+    /// environment on its own and is shown as `USER_ATTACHED`.
+    public var attached: Bool?
 
-    public init(nodeID: NodeID, envID: EnvID, slots: Int, freeSlots: Int, host: String, pid: Int32, at: Date) {
+    public init(
+        nodeID: NodeID, envID: EnvID, slots: Int, freeSlots: Int, host: String, pid: Int32, at: Date,
+        instanceID: String? = nil, attached: Bool? = nil
+    ) {
+        self.instanceID = instanceID
+        self.attached = attached
         self.nodeID = nodeID
         self.envID = envID
         self.slots = slots
@@ -245,10 +258,29 @@ public struct NodeTerminationRequested: MessageContract, Hashable {
     public static let type = "node.termination-requested"
     public var envID: EnvID
     public var nodeIDs: [NodeID]
+    /// True when the nodes should finish their running instances first (`DetachInstances`); otherwise they hand
+    /// them back at once (`TerminateComputeNode`).
+    public var drain: Bool?
 
-    public init(envID: EnvID, nodeIDs: [NodeID]) {
+    public init(envID: EnvID, nodeIDs: [NodeID], drain: Bool? = nil) {
         self.envID = envID
         self.nodeIDs = nodeIDs
+        self.drain = drain
+    }
+}
+
+/// Tells a node (on its own queue) to stop: draining (no new work, running instances finish) or at once (running
+/// instances are handed back). For nodes no driver of ours runs: attached ones.
+public struct NodeStop: MessageContract, Hashable {
+    public static let type = "node.stop"
+    public var nodeID: NodeID
+    public var drain: Bool
+    public var reason: String
+
+    public init(nodeID: NodeID, drain: Bool, reason: String) {
+        self.nodeID = nodeID
+        self.drain = drain
+        self.reason = reason
     }
 }
 

@@ -374,9 +374,29 @@ public struct ComputeEnvStore: Sendable {
                     throw APIError(.unsupportedOperation, "InstanceIds: \(instance.prefix(64)) was created by Batch")
                 }
             }
+            // Nodes not running yet just go; running ones drain (finish their instances) and go when they stop.
             try await connection.query(
-                "DELETE FROM compute_nodes WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs))",
-                logger: logger)
+                """
+                DELETE FROM compute_nodes WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs))
+                    AND state = 'CREATED'
+                """, logger: logger)
+            var draining: [NodeID] = []
+            for try await node in try await connection.query(
+                """
+                UPDATE compute_nodes SET state = 'DELETING', updated_at = now()
+                WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs)) RETURNING node_id
+                """, logger: logger
+            ).decode(String.self) {
+                draining.append(NodeID(rawValue: node))
+            }
+            guard !draining.isEmpty else { return false }
+            try await Outbox.enqueue(
+                [
+                    try OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeTerminationRequested,
+                        payload: NodeTerminationRequested(envID: envID, nodeIDs: draining, drain: true),
+                        correlationID: envID.rawValue)
+                ], on: connection, sealer: database.sealer, logger: logger)
             return false
         }
     }
@@ -521,14 +541,30 @@ public struct ComputeEnvStore: Sendable {
         let rows = latest.values.sorted { $0.nodeID.rawValue < $1.nodeID.rawValue }
         let logger = self.logger
         try await database.transaction { connection in
+            let attached = rows.filter { $0.attached == true && $0.instanceID != nil }
+            if !attached.isEmpty {
+                // A machine attached by `AttachInstances` before its executor started: its row takes the node's id.
+                try await connection.query(
+                    """
+                    UPDATE compute_nodes n SET node_id = b.node
+                    FROM unnest(\(attached.map(\.nodeID.rawValue))::text[], \(attached.map(\.envID.rawValue))::text[],
+                        \(attached.map { $0.instanceID ?? "" })::text[]) AS b(node, env, instance)
+                    WHERE n.env_id = b.env AND n.instance_id = b.instance AND n.node_id <> b.node
+                        AND n.resource_origin = 'USER_ATTACHED'
+                        AND NOT EXISTS (SELECT 1 FROM compute_nodes m WHERE m.node_id = b.node)
+                    """, logger: logger)
+            }
             try await connection.query(
                 """
-                INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host, pid, last_heartbeat)
-                SELECT node, env, 'RUNNING', slots, free, host, pid, at
+                INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host, pid, last_heartbeat,
+                    instance_id, resource_origin)
+                SELECT node, env, 'RUNNING', slots, free, host, pid, at, NULLIF(instance, ''),
+                    CASE WHEN attached THEN 'USER_ATTACHED' ELSE 'BATCH_CREATED' END
                 FROM unnest(\(rows.map(\.nodeID.rawValue))::text[], \(rows.map(\.envID.rawValue))::text[],
                     \(rows.map(\.slots))::integer[], \(rows.map(\.freeSlots))::integer[], \(rows.map(\.host))::text[],
-                    \(rows.map { Int($0.pid) })::integer[], \(rows.map(\.at))::timestamptz[])
-                    AS b(node, env, slots, free, host, pid, at)
+                    \(rows.map { Int($0.pid) })::integer[], \(rows.map(\.at))::timestamptz[],
+                    \(rows.map { $0.instanceID ?? "" })::text[], \(rows.map { $0.attached ?? false })::boolean[])
+                    AS b(node, env, slots, free, host, pid, at, instance, attached)
                 WHERE EXISTS (SELECT 1 FROM compute_envs e WHERE e.env_id = b.env)
                 ON CONFLICT (node_id) DO UPDATE SET
                     state = CASE WHEN compute_nodes.state IN ('DELETING', 'ABNORMAL') THEN compute_nodes.state

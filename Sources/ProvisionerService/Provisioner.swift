@@ -151,7 +151,22 @@ struct Provisioner: Service {
             try await reconcile(env)
         case NodeTerminationRequested.type:
             let event = try delivery.decode(NodeTerminationRequested.self).payload
-            for node in event.nodeIDs { try await stop(node, drain: false, cause: "terminated by the user") }
+            let drain = event.drain ?? false
+            let cause = drain ? "detached by the user" : "terminated by the user"
+            let ours = Set(await driver.nodes(of: event.envID).map(\.node))
+            for node in event.nodeIDs {
+                if ours.contains(node) {
+                    try await stop(node, drain: drain, cause: cause)
+                } else {
+                    // A node no driver of ours runs (attached): told on its own queue.
+                    try await envs.nodeDeleting(node, cause: cause)
+                    try await amqp.publish(
+                        try OutgoingMessage(
+                            exchange: Topology.commandsExchange,
+                            routingKey: Topology.nodeRoutingKey(node: node.rawValue),
+                            payload: NodeStop(nodeID: node, drain: drain, reason: cause), persistent: false))
+                }
+            }
         case NodeHeartbeat.type:
             try await envs.heartbeats([try delivery.decode(NodeHeartbeat.self).payload])
         case NodeStopped.type:

@@ -109,6 +109,53 @@ extension NodeTests {
     }
 }
 
+extension NodeTests {
+    @Test("an executor started by hand joins its environment (AttachInstances), runs work, and drains when detached")
+    func attachedNode() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 0)
+            _ = try await stack.call("AttachInstances", ["EnvId": env, "Instances": [["InstanceId": "my-box"]]])
+            let executor = try ServiceProcess(
+                Stack.binDirectory.appendingPathComponent("ExecutorService").path,
+                [
+                    "--env-id", env, "--instance-id", "my-box", "--slots", "2", "--work-dir",
+                    stack.directory.appendingPathComponent("my-box").path,
+                ],
+                environment: stack.environment, log: stack.directory.appendingPathComponent("my-box.log").path)
+            defer { executor.signal(SIGKILL) }
+            var node = ""
+            try await waitUntil("the machine's executor runs as the attached node") {
+                let view = try await stack.call("DescribeComputeEnv", ["EnvId": env])
+                let nodes = try unwrap(view["ComputeNodeSet"] as? [[String: Any]])
+                guard nodes.count == 1, nodes[0]["ComputeNodeState"] as? String == "RUNNING" else { return false }
+                #expect(nodes[0]["ComputeNodeInstanceId"] as? String == "my-box")
+                #expect(nodes[0]["ResourceOrigin"] as? String == "USER_ATTACHED")
+                node = nodes[0]["ComputeNodeId"] as? String ?? ""
+                return true
+            }
+            let records = try stack.recordsDirectory()
+            let jobID = try await stack.submit(
+                "attached", env: env, tasks: [recordingTask("work", instances: 4, records: records, body: "sleep 1")])
+            try await waitUntil("the attached node runs instances") {
+                try await stack.runningInstances(jobID, "work") > 0
+            }
+            // Detached while it works: it finishes what it runs, takes nothing more, and leaves.
+            _ = try await stack.call("DetachInstances", ["EnvId": env, "InstanceIds": ["my-box"]])
+            try await waitUntil("the executor has stopped") { !executor.isRunning }
+            #expect(await executor.wait() == 0)
+            try await waitUntil("the node is gone") { try await stack.rowCount("compute_nodes") == 0 }
+            let finished = try await stack.instances(jobID, "work").filter {
+                $0["TaskInstanceState"] as? String == "SUCCEED"
+            }
+            #expect(!finished.isEmpty)
+            #expect(finished.allSatisfy { $0["ComputeNodeInstanceId"] as? String == node })
+            // What ran, ran once and to the end; the rest waits for a node.
+            #expect(try readRecords(records).allSatisfy { $0.attempt == 1 })
+            #expect(try readRecords(records).count == finished.count)
+        }
+    }
+}
+
 extension Stack {
     /// The ids of the environment's nodes that are `RUNNING`.
     func nodes(_ env: String) async throws -> [String] {
