@@ -14,9 +14,16 @@ struct Batchctl: AsyncParsableCommand {
         discussion: """
             Examples:
               batchctl admin create-user alice
+              batchctl submit examples/render/job.json --set Tasks[0].EnvId=env-ab12cd34 --wait
+              batchctl jobs; batchctl tasks job-ab12cd34; batchctl logs job-ab12cd34 render 7 -f
               batchctl call DescribeJob '{"JobId": "job-ab12cd34"}'
+            The key pair and the gateway come from --secret-id/--secret-key/--endpoint, BATCH_SECRET_ID,
+            BATCH_SECRET_KEY and BATCH_ENDPOINT, or .batch/credentials (JSON: secretId, secretKey, endpoint).
             """,
-        subcommands: [Admin.self, Call.self, Logs.self])
+        subcommands: [
+            Submit.self, Jobs.self, Describe.self, Tasks.self, Instances.self, Watch.self, Logs.self, Why.self,
+            Graph.self, Terminate.self, Retry.self, Delete.self, Envs.self, Templates.self, Admin.self, Call.self,
+        ])
 
     /// Prints one line on stderr and exits non-zero, as every failing batchctl command does.
     static func fail(_ message: String) -> Never {
@@ -173,6 +180,73 @@ struct Call: AsyncParsableCommand {
     }
 }
 
+/// Follows a job to its end, printing each task's progress whenever it changes.
+struct Watch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Follow a job to its end: each task's state and instance counts, printed as they change.",
+        discussion: "Example: batchctl watch job-ab12cd34    (exits 0 when the job succeeds, 1 otherwise)")
+
+    @Argument(help: "The job id")
+    var jobId: String
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws { try await Self.follow(jobId, gateway: client.gateway) }
+
+    static func follow(_ jobId: String, gateway: Gateway) async throws {
+        let start = ContinuousClock.now
+        var last = ""
+        while true {
+            let job = await gateway.call("DescribeJob", ["JobId": jobId])
+            let state = job["JobState"] as? String ?? "?"
+            var lines: [String] = []
+            for task in job["TaskSet"] as? [[String: Any]] ?? [] {
+                let name = task["TaskName"] as? String ?? "?"
+                let view = await gateway.call("DescribeTask", ["JobId": jobId, "TaskName": name, "Limit": 1])
+                let metrics = view["TaskInstanceMetrics"] as? [String: Any] ?? [:]
+                func count(_ key: String) -> Int { metrics[key] as? Int ?? 0 }
+                let total = view["TaskInstanceTotalCount"] as? Int ?? 0
+                let done = count("SucceedCount")
+                let failed = count("FailedCount") + count("FailedInterruptedCount")
+                let running = count("RunningCount") + count("StartingCount")
+                lines.append(
+                    Self.line(
+                        name, state: task["TaskState"] as? String ?? "?", done: done, running: running,
+                        failed: failed, total: max(total, done + running + failed)))
+            }
+            let block = lines.joined(separator: "\n")
+            if block != last {
+                let seconds = Double((ContinuousClock.now - start).components.seconds)
+                print(String(format: "[%5.0f s] job %@ %@\n", seconds, jobId, state) + block)
+                fflush(nil)
+                last = block
+            }
+            switch state {
+            case "SUCCEED":
+                print("job \(jobId) SUCCEED")
+                return
+            case "FAILED", "FAILED_INTERRUPTED":
+                Batchctl.fail("job \(jobId) \(state): \(job["StateReason"] as? String ?? "a task failed")")
+            default:
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// `  align   RUNNING  [#####=====..........]  1/4 done, 2 running, 0 failed`
+    static func line(_ name: String, state: String, done: Int, running: Int, failed: Int, total: Int) -> String {
+        let width = 20
+        let cells = total == 0 ? 0 : width
+        let full = total == 0 ? 0 : done * cells / total
+        let busy = total == 0 ? 0 : min(cells - full, (running + failed) * cells / total)
+        let bar =
+            String(repeating: "#", count: full) + String(repeating: "=", count: busy)
+            + String(repeating: ".", count: width - full - busy)
+        let padded = name.padding(toLength: max(12, name.count), withPad: " ", startingAt: 0)
+        let shownState = state.padding(toLength: 18, withPad: " ", startingAt: 0)
+        return "  \(padded) \(shownState) [\(bar)] \(done)/\(total) done, \(running) running, \(failed) failed"
+    }
+}
+
 /// Prints an instance's stdout (or stderr) from its node, following it while it runs with `-f`.
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -189,14 +263,10 @@ struct Logs: AsyncParsableCommand {
     var stderr = false
     @Flag(name: .shortAndLong, help: "Follow: keep printing new output until the instance ends")
     var follow = false
-    @Option(help: "The gateway's host:port (BATCH_ENDPOINT, default from .batch/credentials or 127.0.0.1:8080)")
-    var endpoint: String?
-    @Option var secretId: String?
-    @Option var secretKey: String?
+    @OptionGroup var client: ClientOptions
 
     func run() async throws {
-        let gateway = Gateway(
-            credentials: Credentials.load(endpoint: endpoint, secretID: secretId, secretKey: secretKey))
+        let gateway = client.gateway
         var offset = 0
         while true {
             let body: [String: Any] = [
@@ -222,6 +292,14 @@ struct Logs: AsyncParsableCommand {
 /// Calls the gateway's API with a signed request; any failure ends the program with one line on stderr.
 struct Gateway {
     var credentials: Credentials
+
+    /// The `Response` object of a successful call with a JSON body.
+    func call(_ action: String, _ body: [String: Any]) async -> [String: Any] {
+        guard let payload = try? JSONSerialization.data(withJSONObject: body) else {
+            Batchctl.fail("\(action): the request cannot be encoded as JSON")
+        }
+        return await call(action, Array(payload))
+    }
 
     /// The `Response` object of a successful call.
     func call(_ action: String, _ payload: [UInt8]) async -> [String: Any] {

@@ -159,3 +159,66 @@ struct StorageEndToEndTests {
         }
     }
 }
+
+/// The long-running limits of an instance.
+@Suite("Executor: a ten-minute timeout", .timeLimit(.minutes(15)))
+struct LongTimeoutTests {
+    @Test("an instance with a 10-minute Timeout is killed at it, not before and not at its own end")
+    func tenMinuteTimeout() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            let marker = "sleep 1800.\(Int.random(in: 100_000...999_999))"
+            let started = Date()
+            let jobID = try await stack.submit(
+                "ten-minutes", env: env,
+                tasks: [
+                    [
+                        "TaskName": "long", "Timeout": 600,
+                        "Application": ["DeliveryForm": "LOCAL", "Command": marker],
+                    ]
+                ])
+            try await waitUntil("the instance runs") { try await stack.runningInstances(jobID, "long") == 1 }
+            let job = try await stack.waitForJob(jobID, deadline: .seconds(900))
+            #expect(job["JobState"] as? String == "FAILED")
+            let instance = try #require(try await stack.instances(jobID, "long").first)
+            #expect((instance["StateReason"] as? String)?.contains("timed out after 600 s") == true, "\(instance)")
+            // Killed by its timeout: after 600 s of running, long before its command would have ended by itself.
+            let ran = Date().timeIntervalSince(started)
+            #expect(ran >= 600)
+            #expect(ran < 1800)
+            #expect(try await processes(matching: marker).isEmpty)
+        }
+    }
+}
+
+extension StorageEndToEndTests {
+    @Test("a task with a Docker image runs through the node's container runtime, or fails saying why")
+    func containerImage() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            let jobID = try await stack.submit(
+                "container", env: env,
+                tasks: [
+                    [
+                        "TaskName": "boxed",
+                        "Application": [
+                            "DeliveryForm": "LOCAL", "Command": "echo from a container",
+                            "Docker": ["Image": "debian:bookworm-slim"],
+                        ],
+                    ]
+                ])
+            let job = try await stack.waitForJob(jobID)
+            let instance = try #require(try await stack.instances(jobID, "boxed").first)
+            // Where the runtime can run the image, it succeeds; otherwise (no runtime, a docker client without an
+            // engine as on this project's machines, no registry) the reason names the image and what went wrong.
+            if job["JobState"] as? String != "SUCCEED" {
+                #expect(job["JobState"] as? String == "FAILED")
+                let reason = instance["StateReason"] as? String ?? ""
+                #expect(reason.contains("debian:bookworm-slim"), "\(reason)")
+                #expect(
+                    reason.contains("the container runtime could not run") || reason.contains("no container runtime"),
+                    "\(reason)")
+            }
+        }
+    }
+}

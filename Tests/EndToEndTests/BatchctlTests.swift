@@ -1,0 +1,177 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// batchctl against the running stack: every command, its tables and `--output json`, and its errors.
+@Suite("batchctl: the command-line client", .serialized, .timeLimit(.minutes(5)))
+struct BatchctlTests {
+    static let binary = Stack.binDirectory.appendingPathComponent("batchctl").path
+
+    /// Runs batchctl with the stack's gateway and key pair (and no credentials file).
+    func batchctl(_ stack: Stack, _ arguments: [String], credentials: Bool = true) async throws
+        -> TestServers.ProgramResult
+    {
+        var environment = ["PATH": "/usr/bin:/bin", "BATCH_CREDENTIALS": "/nonexistent/credentials"]
+        if credentials {
+            environment["BATCH_ENDPOINT"] = stack.endpoint
+            environment["BATCH_SECRET_ID"] = stack.secretID
+            environment["BATCH_SECRET_KEY"] = stack.secretKey
+        }
+        return try await TestServers.run(Self.binary, arguments, environment: environment)
+    }
+
+    func json(_ result: TestServers.ProgramResult) throws -> [String: Any] {
+        try unwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+    }
+
+    @Test("environments, submit from YAML with --set and --wait, the reading commands, graph, logs, delete")
+    func commands() async throws {
+        try await Stack.run { stack in
+            let created = try await batchctl(stack, ["envs", "create", "cli", "--nodes", "1"])
+            #expect(created.status == 0, "\(created.stderr)")
+            let env = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(env.hasPrefix("env-"))
+            #expect(try await batchctl(stack, ["envs"]).stdout.contains(env))
+            try await waitUntil("the node runs") {
+                try await batchctl(stack, ["envs", "describe", env]).stdout.contains("RUNNING")
+            }
+
+            let file = stack.directory.appendingPathComponent("job.yaml")
+            try """
+            JobName: from-yaml
+            Dependences:
+              - {StartTask: first, EndTask: second}
+            Tasks:
+              - TaskName: first
+                EnvId: placeholder
+                TaskInstanceNum: 1
+                Application: {DeliveryForm: LOCAL, Command: "echo hello from $BATCH_TASK_NAME"}
+              - TaskName: second
+                EnvId: placeholder
+                Application: {DeliveryForm: LOCAL, Command: "echo second $BATCH_TASK_INSTANCE_INDEX"}
+            """.write(to: file, atomically: true, encoding: .utf8)
+            let submitted = try await batchctl(
+                stack,
+                [
+                    "submit", file.path, "--set", "Tasks[0].EnvId=\(env)", "--set", "Tasks[1].EnvId=\(env)", "--set",
+                    "Tasks[1].TaskInstanceNum=3", "--wait",
+                ])
+            #expect(submitted.status == 0, "\(submitted.stderr)")
+            let jobID = String(submitted.stdout.prefix { $0 != "\n" })
+            #expect(jobID.hasPrefix("job-"))
+            #expect(submitted.stdout.contains("job \(jobID) SUCCEED"))
+
+            let jobs = try await batchctl(stack, ["jobs"])
+            #expect(jobs.stdout.contains(jobID) && jobs.stdout.contains("from-yaml") && jobs.stdout.contains("SUCCEED"))
+            let described = try await batchctl(stack, ["describe", jobID])
+            #expect(described.stdout.contains("state    SUCCEED"))
+            let tasks = try await batchctl(stack, ["tasks", jobID])
+            #expect(tasks.stdout.split(separator: "\n").contains { $0.hasPrefix("second") && $0.contains("SUCCEED") })
+            let instances = try json(try await batchctl(stack, ["instances", jobID, "second", "--output", "json"]))
+            #expect(instances["TaskInstanceTotalCount"] as? Int == 3)
+            let why = try await batchctl(stack, ["why", jobID])
+            #expect(why.stdout.hasPrefix("job \(jobID) is SUCCEED"))
+            let logs = try await batchctl(stack, ["logs", jobID, "second", "2"])
+            #expect(logs.stdout == "second 2\n")
+            let graph = try await batchctl(stack, ["graph", jobID])
+            #expect(graph.stdout.contains("\"first\" -> \"second\";"))
+            #expect(graph.stdout.contains("fillcolor=palegreen"))
+
+            let deleted = try await batchctl(stack, ["delete", jobID])
+            #expect(deleted.status == 0, "\(deleted.stderr)")
+            let gone = try await batchctl(stack, ["describe", jobID])
+            #expect(gone.status == 1)
+            #expect(gone.stderr == "batchctl: ResourceNotFound.Job: JobId: no job \(jobID)\n")
+
+            let scaled = try await batchctl(stack, ["envs", "scale", env, "2"])
+            #expect(scaled.status == 0, "\(scaled.stderr)")
+            let view = try json(try await batchctl(stack, ["envs", "describe", env, "--output", "json"]))
+            #expect(view["DesiredComputeNodeCount"] as? Int == 2)
+        }
+    }
+
+    @Test("terminate, retry, templates, and why for a waiting instance")
+    func changes() async throws {
+        try await Stack.run { stack in
+            // No nodes: the instance waits, and why says so.
+            let env = try await stack.createEnv(nodes: 0)
+            let jobID = try await stack.submit(
+                "waiting", env: env,
+                tasks: [["TaskName": "idle", "Application": ["DeliveryForm": "LOCAL", "Command": "true"]]])
+            try await waitUntil("the instance waits for a node") {
+                try await batchctl(stack, ["why", jobID, "idle"]).stdout.contains("free slot")
+            }
+            let terminated = try await batchctl(stack, ["terminate", jobID])
+            #expect(terminated.status == 0, "\(terminated.stderr)")
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "FAILED")
+            let retried = try await batchctl(stack, ["retry", jobID])
+            #expect(retried.status == 0, "\(retried.stderr)")
+
+            let task = stack.directory.appendingPathComponent("task.json")
+            try #"{"TaskName": "tpl", "Application": {"DeliveryForm": "LOCAL", "Command": "true"}}"#.write(
+                to: task, atomically: true, encoding: .utf8)
+            let template = try await batchctl(stack, ["templates", "create", "cli-template", task.path])
+            #expect(template.status == 0, "\(template.stderr)")
+            let id = template.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(try await batchctl(stack, ["templates"]).stdout.contains("cli-template"))
+            #expect(try await batchctl(stack, ["templates", "delete", id]).status == 0)
+            #expect(try await !batchctl(stack, ["templates"]).stdout.contains("cli-template"))
+        }
+    }
+
+    @Test("errors are one line on stderr and a non-zero exit: unknown job, bad YAML with its line, no credentials")
+    func errors() async throws {
+        try await Stack.run { stack in
+            let unknown = try await batchctl(stack, ["describe", "job-zzzzzzzz"])
+            #expect(unknown.status == 1)
+            #expect(unknown.stderr == "batchctl: ResourceNotFound.Job: JobId: no job job-zzzzzzzz\n")
+            #expect(unknown.stdout.isEmpty)
+
+            let bad = stack.directory.appendingPathComponent("bad.yaml")
+            try "JobName: broken\nTasks:\n  - TaskName: a\n    Application: {DeliveryForm: LOCAL\n".write(
+                to: bad, atomically: true, encoding: .utf8)
+            let parsed = try await batchctl(stack, ["submit", bad.path])
+            #expect(parsed.status == 1)
+            #expect(parsed.stderr.hasPrefix("batchctl: \(bad.path): line 5"), "\(parsed.stderr)")
+            #expect(parsed.stderr.split(separator: "\n").count == 1)
+
+            let anonymous = try await batchctl(stack, ["jobs"], credentials: false)
+            #expect(anonymous.status == 1)
+            #expect(anonymous.stderr.hasPrefix("batchctl: no key pair"))
+            #expect(anonymous.stderr.split(separator: "\n").count == 1)
+        }
+    }
+
+    @Test("watch in a terminal: the counts change as the job runs and the view ends with the job")
+    func watchInATerminal() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            let jobID = try await stack.submit(
+                "watched", env: env,
+                tasks: [
+                    [
+                        "TaskName": "steps", "TaskInstanceNum": 6,
+                        "Application": ["DeliveryForm": "LOCAL", "Command": "sleep 0.5"],
+                    ]
+                ])
+            // `script` gives batchctl a pseudo-terminal, as a user's shell would.
+            let command = [
+                Self.binary, "watch", jobID, "--endpoint", stack.endpoint, "--secret-id", stack.secretID,
+                "--secret-key", stack.secretKey,
+            ].joined(separator: " ")
+            let result = try await TestServers.run(
+                "/usr/bin/script", ["-qefc", command, "/dev/null"], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(result.status == 0, "\(result.stdout)")
+            // A terminal ends lines with \r\n, one Character: split on any newline.
+            let progress = result.stdout.split(whereSeparator: \.isNewline).filter {
+                $0.contains("steps") && $0.contains("done")
+            }
+            let done = progress.compactMap { line in
+                line.split(separator: " ").first { $0.contains("/6") }.flatMap { Int($0.prefix { $0 != "/" }) }
+            }
+            #expect(Set(done).count >= 2, "\(result.stdout)")
+            #expect(done.last == 6)
+            #expect(result.stdout.contains("job \(jobID) SUCCEED"))
+        }
+    }
+}
