@@ -208,10 +208,11 @@ struct Watch: AsyncParsableCommand {
                 let done = count("SucceedCount")
                 let failed = count("FailedCount") + count("FailedInterruptedCount")
                 let running = count("RunningCount") + count("StartingCount")
+                let waiting = count("SubmittedCount") + count("PendingCount") + count("RunnableCount")
                 lines.append(
                     Self.line(
                         name, state: task["TaskState"] as? String ?? "?", done: done, running: running,
-                        failed: failed, total: max(total, done + running + failed)))
+                        waiting: waiting, failed: failed, total: max(total, done + running + waiting + failed)))
             }
             let block = lines.joined(separator: "\n")
             if block != last {
@@ -232,8 +233,10 @@ struct Watch: AsyncParsableCommand {
         }
     }
 
-    /// `  align   RUNNING  [#####=====..........]  1/4 done, 2 running, 0 failed`
-    static func line(_ name: String, state: String, done: Int, running: Int, failed: Int, total: Int) -> String {
+    /// `  align   RUNNING  [#####=====..........]  1/4 done, 2 running, 1 waiting, 0 failed`
+    static func line(
+        _ name: String, state: String, done: Int, running: Int, waiting: Int, failed: Int, total: Int
+    ) -> String {
         let width = 20
         let cells = total == 0 ? 0 : width
         let full = total == 0 ? 0 : done * cells / total
@@ -243,7 +246,9 @@ struct Watch: AsyncParsableCommand {
             + String(repeating: ".", count: width - full - busy)
         let padded = name.padding(toLength: max(12, name.count), withPad: " ", startingAt: 0)
         let shownState = state.padding(toLength: 18, withPad: " ", startingAt: 0)
-        return "  \(padded) \(shownState) [\(bar)] \(done)/\(total) done, \(running) running, \(failed) failed"
+        return
+            "  \(padded) \(shownState) [\(bar)] \(done)/\(total) done, \(running) running, \(waiting) waiting, "
+            + "\(failed) failed"
     }
 }
 

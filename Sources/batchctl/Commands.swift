@@ -445,7 +445,8 @@ struct Envs: AsyncParsableCommand {
         defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List compute environments.")
+        static let configuration = CommandConfiguration(
+            abstract: "List compute environments.", discussion: "Example: batchctl envs list --output json")
         @OptionGroup var client: ClientOptions
         func run() async throws {
             let response = await client.gateway.call("DescribeComputeEnvs", ["Limit": 100])
@@ -536,7 +537,8 @@ struct Templates: AsyncParsableCommand {
         subcommands: [List.self, Create.self, DeleteTemplate.self], defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List task templates.")
+        static let configuration = CommandConfiguration(
+            abstract: "List task templates.", discussion: "Example: batchctl templates list")
         @OptionGroup var client: ClientOptions
         func run() async throws {
             let response = await client.gateway.call("DescribeTaskTemplates", ["Limit": 100])

@@ -87,6 +87,13 @@ struct BatchctlTests {
             #expect(scaled.status == 0, "\(scaled.stderr)")
             let view = try json(try await batchctl(stack, ["envs", "describe", env, "--output", "json"]))
             #expect(view["DesiredComputeNodeCount"] as? Int == 2)
+            let removed = try await batchctl(stack, ["envs", "delete", env])
+            #expect(removed.status == 0, "\(removed.stderr)")
+            try await waitUntil("the environment is gone") {
+                !(try await batchctl(stack, ["envs"]).stdout.contains(env))
+            }
+            let called = try json(try await batchctl(stack, ["call", "DescribeJobs", #"{"Limit": 1}"#]))
+            #expect(called["TotalCount"] as? Int == 0)
         }
     }
 
