@@ -88,6 +88,7 @@ let package = Package(
             dependencies: [
                 "Messaging",
                 "Persistence",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -16,8 +16,9 @@ final class LogFetcher: Service, Sendable {
     let logger: Logger
     private let pending = Mutex<[String: CheckedContinuation<LogChunk?, Never>]>([:])
 
-    /// The reply queue to declare with the gateway's client (re-declared after a reconnection).
-    static func topology(id: String) -> Topology { Topology.replyQueue(for: id) }
+    /// The gateway's topology: the services' queues (events it publishes are never unroutable) and its reply queue,
+    /// declared again after a reconnection.
+    static func topology(id: String) -> Topology { Topology.services.merging(Topology.replyQueue(for: id)) }
 
     init(amqp: AMQPClient, id: String, timeout: Duration = .seconds(3), logger: Logger) {
         self.amqp = amqp

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -8,7 +9,10 @@ import Foundation
 /// can be signalled together; its exit is awaited on a thread of its own (`waitpid` blocks).
 public final class ChildProcess: Sendable {
     public let pid: pid_t
-    private let exit: Task<(Termination, peakMemoryKB: Int), Never>
+    private let exit: Task<Termination, Never>
+    /// Set once the child has been reaped: from then on its pid (and process group id) may belong to another
+    /// process, and signalling it could hit a stranger.
+    private let reaped: Flag
 
     /// How a child ended.
     public enum Termination: Sendable, Hashable, CustomStringConvertible {
@@ -41,6 +45,37 @@ public final class ChildProcess: Sendable {
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
         stdout: String? = nil, stderr: String? = nil
     ) throws {
+        // Spawned from one long-lived thread: a child that asks to die with its parent (bwrap's --die-with-parent,
+        // PR_SET_PDEATHSIG) dies when the thread that spawned it ends, and pool threads end when idle.
+        let pid = try SpawnThread.shared.run {
+            Result {
+                try Self.spawn(
+                    executable: executable, arguments: arguments, environment: environment, directory: directory,
+                    stdout: stdout, stderr: stderr)
+            }
+        }.get()
+        self.pid = pid
+        let child = pid
+        let reaped = Flag()
+        self.reaped = reaped
+        self.exit = Task.detached {
+            await withCheckedContinuation { continuation in
+                Thread.detachNewThread {
+                    var status: Int32 = 0
+                    while waitpid(child, &status, 0) == -1 && errno == EINTR {}
+                    reaped.value.store(true, ordering: .sequentiallyConsistent)
+                    let signal = status & 0x7f
+                    let termination: Termination = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
+                    continuation.resume(returning: termination)
+                }
+            }
+        }
+    }
+
+    private static func spawn(
+        executable: String, arguments: [String], environment: [String: String], directory: String?,
+        stdout: String?, stderr: String?
+    ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -82,21 +117,7 @@ public final class ChildProcess: Sendable {
         guard status == 0 else {
             throw SpawnError(description: "cannot start \(executable): \(String(cString: strerror(status)))")
         }
-        self.pid = pid
-        let child = pid
-        self.exit = Task.detached {
-            await withCheckedContinuation { continuation in
-                Thread.detachNewThread {
-                    var status: Int32 = 0
-                    var usage = rusage()
-                    while wait4(child, &status, 0, &usage) == -1 && errno == EINTR {}
-                    let signal = status & 0x7f
-                    let termination: Termination = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
-                    // The largest resident set of the child and the descendants it waited for, in KiB.
-                    continuation.resume(returning: (termination, Int(usage.ru_maxrss)))
-                }
-            }
-        }
+        return pid
     }
 
     /// glibc's `posix_spawn_file_actions_addchdir_np` (2.29+), which its headers hide from Swift.
@@ -113,13 +134,12 @@ public final class ChildProcess: Sendable {
         }()
 
     /// Waits for the child to end.
-    public func wait() async -> Termination { await exit.value.0 }
+    public func wait() async -> Termination { await exit.value }
 
-    /// The most memory (resident set, KiB) the child, or a descendant it waited for, used; once it has ended.
-    public func peakMemoryKB() async -> Int { await exit.value.peakMemoryKB }
-
-    /// Sends `signal` to the child's whole process group.
+    /// Sends `signal` to the child's whole process group, unless the child has been reaped: its pid may have been
+    /// given to another process group since (a late SIGKILL once killed an unrelated instance that way).
     public func signalGroup(_ signal: Int32) {
+        guard !reaped.value.load(ordering: .sequentiallyConsistent) else { return }
         kill(-pid, signal)
     }
 
@@ -135,4 +155,49 @@ public final class ChildProcess: Sendable {
         killer.cancel()
         return termination
     }
+}
+
+/// A flag shared between a child and the thread that reaps it.
+private final class Flag: Sendable {
+    let value = Atomic<Bool>(false)
+}
+
+/// One thread that lives as long as the process and starts every child (see ``ChildProcess/init``).
+final class SpawnThread: @unchecked Sendable {
+    static let shared = SpawnThread()
+    private let condition = NSCondition()
+    private var work: [() -> Void] = []
+
+    private init() {
+        let thread = Thread { [self] in
+            while true {
+                condition.lock()
+                while work.isEmpty { condition.wait() }
+                let job = work.removeFirst()
+                condition.unlock()
+                job()
+            }
+        }
+        thread.name = "batch-spawner"
+        thread.start()
+    }
+
+    /// Runs `body` on the spawning thread and returns its result.
+    func run<T>(_ body: @escaping () -> T) -> T {
+        let done = DispatchSemaphore(value: 0)
+        let box = ResultBox<T>()
+        condition.lock()
+        work.append {
+            box.value = body()
+            done.signal()
+        }
+        condition.signal()
+        condition.unlock()
+        done.wait()
+        return box.value!
+    }
+}
+
+private final class ResultBox<T>: @unchecked Sendable {
+    var value: T?
 }

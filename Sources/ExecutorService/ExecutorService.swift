@@ -49,6 +49,9 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "This machine's id, as AttachInstances names it (BATCH_INSTANCE_ID, default the host name).")
     var instanceId: String = Environment.value("BATCH_INSTANCE_ID", default: ProcessInfo.processInfo.hostName)
 
+    @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_EXECUTOR_OPS_PORT).")
+    var opsPort: Int = Environment.int("BATCH_EXECUTOR_OPS_PORT", default: 0)
+
     @Flag(help: "Exit when the parent process (the provisioner that started this node) exits.")
     var exitWithParent = false
 
@@ -74,7 +77,8 @@ struct ExecutorService: AsyncParsableCommand {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             amqp = AMQPClient(
                 configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-executor-\(nodeId)"),
-                topology: Topology.workQueue(forEnv: envID.rawValue).merging(.nodeQueue(forNode: nodeId)),
+                topology: Topology.services.merging(.workQueue(forEnv: envID.rawValue))
+                    .merging(.nodeQueue(forNode: nodeId)),
                 logger: logger)
         } catch {
             exitWithError("ExecutorService", error)
@@ -97,9 +101,14 @@ struct ExecutorService: AsyncParsableCommand {
             parent: exitWithParent ? getppid() : nil, instanceID: instanceId, logger: logger)
         logger.info(
             "executor starting", metadata: ["env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)"])
+        var operational: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if opsPort > 0 {
+            operational.append(
+                .init(service: Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected }))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [
+                services: operational + [
                     .init(service: amqp),
                     .init(service: heartbeat, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(

@@ -96,7 +96,7 @@ final class InstanceRunner: Sendable {
             reason: result == nil ? "the node stopped while it ran" : result?.reason, finishedAt: Date(),
             stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
             stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log")),
-            interrupted: result == nil ? true : nil, peakMemoryKB: result?.peakMemoryKB)
+            interrupted: result == nil ? true : nil)
         do {
             try await publish(finished, routingKey: Topology.Event.instanceFinished, job: run.jobID)
         } catch {
@@ -107,21 +107,15 @@ final class InstanceRunner: Sendable {
         if result == nil {
             logger.info("instance stopped with the node; it will run again elsewhere")
         } else {
-            logger.info(
-                "instance finished",
-                metadata: [
-                    "exit.code": "\(result?.code.map(String.init) ?? "none")",
-                    "memory.peak.kb": "\(result?.peakMemoryKB.map(String.init) ?? "none")",
-                ])
+            logger.info("instance finished", metadata: ["exit.code": "\(result?.code.map(String.init) ?? "none")"])
         }
     }
 
     /// How an attempt ended on this node: the exit code (nil when the command did not run or its outputs were not
-    /// stored), why unless all went well, and the most memory the command used.
+    /// stored), and why unless all went well.
     struct Outcome {
         var code: Int?
         var reason: String?
-        var peakMemoryKB: Int?
     }
 
     /// Prepares the attempt (package, inputs), runs the command, and stores its outputs and logs. Returns the exit
@@ -150,7 +144,7 @@ final class InstanceRunner: Sendable {
         }
         if let problem = await workspace.uploadLogs() {
             logger.warning("logs not uploaded", metadata: ["reason": "\(problem)"])
-            if outcome.code == 0 { outcome = Outcome(code: nil, reason: problem, peakMemoryKB: outcome.peakMemoryKB) }
+            if outcome.code == 0 { outcome = Outcome(code: nil, reason: problem) }
         }
         return outcome
     }
@@ -216,26 +210,24 @@ final class InstanceRunner: Sendable {
         let timeout = Task {
             try await Task.sleep(for: .seconds(run.timeoutSeconds))
             timedOut.store(true, ordering: .relaxed)
+            logger.info("instance timed out; stopping it", metadata: ["timeout.seconds": "\(run.timeoutSeconds)"])
             await child.terminate()
         }
         // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
         let termination = await child.wait()
         timeout.cancel()
         if handingBack.load(ordering: .relaxed) && !timedOut.load(ordering: .relaxed) { return nil }
-        let peak = await child.peakMemoryKB()
         if timedOut.load(ordering: .relaxed) {
             return Outcome(
-                code: termination.code, reason: "timed out after \(run.timeoutSeconds) s", peakMemoryKB: peak)
+                code: termination.code, reason: "timed out after \(run.timeoutSeconds) s")
         }
         if run.io?.docker != nil, termination == .exited(125) {
             return Outcome(
                 code: 125,
-                reason: "the container runtime could not run \(run.io?.docker?.image ?? "the image") (see stderr)",
-                peakMemoryKB: peak)
+                reason: "the container runtime could not run \(run.io?.docker?.image ?? "the image") (see stderr)")
         }
         return Outcome(
-            code: termination.code, reason: termination == .exited(0) ? nil : termination.description,
-            peakMemoryKB: peak)
+            code: termination.code, reason: termination == .exited(0) ? nil : termination.description)
     }
 
     /// Stops every running instance now, to run again elsewhere (each ends as interrupted, not counted against

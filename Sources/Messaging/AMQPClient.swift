@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 
@@ -319,7 +320,13 @@ final class PendingPublish: @unchecked Sendable {
         self.index = index
     }
 
-    func complete(_ error: MessagingError?) { batch.complete(index, error) }
+    func complete(_ error: MessagingError?) {
+        Counter(
+            label: "batch.messages.published.total",
+            dimensions: [("exchange", message.exchange), ("outcome", error == nil ? "confirmed" : "failed")]
+        ).increment()
+        batch.complete(index, error)
+    }
 }
 
 /// Collects the outcomes of a batch of publishes and resumes its caller when the last one is known.

@@ -124,15 +124,12 @@ public struct InstanceFinished: MessageContract, Hashable {
     /// True when the node stopped the attempt because the node itself stopped (scale-down, shutdown): the attempt
     /// runs again elsewhere and does not count against `MaxRetryCount`.
     public var interrupted: Bool?
-    /// The most memory the command used (resident set, KiB), when it ran.
-    public var peakMemoryKB: Int?
 
     public init(
         jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int, nodeID: NodeID, exitCode: Int?,
         reason: String?, finishedAt: Date, stdoutTail: [UInt8]? = nil, stderrTail: [UInt8]? = nil,
-        interrupted: Bool? = nil, peakMemoryKB: Int? = nil
+        interrupted: Bool? = nil
     ) {
-        self.peakMemoryKB = peakMemoryKB
         self.interrupted = interrupted
         self.stdoutTail = stdoutTail
         self.stderrTail = stderrTail

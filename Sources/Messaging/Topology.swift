@@ -146,6 +146,11 @@ extension Topology {
         )
     )
 
+    /// The services' own queues with their bindings. Every publisher declares them too, so that an event published
+    /// before its consumer first started (a fresh installation, services starting in any order) is queued, not
+    /// dropped as unroutable.
+    public static let services = scheduler.merging(provisioner)
+
     /// A node's own queue, for commands about what it runs (`instance.kill`); it goes away with the node.
     public static func nodeQueue(node: String) -> String { "batch.node.\(node)" }
     /// The routing key on `batch.commands` that reaches one node.

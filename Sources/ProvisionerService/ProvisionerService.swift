@@ -46,7 +46,7 @@ struct ProvisionerService: AsyncParsableCommand {
         }
         let bootstrap = ServiceBootstrap(
             service: "ProvisionerService", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
-            topology: .provisioner,
+            topology: .services,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
@@ -58,6 +58,7 @@ struct ProvisionerService: AsyncParsableCommand {
             var services: [any Service] = [
                 amqp,
                 OutboxRelay(database: database, amqp: amqp, logger: logger),
+                StateGauges(database: database, queries: [.nodes], logger: logger),
                 provisioner,
             ]
             if opsPort > 0 {

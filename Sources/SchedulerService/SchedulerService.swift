@@ -45,7 +45,7 @@ struct SchedulerService: AsyncParsableCommand {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
             service: "SchedulerService", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
-            topology: .scheduler,
+            topology: .services,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
@@ -58,6 +58,7 @@ struct SchedulerService: AsyncParsableCommand {
             var services: [any Service] = [
                 amqp,
                 OutboxRelay(database: database, amqp: amqp, logger: logger),
+                StateGauges(database: database, queries: [.instances, .outbox], logger: logger),
                 BatchConsumer(
                     amqp: amqp, queue: Topology.schedulerQueue, prefetch: batchSize * 2, maxBatch: batchSize,
                     tick: .init(every: .seconds(1), scheduler.tick), logger: logger, handle: scheduler.handle),

@@ -22,7 +22,8 @@ struct Batchctl: AsyncParsableCommand {
             """,
         subcommands: [
             Submit.self, Jobs.self, Describe.self, Tasks.self, Instances.self, Watch.self, Logs.self, Why.self,
-            Graph.self, Terminate.self, Retry.self, Delete.self, Envs.self, Templates.self, Admin.self, Call.self,
+            Graph.self, Terminate.self, Retry.self, Delete.self, Envs.self, Templates.self, Queues.self, Admin.self,
+            Call.self,
         ])
 
     /// Prints one line on stderr and exits non-zero, as every failing batchctl command does.

@@ -1,6 +1,8 @@
 import ArgumentParser
+import AsyncHTTPClient
 import BatchCore
 import Foundation
+import NIOFoundationCompat
 import Yams
 
 /// Where the gateway is and which key pair signs: options, then `BATCH_*` variables, then `.batch/credentials`.
@@ -578,5 +580,72 @@ struct Templates: AsyncParsableCommand {
                 print("deleted \(templateIds.joined(separator: ", "))")
             }
         }
+    }
+}
+
+// MARK: - queues
+
+struct Queues: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Each queue's depth, consumers and rates, from RabbitMQ's management API.",
+        discussion: """
+            Example: batchctl queues
+            The management API is BATCH_RABBITMQ_MANAGEMENT_URL (default http://guest:guest@127.0.0.1:15672/); the
+            virtual host is the one of BATCH_AMQP_URL (default /).
+            """)
+
+    @Option(help: "The management API's URL, with user and password (BATCH_RABBITMQ_MANAGEMENT_URL)")
+    var management: String =
+        ProcessInfo.processInfo.environment["BATCH_RABBITMQ_MANAGEMENT_URL"] ?? "http://guest:guest@127.0.0.1:15672/"
+    @Option(help: "The virtual host (default: BATCH_AMQP_URL's, else /)")
+    var vhost: String?
+    @Option(help: "text or json")
+    var output: OutputFormat = .text
+
+    func run() async throws {
+        guard var components = URLComponents(string: management), let host = components.host else {
+            Batchctl.fail("--management \(management.redactingPassword) is not a URL")
+        }
+        let user = components.user ?? "guest"
+        let password = components.password ?? "guest"
+        components.user = nil
+        components.password = nil
+        let amqpVhost = ProcessInfo.processInfo.environment["BATCH_AMQP_URL"].flatMap { URLComponents(string: $0) }
+            .map {
+                $0.path.isEmpty || $0.path == "/" ? "/" : String($0.path.dropFirst()).removingPercentEncoding ?? "/"
+            }
+        let virtualHost = vhost ?? amqpVhost ?? "/"
+        let encoded = virtualHost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? virtualHost
+        var request = HTTPClientRequest(
+            url: "\(components.scheme ?? "http")://\(host):\(components.port ?? 15672)/api/queues/\(encoded)")
+        request.headers.add(
+            name: "Authorization", value: "Basic " + Data("\(user):\(password)".utf8).base64EncodedString())
+        let data: Data
+        do {
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
+            guard response.status == .ok else {
+                Batchctl.fail("the management API answered \(response.status.code) for virtual host \(virtualHost)")
+            }
+        } catch {
+            Batchctl.fail("cannot reach RabbitMQ's management API at \(host): \(error)")
+        }
+        guard let queues = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
+            Batchctl.fail("the management API's answer is not a list of queues")
+        }
+        guard output == .text else { return printJSON(queues) }
+        func rate(_ queue: [String: Any], _ key: String) -> String {
+            let stats = queue["message_stats"] as? [String: Any]
+            let details = stats?["\(key)_details"] as? [String: Any]
+            return String(format: "%.1f", details?["rate"] as? Double ?? 0)
+        }
+        printTable(
+            ["QUEUE", "READY", "UNACKED", "CONSUMERS", "IN/s", "ACKED/s"],
+            queues.map {
+                [
+                    $0.string("name"), "\($0.int("messages_ready"))", "\($0.int("messages_unacknowledged"))",
+                    "\($0.int("consumers"))", rate($0, "publish"), rate($0, "ack"),
+                ]
+            })
     }
 }

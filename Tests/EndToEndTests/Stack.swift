@@ -203,7 +203,10 @@ final class Stack: @unchecked Sendable {
         for process in processes.values { await process.wait() }
         try? await TestDatabase.drop(databaseName)
         try? await RabbitManagement.deleteVhost(vhost)
-        try? FileManager.default.removeItem(at: directory)
+        // BATCH_KEEP_STACKS=1 keeps the logs and work dirs for a look after the run.
+        if ProcessInfo.processInfo.environment["BATCH_KEEP_STACKS"] != "1" {
+            try? FileManager.default.removeItem(at: directory)
+        }
     }
 
     // MARK: API calls

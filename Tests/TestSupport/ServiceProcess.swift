@@ -47,21 +47,32 @@ public final class ServiceProcess: Sendable {
         }
     }
 
-    public func signal(_ signal: Int32) { _ = kill(pid, signal) }
+    /// Signals the process, unless it has ended and been reaped: its pid may belong to another process by then (a
+    /// late SIGKILL to a reaped executor once killed another test's instance).
+    public func signal(_ signal: Int32) {
+        exit.withLock { exit in
+            guard exit == nil else { return }
+            _ = kill(pid, signal)
+        }
+    }
 
     /// Waits for it to end; returns its raw wait status.
     @discardableResult
     public func wait() async -> Int32 {
         if let status = exit.withLock({ $0 }) { return status }
         let pid = self.pid
-        let status: Int32 = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
+        return await withCheckedContinuation { continuation in
+            Thread.detachNewThread { [self] in
                 var status: Int32 = 0
-                while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-                continuation.resume(returning: status)
+                var result: pid_t
+                repeat { result = waitpid(pid, &status, 0) } while result == -1 && errno == EINTR
+                // ECHILD when `isRunning` reaped it meanwhile: its status is recorded already.
+                let final = exit.withLock { exit -> Int32 in
+                    if exit == nil && result == pid { exit = status }
+                    return exit ?? status
+                }
+                continuation.resume(returning: final)
             }
         }
-        exit.withLock { $0 = $0 ?? status }
-        return status
     }
 }
