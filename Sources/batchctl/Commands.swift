@@ -620,6 +620,8 @@ struct Queues: AsyncParsableCommand {
             url: "\(components.scheme ?? "http")://\(host):\(components.port ?? 15672)/api/queues/\(encoded)")
         request.headers.add(
             name: "Authorization", value: "Basic " + Data("\(user):\(password)".utf8).base64EncodedString())
+        // Uncompressed: a long list of queues compresses past the client's decompression ratio limit.
+        request.headers.add(name: "Accept-Encoding", value: "identity")
         let data: Data
         do {
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))

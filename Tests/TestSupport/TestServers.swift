@@ -187,6 +187,9 @@ public enum RabbitManagement {
         var request = HTTPClientRequest(url: "http://\(host):\(base.port ?? 15672)/\(path)")
         let credentials = "\(base.user ?? "guest"):\(base.password ?? "guest")"
         request.headers.add(name: "Authorization", value: "Basic \(Data(credentials.utf8).base64EncodedString())")
+        // Uncompressed: a long list of connections compresses so well that the client's decompression ratio limit
+        // refuses it.
+        request.headers.add(name: "Accept-Encoding", value: "identity")
         return request
     }
 }
