@@ -19,101 +19,138 @@ public struct JobStore: Sendable {
     /// Writes a validated job (templates already resolved), its tasks and the `job.submitted` event in one
     /// transaction. A repeated `clientToken` returns the job it first created. Throws ``APIError`` for a quota or
     /// an environment that is not the user's.
+    ///
+    /// The usual job (no `ClientToken`, no anonymous environment) is one statement: the quota, the environments'
+    /// ownership, the job, its tasks and its event are checked and written together, as one implicit transaction.
     public func submit(user: UserID, spec: JobSpec, clientToken: String?, zone: String?) async throws -> JobID {
         let jobID = JobID.generate()
         let logger = self.logger
+        guard clientToken != nil || spec.tasks.contains(where: { $0.computeEnv != nil }) else {
+            let insert = try insertion(jobID, user: user, spec: spec, taskEnvs: spec.tasks.map { $0.envId ?? "" })
+            let (counted, _) =
+                try await database.client.query(insert, logger: logger).decode((Int, Int).self).first { _ in true }
+                ?? (0, 0)
+            guard counted == 1 else {
+                throw try await database.client.withConnection { try await refusal(user: user, spec: spec, on: $0) }
+            }
+            database.outboxSignal.signal()
+            return jobID
+        }
         let sealer = database.sealer
-        let envs = ComputeEnvStore(database: database)
-        let quotas = self.quotas
-        return try await database.transaction { connection in
-            if let clientToken,
-                let existing = try await connection.query(
-                    "SELECT job_id FROM jobs WHERE user_id = \(user.rawValue) AND client_token = \(clientToken)",
-                    logger: logger
-                ).decode(String.self).first(where: { _ in true })
-            {
-                return JobID(rawValue: existing)
-            }
-            let named = Set(spec.tasks.compactMap { $0.envId.map(EnvID.init(rawValue:)) })
-            let owned = try await envs.owned(named, user: user, on: connection)
-            for (index, task) in spec.tasks.enumerated() {
-                if let env = task.envId, !owned.contains(EnvID(rawValue: env)) {
-                    throw APIError(.computeEnvNotFound, "Job.Tasks[\(index)].EnvId: no compute environment \(env)")
+        do {
+            return try await database.transaction { connection in
+                if let clientToken,
+                    let existing = try await winner(user: user, clientToken: clientToken, on: connection)
+                {
+                    return existing
                 }
+                var taskEnvs: [String] = []
+                for task in spec.tasks {
+                    if let anonymous = task.computeEnv {
+                        taskEnvs.append(
+                            try await ComputeEnvStore.createAnonymous(
+                                job: jobID, task: task, spec: anonymous, user: user, zone: zone, sealer: sealer,
+                                on: connection, logger: logger
+                            ).rawValue)
+                    } else {
+                        taskEnvs.append(task.envId ?? "")
+                    }
+                }
+                let insert = try insertion(
+                    jobID, user: user, spec: spec, clientToken: clientToken, zone: zone, taskEnvs: taskEnvs)
+                let (counted, inserted) =
+                    try await connection.query(insert, logger: logger).decode((Int, Int).self).first { _ in true }
+                    ?? (0, 0)
+                guard counted == 1 else { throw try await refusal(user: user, spec: spec, on: connection) }
+                // A concurrent submission with the same ClientToken won the unique index: undo ours, return its job.
+                guard inserted == 1 else { throw ClientTokenTaken() }
+                return jobID
             }
+        } catch is ClientTokenTaken {
+            return try await database.client.withConnection { connection in
+                try await winner(user: user, clientToken: clientToken ?? "", on: connection) ?? jobID
+            }
+        }
+    }
 
-            let specJSON = try BatchJSON.encode(spec)
-            let dependences = String(decoding: try BatchJSON.encode(spec.dependences ?? []), as: UTF8.self)
-            let tags = String(decoding: try BatchJSON.encode(spec.tags ?? []), as: UTF8.self)
-            // A concurrent submission with the same ClientToken loses the unique index race: return the winner's job.
-            let inserted = try await connection.query(
-                """
+    private struct ClientTokenTaken: Error {}
+
+    private func winner(user: UserID, clientToken: String, on connection: PostgresConnection) async throws -> JobID? {
+        try await connection.query(
+            "SELECT job_id FROM jobs WHERE user_id = \(user.rawValue) AND client_token = \(clientToken)",
+            logger: logger
+        ).decode(String.self).first { _ in true }.map(JobID.init(rawValue:))
+    }
+
+    /// The statement that writes a job: its user's job count goes up if under the quota and every named
+    /// environment is the user's; only then are the job, its tasks and its `job.submitted` event written. Returns
+    /// one row: whether the count went up, whether the job was written (not when its `ClientToken` was taken).
+    private func insertion(
+        _ jobID: JobID, user: UserID, spec: JobSpec, clientToken: String? = nil, zone: String? = nil,
+        taskEnvs: [String]
+    ) throws -> PostgresQuery {
+        let sealer = database.sealer
+        let named = Array(Set(spec.tasks.compactMap(\.envId)))
+        let dependences = String(decoding: try BatchJSON.encode(spec.dependences ?? []), as: UTF8.self)
+        let tags = String(decoding: try BatchJSON.encode(spec.tags ?? []), as: UTF8.self)
+        let sealedJob = try sealer.seal(try BatchJSON.encode(spec), context: "jobs.spec:\(jobID)")
+        let sealedTasks = try spec.tasks.map {
+            try sealer.seal(try BatchJSON.encode($0), context: "tasks.spec:\(jobID)/\($0.taskName)")
+        }
+        let event = try OutgoingMessage(
+            exchange: Topology.eventsExchange, routingKey: Topology.Event.jobSubmitted,
+            payload: JobSubmitted(jobID: jobID), correlationID: jobID.rawValue)
+        let sealedEvent = try sealer.seal(event.body, context: "outbox:\(event.messageID)")
+        return """
+            WITH quota AS (
+                UPDATE users SET job_count = job_count + 1
+                WHERE user_id = \(user.rawValue) AND job_count < \(quotas.jobsPerUser)
+                    AND (SELECT count(*) FROM compute_envs WHERE env_id = ANY(\(named)) AND user_id = \(user.rawValue)
+                        AND next_action IS NULL) = \(named.count)
+                RETURNING user_id
+            ), job AS (
                 INSERT INTO jobs (job_id, user_id, name, description, priority, state, dependency_rule, dependences,
                     spec_sealed, client_token, zone, tags)
-                VALUES (\(jobID.rawValue), \(user.rawValue), \(spec.jobName), \(spec.jobDescription),
+                SELECT \(jobID.rawValue), user_id, \(spec.jobName), \(spec.jobDescription),
                     \(spec.priority ?? JobSpec.defaultPriority), 'SUBMITTED', \(spec.dependencyRule.rawValue),
-                    \(dependences), \(try sealer.seal(specJSON, context: "jobs.spec:\(jobID)")), \(clientToken),
-                    \(zone), \(tags)::jsonb)
+                    \(dependences), \(sealedJob), \(clientToken), \(zone), \(tags)::jsonb
+                FROM quota
                 ON CONFLICT (user_id, client_token) DO NOTHING RETURNING job_id
-                """, logger: logger
-            ).decode(String.self).first { _ in true }
-            guard inserted != nil else {
-                let winner = try await connection.query(
-                    "SELECT job_id FROM jobs WHERE user_id = \(user.rawValue) AND client_token = \(clientToken)",
-                    logger: logger
-                ).decode(String.self).first { _ in true }
-                return JobID(rawValue: winner ?? jobID.rawValue)
-            }
-            let sealedTasks = try spec.tasks.map {
-                try sealer.seal(try BatchJSON.encode($0), context: "tasks.spec:\(jobID)/\($0.taskName)")
-            }
-            var taskEnvs: [String] = []
-            for task in spec.tasks {
-                if let anonymous = task.computeEnv {
-                    taskEnvs.append(
-                        try await ComputeEnvStore.createAnonymous(
-                            job: jobID, task: task, spec: anonymous, user: user, zone: zone, sealer: sealer,
-                            on: connection, logger: logger
-                        ).rawValue)
-                } else {
-                    taskEnvs.append(task.envId ?? "")
-                }
-            }
-            try await connection.query(
-                """
+            ), tasks AS (
                 INSERT INTO tasks (job_id, task_name, position, state, instance_num, env_id, max_retry_count,
                     timeout_seconds, spec_sealed, max_concurrent_num)
-                SELECT \(jobID.rawValue), name, position, state, count, NULLIF(env, ''), retries, timeout, spec,
+                SELECT job.job_id, name, position, 'SUBMITTED', count, NULLIF(env, ''), retries, timeout, spec,
                     NULLIF(concurrency, 0)
-                FROM unnest(\(spec.tasks.map(\.taskName))::text[],
-                    \(Array(spec.tasks.indices))::integer[], \(spec.tasks.map { _ in "SUBMITTED" })::text[],
+                FROM job, unnest(\(spec.tasks.map(\.taskName))::text[], \(Array(spec.tasks.indices))::integer[],
                     \(spec.tasks.map(\.instanceCount))::integer[], \(taskEnvs)::text[],
                     \(spec.tasks.map { $0.maxRetryCount ?? 0 })::integer[],
                     \(spec.tasks.map { $0.timeout ?? TaskSpec.defaultTimeout })::integer[], \(sealedTasks)::text[],
                     \(spec.tasks.map { $0.maxConcurrentNum ?? 0 })::integer[])
-                    AS t(name, position, state, count, env, retries, timeout, spec, concurrency)
-                """, logger: logger)
-            try await Outbox.enqueue(
-                [
-                    try OutgoingMessage(
-                        exchange: Topology.eventsExchange, routingKey: Topology.Event.jobSubmitted,
-                        payload: JobSubmitted(jobID: jobID), correlationID: jobID.rawValue)
-                ], on: connection, sealer: sealer, logger: logger)
-            // The quota last: the user's row is locked only from here to the commit.
-            let counted = try await connection.query(
-                """
-                UPDATE users SET job_count = job_count + 1
-                WHERE user_id = \(user.rawValue) AND job_count < \(quotas.jobsPerUser) RETURNING job_count
-                """, logger: logger
-            ).decode(Int.self).first { _ in true }
-            if counted == nil {
-                let current = try await Self.count(
-                    "SELECT job_count FROM users WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
-                throw quotas.check(.jobs, current: current)?.apiError
-                    ?? APIError(.jobQuota, "the job quota is reached")
+                    AS t(name, position, count, env, retries, timeout, spec, concurrency)
+            ), event AS (
+                INSERT INTO outbox (exchange, routing_key, message_id, message_type, correlation_id, body_sealed,
+                    mandatory)
+                SELECT \(event.exchange), \(event.routingKey), \(event.messageID), \(event.type ?? ""),
+                    \(event.correlationID ?? ""), \(sealedEvent), \(event.mandatory)
+                FROM job
+            )
+            SELECT (SELECT count(*) FROM quota)::integer, (SELECT count(*) FROM job)::integer
+            """
+    }
+
+    /// Why ``insertion(_:user:spec:clientToken:zone:taskEnvs:)`` wrote nothing: an environment that is not the
+    /// user's, else the job quota.
+    private func refusal(user: UserID, spec: JobSpec, on connection: PostgresConnection) async throws -> APIError {
+        let owned = try await ComputeEnvStore(database: database).owned(
+            Set(spec.tasks.compactMap { $0.envId.map(EnvID.init(rawValue:)) }), user: user, on: connection)
+        for (index, task) in spec.tasks.enumerated() {
+            if let env = task.envId, !owned.contains(EnvID(rawValue: env)) {
+                return APIError(.computeEnvNotFound, "Job.Tasks[\(index)].EnvId: no compute environment \(env)")
             }
-            return jobID
         }
+        let current = try await Self.count(
+            "SELECT job_count FROM users WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
+        return quotas.check(.jobs, current: current)?.apiError ?? APIError(.jobQuota, "the job quota is reached")
     }
 
     // MARK: Reads

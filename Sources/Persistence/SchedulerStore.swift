@@ -17,6 +17,8 @@ public struct SchedulerStore: Sendable {
         public var rule: DependencyRule
         public var dependences: [Dependence]
         public var priority: Int
+        /// The job's `Notifications`, when they were asked for (they never change: the scheduler keeps them).
+        public var notifications: [JobNotification]?
     }
 
     /// One instance, by job, task and index.
@@ -50,34 +52,31 @@ public struct SchedulerStore: Sendable {
 
     // MARK: Jobs
 
-    public func lockJob(_ jobID: JobID, on connection: PostgresConnection) async throws -> LockedJob? {
+    public func lockJob(_ jobID: JobID, withNotifications: Bool, on connection: PostgresConnection) async throws
+        -> LockedJob?
+    {
         let rows = try await connection.query(
             """
-            SELECT user_id, name, state, dependency_rule, dependences, priority FROM jobs
-            WHERE job_id = \(jobID.rawValue) FOR UPDATE
+            SELECT user_id, name, state, dependency_rule, dependences, priority,
+                CASE WHEN \(withNotifications) THEN spec_sealed END
+            FROM jobs WHERE job_id = \(jobID.rawValue) FOR UPDATE
             """, logger: logger)
-        for try await (user, name, state, rule, dependences, priority) in rows.decode(
-            (String, String?, String, String, String, Int).self)
+        for try await (user, name, state, rule, dependences, priority, sealed) in rows.decode(
+            (String, String?, String, String, String, Int, String?).self)
         {
+            let notifications = try sealed.map {
+                try BatchJSON.decode(
+                    JobSpec.self, from: try database.sealer.openBytes($0, context: "jobs.spec:\(jobID)")
+                ).notifications ?? []
+            }
             return LockedJob(
                 id: jobID, user: UserID(rawValue: user), name: name,
                 state: ExecutionState(rawValue: state) ?? .submitted,
                 rule: DependencyRule(rawValue: rule) ?? .preTaskSucceed,
-                dependences: try BatchJSON.decode([Dependence].self, from: Array(dependences.utf8)), priority: priority)
+                dependences: try BatchJSON.decode([Dependence].self, from: Array(dependences.utf8)), priority: priority,
+                notifications: notifications)
         }
         return nil
-    }
-
-    /// The job's notifications, from its sealed spec.
-    public func notifications(of job: JobID, on connection: PostgresConnection) async throws -> [JobNotification] {
-        let rows = try await connection.query(
-            "SELECT spec_sealed FROM jobs WHERE job_id = \(job.rawValue)", logger: logger)
-        for try await sealed in rows.decode(String.self) {
-            let spec = try BatchJSON.decode(
-                JobSpec.self, from: try database.sealer.openBytes(sealed, context: "jobs.spec:\(job)"))
-            return spec.notifications ?? []
-        }
-        return []
     }
 
     /// The job's tasks with their states, and the instances' state counts of `counting` tasks (all when nil).
@@ -130,60 +129,42 @@ public struct SchedulerStore: Sendable {
     // MARK: Tasks
 
     /// Makes a task's instances runnable: new ones are created (`RUNNABLE`, attempt 0, not dispatched) and failed
-    /// ones (`RetryJobs`) go back to `RUNNABLE` with their history reset. The dispatch pass sends them out.
-    /// Returns how many instances it created.
-    @discardableResult
-    public func startTask(_ name: String, of job: LockedJob, on connection: PostgresConnection) async throws -> Int {
-        let created =
-            try await connection.query(
-                """
-                WITH created AS (
-                    INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
-                    SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 0
-                    FROM tasks, generate_series(0, instance_num - 1) AS i
-                    WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
-                    ON CONFLICT DO NOTHING
-                    RETURNING 1)
-                SELECT count(*)::integer FROM created
-                """, logger: logger
-            ).decode(Int.self).first { _ in true } ?? 0
-        try await connection.query(
+    /// ones (`RetryJobs`) go back to `RUNNABLE` with their history reset. The dispatch pass sends them out. A task
+    /// with an anonymous environment (`Task.ComputeEnv`) sizes it to its instances, `MaxConcurrentNum` and
+    /// `maxNodes`, whichever is least. One statement; returns how many instances it created and the environment it
+    /// resized.
+    public func startTask(_ name: String, of job: LockedJob, maxNodes: Int, on connection: PostgresConnection)
+        async throws -> (created: Int, resized: EnvID?)
+    {
+        let rows = try await connection.query(
             """
-            UPDATE task_instances SET state = 'RUNNABLE', dispatched = false, failures = 0, not_before = NULL,
-                exit_code = NULL, state_reason = NULL, node_id = NULL, launch_time = NULL, end_time = NULL
-            WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state IN ('FAILED', 'FAILED_INTERRUPTED')
+            WITH task AS (
+                UPDATE tasks SET state = 'RUNNABLE', state_reason = NULL, end_time = NULL,
+                    start_time = coalesce(start_time, now())
+                WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
+                RETURNING instance_num, max_concurrent_num, env_id
+            ), created AS (
+                INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
+                SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 0
+                FROM task, generate_series(0, task.instance_num - 1) AS i
+                ON CONFLICT DO NOTHING
+                RETURNING 1
+            ), reset AS (
+                UPDATE task_instances SET state = 'RUNNABLE', dispatched = false, failures = 0, not_before = NULL,
+                    exit_code = NULL, state_reason = NULL, node_id = NULL, launch_time = NULL, end_time = NULL
+                WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state IN ('FAILED', 'FAILED_INTERRUPTED')
+            ), sized AS (
+                UPDATE compute_envs e SET desired_node_count = least(task.instance_num,
+                    coalesce(task.max_concurrent_num, task.instance_num), \(maxNodes))
+                FROM task WHERE e.env_id = task.env_id AND e.anonymous_for IS NOT NULL AND e.next_action IS NULL
+                RETURNING e.env_id
+            )
+            SELECT (SELECT count(*) FROM created)::integer, (SELECT env_id FROM sized LIMIT 1)
             """, logger: logger)
-        try await connection.query(
-            """
-            UPDATE tasks SET state = 'RUNNABLE', state_reason = NULL, end_time = NULL,
-                start_time = coalesce(start_time, now())
-            WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
-            """, logger: logger)
-        return created
-    }
-
-    /// Sizes the anonymous environment of a task, if it has one: `nodes` when it is released (no more than its
-    /// instances or `MaxConcurrentNum`), 0 when it ended. Returns the environment whose size changed.
-    public func sizeAnonymousEnv(
-        of task: String, job: JobID, released: Bool, maxNodes: Int, on connection: PostgresConnection
-    ) async throws -> EnvID? {
-        let size: PostgresQuery =
-            released
-            ? """
-            UPDATE compute_envs e SET desired_node_count = least(t.instance_num, coalesce(t.max_concurrent_num,
-                    t.instance_num), \(maxNodes))
-            FROM tasks t WHERE t.job_id = \(job.rawValue) AND t.task_name = \(task) AND e.env_id = t.env_id
-                AND e.anonymous_for IS NOT NULL AND e.next_action IS NULL
-            RETURNING e.env_id
-            """
-            : """
-            UPDATE compute_envs e SET desired_node_count = 0
-            FROM tasks t WHERE t.job_id = \(job.rawValue) AND t.task_name = \(task) AND e.env_id = t.env_id
-                AND e.anonymous_for IS NOT NULL AND e.desired_node_count > 0
-            RETURNING e.env_id
-            """
-        return try await connection.query(size, logger: logger).decode(String.self).first { _ in true }.map(
-            EnvID.init)
+        for try await (created, resized) in rows.decode((Int, String?).self) {
+            return (created, resized.map(EnvID.init))
+        }
+        return (0, nil)
     }
 
     /// Refreshes the planner's statistics of instances, after many were created: until then it takes a large new
@@ -207,14 +188,26 @@ public struct SchedulerStore: Sendable {
     /// keeps it current) and goes once the task is final.
     public func setTaskState(
         _ name: String, of job: LockedJob, _ state: ExecutionState, on connection: PostgresConnection
-    ) async throws {
-        try await connection.query(
+    ) async throws -> EnvID? {
+        // A task's own nodes go when it ends, but for FAILED_INTERRUPTED: kept for inspection.
+        let releasesNodes = state.isFinal && state != .failedInterrupted
+        return try await connection.query(
             """
-            UPDATE tasks SET state = \(state.rawValue),
-                end_time = CASE WHEN \(state.isFinal) THEN now() END,
-                state_reason = CASE WHEN NOT \(state.isFinal) THEN state_reason END
-            WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
-            """, logger: logger)
+            WITH task AS (
+                UPDATE tasks SET state = \(state.rawValue),
+                    end_time = CASE WHEN \(state.isFinal) THEN now() END,
+                    state_reason = CASE WHEN NOT \(state.isFinal) THEN state_reason END
+                WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
+                RETURNING env_id
+            ), released AS (
+                UPDATE compute_envs e SET desired_node_count = 0
+                FROM task WHERE \(releasesNodes) AND e.env_id = task.env_id AND e.anonymous_for IS NOT NULL
+                    AND e.desired_node_count > 0
+                RETURNING e.env_id
+            )
+            SELECT env_id FROM released
+            """, logger: logger
+        ).decode(String.self).first { _ in true }.map(EnvID.init)
     }
 
     // MARK: Instances

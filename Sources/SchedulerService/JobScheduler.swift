@@ -155,10 +155,12 @@ struct JobScheduler: Sendable {
     private func handle(_ jobID: JobID, _ events: [SchedulerEvent], on connection: PostgresConnection) async throws
         -> [OutgoingMessage]
     {
-        guard var job = try await store.lockJob(jobID, on: connection) else {
+        let known = cache.notifications(of: jobID)
+        guard var job = try await store.lockJob(jobID, withNotifications: known == nil, on: connection) else {
             logger.warning("event for an unknown job ignored", metadata: ["job.id": "\(jobID)"])
             return []
         }
+        if let loaded = job.notifications { cache.remember(loaded, of: jobID) } else { job.notifications = known }
         var effects = Effects()
         var segment: [SchedulerEvent] = []
         var touched: Set<String> = []
@@ -237,6 +239,9 @@ struct JobScheduler: Sendable {
                 }
                 row.launchTime = started.startedAt
             case .finished(let finished):
+                // An attempt a node stopped (handed back, or cut off from the broker) that is no longer current: a
+                // late report of a node that was counted lost, whose instance already runs again.
+                if finished.interrupted == true, finished.attempt != row.lifecycle.attempt { continue }
                 if let node = row.lifecycle.node, node != finished.nodeID, row.lifecycle.attempt == finished.attempt {
                     logger.info(
                         "result of a duplicate run ignored",
@@ -327,12 +332,10 @@ struct JobScheduler: Sendable {
         for action in transform(&progress) {
             switch action {
             case .startTask(let name):
-                created.add(try await store.startTask(name, of: job, on: connection))
-                if let env = try await store.sizeAnonymousEnv(
-                    of: name, job: job.id, released: true, maxNodes: settings.anonymousNodes, on: connection)
-                {
-                    effects.resized.append(env)
-                }
+                let (count, resized) = try await store.startTask(
+                    name, of: job, maxNodes: settings.anonymousNodes, on: connection)
+                created.add(count)
+                if let resized { effects.resized.append(resized) }
                 logger.info("task started", metadata: ["job.id": "\(job.id)", "task.name": "\(name)"])
             case .skipTask(let name, let why):
                 try await store.skipTask(name, of: job, reason: why, on: connection)
@@ -340,13 +343,8 @@ struct JobScheduler: Sendable {
                 logger.info(
                     "task cannot run", metadata: ["job.id": "\(job.id)", "task.name": "\(name)", "reason": "\(why)"])
             case .setTaskState(let name, let state):
-                try await store.setTaskState(name, of: job, state, on: connection)
-                // A task's own nodes go when it ends, but for FAILED_INTERRUPTED: kept for inspection.
-                if state.isFinal, state != .failedInterrupted,
-                    let env = try await store.sizeAnonymousEnv(
-                        of: name, job: job.id, released: false, maxNodes: 0, on: connection)
-                {
-                    effects.resized.append(env)
+                if let released = try await store.setTaskState(name, of: job, state, on: connection) {
+                    effects.resized.append(released)
                 }
                 if let event = EventName.task(state) { effects.notify(event, task: name, state: state) }
             case .setJobState(let state):
@@ -423,7 +421,7 @@ struct JobScheduler: Sendable {
                 payload: ComputeEnvModified(envID: $0))
         }
         guard !effects.notifications.isEmpty else { return messages }
-        let topics = try await cache.notifications(job.id, store: store, on: connection)
+        let topics = job.notifications ?? []
         let encoder = BatchJSON.encoder()
         for note in effects.notifications {
             let body = Array(
@@ -532,16 +530,14 @@ final class ConfigCache: Sendable {
         return config
     }
 
-    func notifications(_ job: JobID, store: SchedulerStore, on connection: PostgresConnection) async throws
-        -> [JobNotification]
-    {
-        if let cached = topics.withLock({ $0[job] }) { return cached }
-        let loaded = try await store.notifications(of: job, on: connection)
+    /// The notifications of a job, if known.
+    func notifications(of job: JobID) -> [JobNotification]? { topics.withLock { $0[job] } }
+
+    func remember(_ notifications: [JobNotification], of job: JobID) {
         topics.withLock {
             if $0.count >= limit { $0.removeAll(keepingCapacity: true) }
-            $0[job] = loaded
+            $0[job] = notifications
         }
-        return loaded
     }
 }
 
