@@ -14,7 +14,13 @@ final class LogFetcher: Service, Sendable {
     let id: String
     let timeout: Duration
     let logger: Logger
-    private let pending = Mutex<[String: CheckedContinuation<LogChunk?, Never>]>([:])
+    /// Requests waiting for their answer, each with the task that publishes it and gives up after ``timeout``.
+    private let pending = Mutex<[String: Waiter]>([:])
+
+    private struct Waiter {
+        var continuation: CheckedContinuation<LogChunk?, Never>
+        var timer: Task<Void, Never>?
+    }
 
     /// The gateway's topology: the services' queues (events it publishes are never unroutable) and its reply queue,
     /// declared again after a reconnection.
@@ -33,7 +39,7 @@ final class LogFetcher: Service, Sendable {
         {
             delivery.ack()
             guard let chunk = try? Envelope<LogChunk>.decode(delivery.body).payload else { continue }
-            pending.withLock { $0.removeValue(forKey: chunk.requestID) }?.resume(returning: chunk)
+            resume(chunk.requestID, with: chunk)
         }
     }
 
@@ -47,8 +53,8 @@ final class LogFetcher: Service, Sendable {
             requestID: requestID, replyTo: Topology.replyRoutingKey(id), jobID: job, taskName: task,
             instanceIndex: index, attempt: attempt, stream: stream, offset: offset, limit: limit)
         return await withCheckedContinuation { continuation in
-            pending.withLock { $0[requestID] = continuation }
-            Task {
+            pending.withLock { $0[requestID] = Waiter(continuation: continuation) }
+            let timer = Task {
                 do {
                     try await amqp.publish(
                         try OutgoingMessage(
@@ -64,10 +70,19 @@ final class LogFetcher: Service, Sendable {
                 try? await Task.sleep(for: timeout)
                 resume(requestID, with: nil)
             }
+            // The answer may have come already; otherwise it stops the timer when it comes.
+            let answered = pending.withLock { pending in
+                guard pending[requestID] != nil else { return true }
+                pending[requestID]?.timer = timer
+                return false
+            }
+            if answered { timer.cancel() }
         }
     }
 
     private func resume(_ requestID: String, with chunk: LogChunk?) {
-        pending.withLock { $0.removeValue(forKey: requestID) }?.resume(returning: chunk)
+        guard let waiter = pending.withLock({ $0.removeValue(forKey: requestID) }) else { return }
+        waiter.timer?.cancel()
+        waiter.continuation.resume(returning: chunk)
     }
 }

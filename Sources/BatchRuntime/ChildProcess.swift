@@ -13,6 +13,10 @@ public final class ChildProcess: Sendable {
     /// Set once the child has been reaped: from then on its pid (and process group id) may belong to another
     /// process, and signalling it could hit a stranger.
     private let reaped: Flag
+    /// The child is a wrapper (a sandbox) that ends with what it runs: ``terminate(grace:)`` sends SIGTERM to the
+    /// rest of its group, not to it, so that they get their grace (a sandbox that died first would take them with
+    /// it at once).
+    private let wrapper: Bool
 
     /// How a child ended.
     public enum Termination: Sendable, Hashable, CustomStringConvertible {
@@ -40,10 +44,11 @@ public final class ChildProcess: Sendable {
     }
 
     /// Starts `executable` with `arguments` and exactly `environment`, in `directory`, with stdin from /dev/null and
-    /// stdout/stderr appended to the given files (or inherited when nil).
+    /// stdout/stderr appended to the given files (or inherited when nil). `wrapper`: `executable` is a sandbox that
+    /// runs the real command and ends with it.
     public init(
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
-        stdout: String? = nil, stderr: String? = nil
+        stdout: String? = nil, stderr: String? = nil, wrapper: Bool = false
     ) throws {
         // Spawned from one long-lived thread: a child that asks to die with its parent (bwrap's --die-with-parent,
         // PR_SET_PDEATHSIG) dies when the thread that spawned it ends, and pool threads end when idle.
@@ -55,6 +60,7 @@ public final class ChildProcess: Sendable {
             }
         }.get()
         self.pid = pid
+        self.wrapper = wrapper
         let child = pid
         let reaped = Flag()
         self.reaped = reaped
@@ -143,10 +149,30 @@ public final class ChildProcess: Sendable {
         kill(-pid, signal)
     }
 
-    /// SIGTERM to the group, then SIGKILL after `grace` if it is still there; returns how it ended.
+    /// The processes of the child's group, from /proc (field 5 of `stat` is the process group).
+    private func groupMembers() -> [pid_t] {
+        guard !reaped.value.load(ordering: .sequentiallyConsistent),
+            let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc")
+        else { return [] }
+        return entries.compactMap { entry -> pid_t? in
+            guard let member = pid_t(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && pid_t(fields[2]) == pid ? member : nil
+        }
+    }
+
+    /// SIGTERM to the group (but a wrapper), then SIGKILL to the group after `grace` if it is still there; returns
+    /// how it ended.
     @discardableResult
     public func terminate(grace: Duration = .seconds(5)) async -> Termination {
-        signalGroup(SIGTERM)
+        if wrapper {
+            for member in groupMembers() where member != pid { kill(member, SIGTERM) }
+        } else {
+            signalGroup(SIGTERM)
+        }
         let killer = Task {
             try await Task.sleep(for: grace)
             signalGroup(SIGKILL)

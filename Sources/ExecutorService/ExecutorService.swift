@@ -6,6 +6,7 @@ import Hummingbird
 import Logging
 import Messaging
 import ServiceLifecycle
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -40,6 +41,11 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Seconds between heartbeats.")
     var heartbeatInterval: Int = Environment.int("BATCH_HEARTBEAT_INTERVAL", default: 3)
 
+    /// Seconds without a confirmed heartbeat after which running instances stop (0: never). Keep it below the
+    /// scheduler's `BATCH_NODE_LOST_AFTER` (30 s), after which they run again elsewhere. Default 20.
+    @Option(help: "Seconds the broker may be out of reach before running instances stop, 0 never (BATCH_NODE_LEASE).")
+    var lease: Int = Environment.int("BATCH_NODE_LEASE", default: 20)
+
     @Option(help: "Run each instance in a bubblewrap sandbox: on, off (trusted work) (BATCH_SANDBOX, default on).")
     var sandbox: String = Environment.value("BATCH_SANDBOX", default: "on")
 
@@ -63,6 +69,7 @@ struct ExecutorService: AsyncParsableCommand {
             throw ValidationError("--node-id must be a node id such as node-ab12cd34")
         }
         guard slots >= 1 else { throw ValidationError("--slots must be at least 1") }
+        guard lease >= 0 else { throw ValidationError("--lease must be 0 (never) or a number of seconds") }
         guard ["on", "off"].contains(sandbox) else { throw ValidationError("--sandbox must be on or off") }
     }
 
@@ -97,7 +104,7 @@ struct ExecutorService: AsyncParsableCommand {
             logger: logger)
         // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
-            amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval),
+            amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval), lease: lease > 0 ? .seconds(lease) : nil,
             parent: exitWithParent ? getppid() : nil, instanceID: instanceId, logger: logger)
         logger.info(
             "executor starting", metadata: ["env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)"])
@@ -138,17 +145,35 @@ struct ExecutorService: AsyncParsableCommand {
     }
 }
 
-/// Publishes `node.heartbeat` every few seconds with the node's free slots, and `node.stopped` on shutdown.
+/// Publishes `node.heartbeat` every few seconds with the node's free slots, and `node.stopped` on shutdown. When no
+/// heartbeat has been confirmed for `lease` (the broker, or the network to it, is gone), the node stops its running
+/// instances: the scheduler will run them elsewhere, and a node cut off from the others must not run them too.
 struct Heartbeat: Service {
     let amqp: AMQPClient
     let runner: InstanceRunner
     let interval: Duration
+    let lease: Duration?
     /// When set, the node shuts down once this process is no longer its parent (the provisioner died).
     let parent: pid_t?
     let instanceID: String
     let logger: Logger
 
     func run() async throws {
+        let confirmed = Confirmed()
+        await withTaskGroup(of: Void.self) { group in
+            if let lease {
+                group.addTask { await fence(after: lease, confirmed: confirmed) }
+            }
+            await beat(confirmed: confirmed)
+            group.cancelAll()
+        }
+        try? await amqp.publish(
+            try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeStopped,
+                payload: NodeStopped(nodeID: runner.nodeID, envID: runner.envID, at: Date())))
+    }
+
+    private func beat(confirmed: Confirmed) async {
         let host = ProcessInfo.processInfo.hostName
         var next = ContinuousClock.now
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -165,10 +190,12 @@ struct Heartbeat: Service {
                     host: host, pid: getpid(), at: Date(), instanceID: parent == nil ? instanceID : nil,
                     attached: parent == nil)
                 do {
+                    // Returns once the broker confirmed it: across a lost connection, only after reconnecting.
                     try await amqp.publish(
                         try OutgoingMessage(
                             exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeHeartbeat,
                             payload: beat))
+                    confirmed.now()
                 } catch {
                     logger.warning("heartbeat not published", metadata: ["error": "\(error)"])
                 }
@@ -176,9 +203,31 @@ struct Heartbeat: Service {
             // Wake every second to notice a vanished parent quickly.
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: min(.seconds(1), interval)) }
         }
-        try? await amqp.publish(
-            try OutgoingMessage(
-                exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeStopped,
-                payload: NodeStopped(nodeID: runner.nodeID, envID: runner.envID, at: Date())))
     }
+
+    /// Every second: stops the running instances once no heartbeat was confirmed for `lease`.
+    private func fence(after lease: Duration, confirmed: Confirmed) async {
+        var cutOff = false
+        while !Task.isCancelled {
+            let silence = ContinuousClock.now - confirmed.last
+            if silence > lease, !cutOff {
+                cutOff = true
+                logger.warning(
+                    "broker out of reach: running instances stop and run again elsewhere",
+                    metadata: ["lease.seconds": "\(lease.components.seconds)"])
+                runner.fence()
+            } else if silence <= lease, cutOff {
+                cutOff = false
+                logger.info("broker reachable again: taking work")
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+}
+
+/// When the broker last confirmed a heartbeat.
+final class Confirmed: Sendable {
+    private let instant = Mutex(ContinuousClock.now)
+    var last: ContinuousClock.Instant { instant.withLock { $0 } }
+    func now() { instant.withLock { $0 = .now } }
 }

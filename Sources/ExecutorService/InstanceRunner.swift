@@ -26,6 +26,8 @@ final class InstanceRunner: Sendable {
     let logger: Logger
     private let pathLocks = PathLocks()
     private let handingBack = Atomic<Bool>(false)
+    /// Attempts stopped because the broker was out of reach (``fence()``): they end as interrupted.
+    private let fenced = Mutex<Set<String>>([])
     private let stopRequested = Mutex<(@Sendable () -> Void)?>(nil)
     private let busy = Atomic<Int>(0)
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
@@ -170,7 +172,8 @@ final class InstanceRunner: Sendable {
 
         let executable: String
         var arguments: [String]
-        let mounts = workspace.sandboxed ? workspace.mountPoints.map { ($0, workspace.host($0)) } : []
+        var wrapper = false
+        let mountPoints = workspace.mountPoints.map { ($0, workspace.host($0)) }
         if let docker = run.io?.docker {
             guard let runtime = ContainerRuntime.find() else {
                 return Outcome(
@@ -181,12 +184,13 @@ final class InstanceRunner: Sendable {
             arguments = ContainerRuntime.arguments(
                 docker: docker, name: "batch-\(nodeID)-\(run.jobID)-\(run.instanceIndex)-\(run.attempt)",
                 attempt: workspace.attempt, work: work, environment: environment,
-                mounts: workspace.mountPoints.map { ($0, workspace.host($0)) }, command: run.command)
+                mounts: mountPoints, command: run.command)
         } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
             executable = bwrap
+            wrapper = true
             arguments =
                 sandbox.arguments(
-                    attemptDirectory: workspace.attempt, workDirectory: work, mounts: mounts, shared: sharedPaths)
+                    attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths)
                 + ["/bin/sh", "-c", run.command]
         } else {
             try? FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
@@ -198,7 +202,8 @@ final class InstanceRunner: Sendable {
         do {
             child = try ChildProcess(
                 executable: executable, arguments: arguments, environment: environment, directory: work.path,
-                stdout: workspace.stdout.path, stderr: workspace.stderr.path)
+                stdout: workspace.stdout.path, stderr: workspace.stderr.path,
+                wrapper: wrapper)
         } catch {
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return Outcome(code: nil, reason: "could not start: \(error)")
@@ -216,7 +221,8 @@ final class InstanceRunner: Sendable {
         // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
         let termination = await child.wait()
         timeout.cancel()
-        if handingBack.load(ordering: .relaxed) && !timedOut.load(ordering: .relaxed) { return nil }
+        let wasFenced = fenced.withLock { $0.remove(key) != nil }
+        if (handingBack.load(ordering: .relaxed) || wasFenced) && !timedOut.load(ordering: .relaxed) { return nil }
         if timedOut.load(ordering: .relaxed) {
             return Outcome(
                 code: termination.code, reason: "timed out after \(run.timeoutSeconds) s")
@@ -235,6 +241,17 @@ final class InstanceRunner: Sendable {
     func handBack() {
         handingBack.store(true, ordering: .relaxed)
         for child in running.withLock({ Array($0.values) }) {
+            Task { await child.terminate(grace: .seconds(5)) }
+        }
+    }
+
+    /// Stops the instances running now, as ``handBack()`` does, but keeps the node: the broker has been out of
+    /// reach for so long that the scheduler will count this node lost and run them elsewhere. Their ends are
+    /// reported (as interrupted) once the broker is back, and the node takes new work again.
+    func fence() {
+        let children = running.withLock { $0 }
+        fenced.withLock { $0.formUnion(children.keys) }
+        for child in children.values {
             Task { await child.terminate(grace: .seconds(5)) }
         }
     }

@@ -103,36 +103,60 @@ enum ContainerRuntime {
     }
 }
 
-/// The paths unsandboxed instances map, held while they run: an instance whose paths overlap a running one's waits.
+/// The paths unsandboxed instances map, held while they run: an instance whose paths overlap a running one's waits
+/// until a release lets it take them.
 final class PathLocks: Sendable {
-    private let held = Mutex<[String: Int]>([:])
+    private struct State {
+        var held: [String: Int] = [:]
+        var waiters: [UUID: CheckedContinuation<Bool, Never>] = [:]
+    }
+    private let state = Mutex(State())
 
     private static func overlaps(_ a: String, _ b: String) -> Bool {
         a == b || a.hasPrefix(b.hasSuffix("/") ? b : b + "/") || b.hasPrefix(a.hasSuffix("/") ? a : a + "/")
     }
 
     /// Takes `paths` when none overlaps a held one; false otherwise.
-    func tryLock(_ paths: [String]) -> Bool {
-        held.withLock { held in
-            guard !paths.contains(where: { path in held.keys.contains { Self.overlaps($0, path) } }) else {
-                return false
-            }
-            for path in paths { held[path, default: 0] += 1 }
-            return true
+    private static func take(_ paths: [String], in state: inout State) -> Bool {
+        guard !paths.contains(where: { path in state.held.keys.contains { overlaps($0, path) } }) else {
+            return false
         }
+        for path in paths { state.held[path, default: 0] += 1 }
+        return true
     }
 
-    /// Waits until `paths` can be taken (checking every 100 ms), then takes them.
+    /// Waits until `paths` can be taken, then takes them. Throws `CancellationError` when the task is cancelled
+    /// while it waits.
     func lock(_ paths: [String]) async throws {
-        while !tryLock(paths) { try await Task.sleep(for: .milliseconds(100)) }
+        while true {
+            try Task.checkCancellation()
+            let id = UUID()
+            let taken = await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                    let acquired = state.withLock { state in
+                        if Self.take(paths, in: &state) { return true }
+                        state.waiters[id] = continuation
+                        return false
+                    }
+                    if acquired { continuation.resume(returning: true) }
+                }
+            } onCancel: {
+                state.withLock { $0.waiters.removeValue(forKey: id) }?.resume(returning: false)
+            }
+            if taken { return }
+        }
     }
 
+    /// Releases `paths`; every waiter tries again.
     func unlock(_ paths: [String]) {
-        held.withLock { held in
+        let waiters = state.withLock { state in
             for path in paths {
-                held[path, default: 1] -= 1
-                if held[path] == 0 { held[path] = nil }
+                state.held[path, default: 1] -= 1
+                if state.held[path] == 0 { state.held[path] = nil }
             }
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
         }
+        for waiter in waiters { waiter.resume(returning: false) }
     }
 }

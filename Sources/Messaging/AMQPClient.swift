@@ -321,11 +321,26 @@ final class PendingPublish: @unchecked Sendable {
     }
 
     func complete(_ error: MessagingError?) {
-        Counter(
-            label: "batch.messages.published.total",
-            dimensions: [("exchange", message.exchange), ("outcome", error == nil ? "confirmed" : "failed")]
-        ).increment()
+        PublishedCounters.shared.counter(exchange: message.exchange, confirmed: error == nil).increment()
         batch.complete(index, error)
+    }
+}
+
+/// `batch.messages.published.total` by exchange and outcome, made once each (a counter looked up per message costs
+/// a lock and a dictionary in the metrics backend).
+final class PublishedCounters: Sendable {
+    static let shared = PublishedCounters()
+    private let counters = Mutex<[String: Counter]>([:])
+
+    func counter(exchange: String, confirmed: Bool) -> Counter {
+        let outcome = confirmed ? "confirmed" : "failed"
+        return counters.withLock { counters in
+            if let counter = counters["\(exchange)/\(outcome)"] { return counter }
+            let counter = Counter(
+                label: "batch.messages.published.total", dimensions: [("exchange", exchange), ("outcome", outcome)])
+            counters["\(exchange)/\(outcome)"] = counter
+            return counter
+        }
     }
 }
 

@@ -39,10 +39,17 @@ public struct S3Client: Sendable {
             guard response.status == .ok else { return nil }
             return response.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
         } catch StorageError.remote(_, "HeadObject", _, _, _) {
-            // A HEAD reply has no body to say why; a GET of the object does (or gets it after all).
-            let response = try await send("GET", bucket: bucket, key: key, operation: "GetObject")
-            _ = try await response.body.collect(upTo: .max)
-            return response.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
+            // A HEAD reply has no body to say why; a GET of the object's first byte does (or gets it after all).
+            let response = try await send(
+                "GET", bucket: bucket, key: key, headers: [("Range", "bytes=0-0")], operation: "GetObject",
+                allowing: [416])
+            _ = try await response.body.collect(upTo: 1 << 20)
+            switch response.status.code {
+            case 416: return 0  // an empty object has no first byte
+            case 206:
+                return response.headers.first(name: "content-range")?.split(separator: "/").last.flatMap { Int64($0) }
+            default: return response.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
+            }
         }
     }
 
@@ -169,7 +176,7 @@ public struct S3Client: Sendable {
     /// error code and message.
     func send(
         _ method: String, bucket: String, key: String, query: [(String, String)] = [], body: ByteBuffer? = nil,
-        signBody: Bool = false, operation: String, allowing: Set<UInt> = []
+        signBody: Bool = false, headers: [(String, String)] = [], operation: String, allowing: Set<UInt> = []
     ) async throws -> HTTPClientResponse {
         let basePath = endpoint.path.hasSuffix("/") ? String(endpoint.path.dropLast()) : endpoint.path
         let path = "\(basePath)/\(bucket)" + (key.isEmpty ? "" : "/\(key)")
@@ -185,6 +192,7 @@ public struct S3Client: Sendable {
         var request = HTTPClientRequest(url: url)
         request.method = HTTPMethod(rawValue: method)
         request.headers.add(name: "Host", value: host)
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body {
             request.body = .bytes(body)
             request.headers.add(name: "Content-Length", value: String(body.readableBytes))
