@@ -54,6 +54,10 @@ extension BatchAPI {
 
     /// Decodes a request body; a wrong type or a missing field becomes `InvalidParameter` naming the field.
     static func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8]) throws -> T {
+        // Parameters are an object: an array, a string or a number is refused before any field is read.
+        guard body.isEmpty || body.first(where: { !" \t\r\n".utf8.contains($0) }) == UInt8(ascii: "{") else {
+            throw APIError(.invalidParameter, "the request body is not a valid JSON object")
+        }
         do {
             return try BatchJSON.decode(type, from: body.isEmpty ? Array("{}".utf8) : body)
         } catch let DecodingError.keyNotFound(key, context) {

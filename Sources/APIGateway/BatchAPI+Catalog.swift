@@ -88,7 +88,9 @@ extension BatchAPI {
     }
 
     func describeInstanceCategories(_ context: ActionContext) async throws -> DescribeInstanceCategoriesResponse {
-        DescribeInstanceCategoriesResponse(
+        struct NoParameters: Decodable {}
+        _ = try context.decode(NoParameters.self)  // no parameters, but the body must still be a JSON object
+        return DescribeInstanceCategoriesResponse(
             instanceCategorySet: [.init(instanceCategory: "GENERAL", instanceFamilySet: ["PROCESS"])])
     }
 

@@ -74,3 +74,31 @@ public enum LocalPath {
         return .valid
     }
 }
+
+/// What a package (`Application.PackagePath`, a `.tar.gz` unpacked into the instance's work dir) may hold: names
+/// inside the work dir, and links that stay inside it.
+public enum PackageEntry {
+    /// Why a member name is refused (an absolute name, or one with a `..` component), or nil.
+    public static func refusal(name: String) -> String? {
+        if name.hasPrefix("/") { return "\(name.prefix(200)) is an absolute name" }
+        if name.split(separator: "/").contains("..") { return "\(name.prefix(200)) leaves the work dir (..)" }
+        return nil
+    }
+
+    /// Whether a symbolic link at `path` (relative to the work dir) to `target` stays inside the work dir.
+    public static func linkStaysInside(path: String, target: String) -> Bool {
+        guard !target.hasPrefix("/") else { return false }
+        var depth = path.split(separator: "/").count - 1  // the link's directory
+        guard depth >= 0 else { return false }
+        for component in target.split(separator: "/") {
+            switch component {
+            case ".": continue
+            case "..":
+                depth -= 1
+                if depth < 0 { return false }
+            default: depth += 1
+            }
+        }
+        return true
+    }
+}

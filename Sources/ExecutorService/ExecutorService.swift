@@ -52,6 +52,11 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Colon-separated directories (shared file systems) sandboxed instances see (BATCH_SHARED_PATHS).")
     var sharedPaths: String = Environment.value("BATCH_SHARED_PATHS", default: "")
 
+    /// The unprivileged user instances run as; "" for the executor's own. Default `BATCH_RUN_AS`, else `nobody`
+    /// when the executor is root.
+    @Option(help: "User instances run as, \"\" for the executor's own (BATCH_RUN_AS, default nobody when root).")
+    var runAs: String = Environment.value("BATCH_RUN_AS", default: geteuid() == 0 ? "nobody" : "")
+
     @Option(help: "This machine's id, as AttachInstances names it (BATCH_INSTANCE_ID, default the host name).")
     var instanceId: String = Environment.value("BATCH_INSTANCE_ID", default: ProcessInfo.processInfo.hostName)
 
@@ -90,6 +95,12 @@ struct ExecutorService: AsyncParsableCommand {
         } catch {
             exitWithError("ExecutorService", error)
         }
+        let user: InstanceUser?
+        do {
+            user = try InstanceUser.resolve(runAs)
+        } catch {
+            exitWithError("ExecutorService", error)
+        }
         let isolation = await Sandbox.probe(enabled: sandbox == "on")
         switch isolation {
         case .bubblewrap(let path):
@@ -100,14 +111,18 @@ struct ExecutorService: AsyncParsableCommand {
         }
         let runner = InstanceRunner(
             amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, sandbox: isolation,
-            sharedPaths: sharedPaths.split(separator: ":").map(String.init), storage: .fromEnvironment(),
+            sharedPaths: sharedPaths.split(separator: ":").map(String.init), user: user, storage: .fromEnvironment(),
             logger: logger)
         // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval), lease: lease > 0 ? .seconds(lease) : nil,
             parent: exitWithParent ? getppid() : nil, instanceID: instanceId, logger: logger)
         logger.info(
-            "executor starting", metadata: ["env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)"])
+            "executor starting",
+            metadata: [
+                "env.id": "\(envID)", "slots": "\(slots)", "work.dir": "\(root.path)",
+                "run.as": "\(user?.name ?? "the executor's user")",
+            ])
         var operational: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if opsPort > 0 {
             operational.append(

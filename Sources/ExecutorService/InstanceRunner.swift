@@ -22,6 +22,8 @@ final class InstanceRunner: Sendable {
     let sandbox: Sandbox
     /// Directories of the node (shared file systems) that sandboxed instances see at the same path.
     let sharedPaths: [String]
+    /// Who instances run as (nil: the executor's own user).
+    let user: InstanceUser?
     let storage: NodeStorage
     let logger: Logger
     private let pathLocks = PathLocks()
@@ -41,8 +43,9 @@ final class InstanceRunner: Sendable {
 
     init(
         amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, sandbox: Sandbox,
-        sharedPaths: [String], storage: NodeStorage, logger: Logger
+        sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, logger: Logger
     ) {
+        self.user = user
         self.sandbox = sandbox
         self.sharedPaths = sharedPaths
         self.storage = storage
@@ -188,14 +191,19 @@ final class InstanceRunner: Sendable {
         } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
             executable = bwrap
             wrapper = true
+            let command = ["/bin/sh", "-c", run.command]
             arguments =
                 sandbox.arguments(
-                    attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths)
-                + ["/bin/sh", "-c", run.command]
+                    attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
+                    user: user) + (user?.command(command) ?? command)
         } else {
             try? FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
             executable = "/bin/sh"
             arguments = ["-c", run.command]
+        }
+        // In the sandbox, the instance runs as the node's unprivileged user and owns its directories.
+        if let user, wrapper {
+            for directory in [work, workspace.root] { user.own(directory) }
         }
 
         let child: ChildProcess

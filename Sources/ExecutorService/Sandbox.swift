@@ -46,14 +46,25 @@ enum Sandbox: Sendable, Equatable {
     }
 
     /// bwrap's arguments (before the command) for one attempt: `mounts` maps paths inside the instance to
-    /// directories of its work dir.
+    /// directories of its work dir. With `user`, the command may switch to that user (``InstanceUser/command(_:)``)
+    /// and `/tmp` is writable by it.
     func arguments(
-        attemptDirectory: URL, workDirectory: URL, mounts: [(inside: String, host: URL)], shared: [String] = []
+        attemptDirectory: URL, workDirectory: URL, mounts: [(inside: String, host: URL)], shared: [String] = [],
+        user: InstanceUser? = nil
     ) -> [String] {
         var arguments = [
             "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+            "--proc", "/proc", "--dev", "/dev",
         ]
+        if user != nil {
+            arguments += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+            arguments += [
+                "--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/var", "--perms", "1777", "--tmpfs",
+                "/var/tmp",
+            ]
+        } else {
+            arguments += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+        }
         let files = FileManager.default
         for directory in ["/usr", "/etc", "/opt"] where files.fileExists(atPath: directory) {
             arguments += ["--ro-bind", directory, directory]
@@ -66,11 +77,82 @@ enum Sandbox: Sendable, Equatable {
                 arguments += ["--ro-bind", directory, directory]
             }
         }
-        for path in shared where files.fileExists(atPath: path) { arguments += ["--bind", path, path] }
+        let sharedPaths = shared.filter { files.fileExists(atPath: $0) }
+        if user != nil {
+            // bwrap makes a bind's missing parents private (0700): the instance's user could not reach its own
+            // directories. They are made first, open to all (they hold nothing but the mounts).
+            let destinations = sharedPaths + [attemptDirectory.path] + mounts.map(\.inside)
+            var parents: Set<String> = []
+            for destination in destinations {
+                var components = destination.split(separator: "/").map(String.init)
+                while components.count > 1 {
+                    components.removeLast()
+                    parents.insert("/" + components.joined(separator: "/"))
+                }
+            }
+            for parent in parents.subtracting(["/tmp", "/var", "/var/tmp"]).sorted(by: {
+                ($0.count, $0) < ($1.count, $1)
+            }) {
+                arguments += ["--perms", "0755", "--dir", parent]
+            }
+        }
+        for path in sharedPaths { arguments += ["--bind", path, path] }
         arguments += ["--bind", attemptDirectory.path, attemptDirectory.path]
         for mount in mounts { arguments += ["--bind", mount.host.path, mount.inside] }
         arguments += ["--chdir", workDirectory.path, "--"]
         return arguments
+    }
+}
+
+/// The unprivileged user sandboxed instances run as (`--run-as`, `nobody` by default when the executor is root):
+/// the command starts through `setpriv` with that user's ids, no supplementary groups and no capabilities, and the
+/// attempt's directories are handed to it. Inside the sandbox it reads what any user of the node may read of the
+/// system directories and the shared paths, and writes only its own directories, `/tmp` and what the shared paths
+/// let any user write. Unsandboxed instances (trusted work) run as the executor's user.
+struct InstanceUser: Sendable, Equatable {
+    let name: String
+    let uid: uid_t
+    let gid: gid_t
+
+    static let setpriv = "/usr/bin/setpriv"
+
+    struct Unusable: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// The user named (or numbered) `spec`; nil for "" (instances run as the executor's own user).
+    static func resolve(_ spec: String) throws -> InstanceUser? {
+        guard !spec.isEmpty else { return nil }
+        guard geteuid() == 0 else {
+            throw Unusable(
+                description: "--run-as \(spec) needs the executor to run as root (use --run-as \"\" otherwise)")
+        }
+        guard FileManager.default.isExecutableFile(atPath: setpriv) else {
+            throw Unusable(description: "--run-as needs \(setpriv) (util-linux)")
+        }
+        guard let entry = UInt32(spec).flatMap({ getpwuid($0) }) ?? getpwnam(spec) else {
+            throw Unusable(description: "--run-as: no user \(spec) on this node")
+        }
+        return InstanceUser(
+            name: String(cString: entry.pointee.pw_name), uid: entry.pointee.pw_uid, gid: entry.pointee.pw_gid)
+    }
+
+    /// `command` started as this user.
+    func command(_ command: [String]) -> [String] {
+        [
+            Self.setpriv, "--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all",
+        ] + command
+    }
+
+    /// Gives `directory` and everything in it to this user (links themselves, never what they point to).
+    func own(_ directory: URL) {
+        let files = FileManager.default
+        guard files.fileExists(atPath: directory.path) else { return }
+        lchown(directory.path, uid, gid)
+        for relative in files.enumerator(atPath: directory.path)?.compactMap({ $0 as? String }) ?? [] {
+            lchown(directory.appendingPathComponent(relative).path, uid, gid)
+        }
     }
 }
 

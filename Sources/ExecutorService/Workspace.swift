@@ -86,16 +86,7 @@ struct Workspace {
             } catch let error as StorageError {
                 throw Failure(description: "the package was not fetched: \(error)")
             }
-            let log = attempt.appendingPathComponent("unpack.log").path
-            let tar = try ChildProcess(
-                executable: "/bin/tar", arguments: ["-xzf", package.path, "-C", work.path],
-                environment: ["PATH": "/usr/bin:/bin"], stdout: log, stderr: log)
-            let result = await tar.wait()
-            guard result == .exited(0) else {
-                let said = (try? String(contentsOfFile: log, encoding: .utf8))?.trimmingCharacters(
-                    in: .whitespacesAndNewlines)
-                throw Failure(description: "the package \(packagePath) is not a .tar.gz: \(said ?? result.description)")
-            }
+            try await unpack(package, from: packagePath)
         }
         for mapping in io.inputMappings {
             let source = try location(mapping.sourcePath, "the input")
@@ -117,12 +108,63 @@ struct Workspace {
         }
     }
 
+    /// Unpacks the package into `work/`: refused when a member's name is absolute or climbs out with `..`, or when
+    /// it holds a symbolic link to something outside the work dir (the node, not only the sandboxed instance, reads
+    /// the work dir). Owners and set-id bits are not restored.
+    private func unpack(_ package: URL, from packagePath: String) async throws {
+        let output = attempt.appendingPathComponent("unpack.out")
+        let log = attempt.appendingPathComponent("unpack.log")
+        /// Runs tar; returns what it printed on stdout.
+        func tar(_ arguments: [String]) async throws -> String {
+            defer {
+                try? FileManager.default.removeItem(at: output)
+                try? FileManager.default.removeItem(at: log)
+            }
+            let child = try ChildProcess(
+                executable: "/bin/tar", arguments: arguments, environment: ["PATH": "/usr/bin:/bin"],
+                stdout: output.path, stderr: log.path)
+            let result = await child.wait()
+            guard result == .exited(0) else {
+                let said = ((try? String(contentsOf: log, encoding: .utf8)) ?? "").trimmingCharacters(
+                    in: .whitespacesAndNewlines)
+                throw Failure(
+                    description: "the package \(packagePath) is not a .tar.gz: "
+                        + (said.isEmpty ? result.description : said))
+            }
+            return (try? String(contentsOf: output, encoding: .utf8)) ?? ""
+        }
+        for name in try await tar(["-tzf", package.path]).split(separator: "\n") {
+            if let refusal = PackageEntry.refusal(name: String(name)) {
+                throw Failure(description: "the package \(packagePath) is refused: \(refusal)")
+            }
+        }
+        _ = try await tar(["-xzf", package.path, "-C", work.path, "--no-same-owner", "--no-same-permissions"])
+        let root = work.resolvingSymlinksInPath().path
+        let files = FileManager.default
+        for relative in files.enumerator(atPath: work.path)?.compactMap({ $0 as? String }) ?? [] {
+            let path = work.appendingPathComponent(relative).path
+            guard let target = try? files.destinationOfSymbolicLink(atPath: path) else { continue }
+            let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+            let inside =
+                files.fileExists(atPath: path)
+                ? real == root || real.hasPrefix(root + "/")
+                : PackageEntry.linkStaysInside(path: relative, target: target)
+            guard inside, !target.hasPrefix("/") else {
+                try? files.removeItem(at: work)
+                throw Failure(
+                    description:
+                        "the package \(packagePath) is refused: \(relative.prefix(200)) links to \(target.prefix(200)), "
+                        + "outside the work dir")
+            }
+        }
+    }
+
     /// Uploads the outputs (after a successful run).
     func uploadOutputs() async throws {
         for mapping in io.outputMappings {
             let destination = try location(mapping.destinationPath, "the output destination")
             do {
-                try await storage.store(host(mapping.sourcePath), to: destination)
+                try await storage.store(host(mapping.sourcePath), to: destination, within: attempt)
             } catch let error as StorageError {
                 throw Failure(description: "output \(mapping.sourcePath) not uploaded: \(error)")
             }
@@ -150,7 +192,7 @@ struct Workspace {
                 if !FileManager.default.fileExists(atPath: file.path) {
                     FileManager.default.createFile(atPath: file.path, contents: nil)
                 }
-                try await storage.store(file, to: target)
+                try await storage.store(file, to: target, within: attempt)
             } catch {
                 problems.append("\(stream) log not uploaded: \(error)")
             }

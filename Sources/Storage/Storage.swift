@@ -103,9 +103,10 @@ public struct Storage: Sendable {
 
     /// Uploads `source` (a file or a directory) to `location`. A file goes to the location, or under it when the
     /// location ends with `/`; a directory's files go under the location with their relative paths. Returns the
-    /// bytes stored.
+    /// bytes stored. With `within`, a file that is (or is reached through) a symbolic link to something outside
+    /// that directory is refused: an instance's link must not make its node upload the node's own files.
     @discardableResult
-    public func store(_ source: URL, to location: StorageLocation) async throws -> Int64 {
+    public func store(_ source: URL, to location: StorageLocation, within: URL? = nil) async throws -> Int64 {
         let files = FileManager.default
         var isDirectory: ObjCBool = false
         guard files.fileExists(atPath: source.path, isDirectory: &isDirectory) else {
@@ -116,6 +117,15 @@ public struct Storage: Sendable {
             sources = try Self.filesUnder(source).map { ($0, Self.relativePath(of: $0, under: source)) }
         } else {
             sources = [(source, "")]
+        }
+        if let within {
+            let root = within.resolvingSymlinksInPath().standardizedFileURL.path
+            for (file, _) in sources {
+                let real = file.resolvingSymlinksInPath().standardizedFileURL.path
+                guard real == root || real.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
+                    throw StorageError.local(path: file.path, "is a link to a file outside the instance's own files")
+                }
+            }
         }
         var total: Int64 = 0
         switch location {

@@ -19,7 +19,8 @@ extension Stack {
     /// A directory instances write their records to.
     func recordsDirectory() throws -> URL {
         let directory = self.directory.appendingPathComponent("shared/records-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o1777])
         return directory
     }
 

@@ -56,8 +56,10 @@ final class Stack: @unchecked Sendable {
         let vhost = TestServers.uniqueName("test.e2e")
         try await RabbitManagement.createVhost(vhost)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost)
+        // The tests' "shared file system": instances (as the node's unprivileged user) write there.
         try FileManager.default.createDirectory(
-            at: directory.appendingPathComponent("shared"), withIntermediateDirectories: true)
+            at: directory.appendingPathComponent("shared"), withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o1777])
         var security = ["BATCH_INSECURE_HTTP": "1"]
         if tls {
             let certificate = directory.appendingPathComponent("gateway.pem").path
@@ -286,6 +288,19 @@ final class Stack: @unchecked Sendable {
                 count = value
             }
             return count
+        }
+    }
+
+    /// The first column of a query's rows, as text, read directly from the stack's database.
+    func query(_ sql: String) async throws -> [String] {
+        let key = try Sealer(configuration: environment["BATCH_MASTER_KEY"]).current
+        return try await TestDatabase.withDatabase(url: environment["BATCH_DATABASE_URL"]!, key: key, prepare: false) {
+            database in
+            var values: [String] = []
+            for try await value in try await database.client.query(PostgresQuery(unsafe: sql)).decode(String.self) {
+                values.append(value)
+            }
+            return values
         }
     }
 

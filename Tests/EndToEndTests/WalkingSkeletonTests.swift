@@ -9,7 +9,8 @@ struct WalkingSkeletonTests {
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 2)
             let out = stack.directory.appendingPathComponent("shared/out")
-            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                at: out, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o1777])
             let command = #"""
                 printf '%s %s %s %s %s\n' "$BATCH_JOB_ID" "$BATCH_TASK_NAME" "$BATCH_TASK_INSTANCE_INDEX" \
                   "$BATCH_TASK_INSTANCE_NUM" "$GREETING" > "$OUT/$BATCH_TASK_INSTANCE_INDEX.txt"
