@@ -54,7 +54,9 @@ enum SchedulerBench {
                 Double(instances) / wide.seconds))
 
         let records = URL(fileURLWithPath: work).appendingPathComponent("chain")
-        try FileManager.default.createDirectory(at: records, withIntermediateDirectories: true)
+        // Sandboxed instances run as the node's unprivileged user: the records are theirs to write.
+        try FileManager.default.createDirectory(
+            at: records, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o1777])
         let steps = 50
         let chain = try await runJob(
             bench,
