@@ -201,7 +201,7 @@ struct JobScheduler: Sendable {
         if advance || !touched.isEmpty {
             try await decide(&job, counting: touched, on: connection, effects: &effects) { $0.advance() }
         }
-        return try await messages(for: job, effects, on: connection)
+        return try messages(for: job, effects)
     }
 
     /// Applies instance events with ``InstanceLifecycle`` on the rows they are about and writes the changed rows in
@@ -404,9 +404,7 @@ struct JobScheduler: Sendable {
     // MARK: Messages
 
     /// The messages one job's events caused: kills and notifications.
-    private func messages(
-        for job: SchedulerStore.LockedJob, _ effects: Effects, on connection: PostgresConnection
-    ) async throws -> [OutgoingMessage] {
+    private func messages(for job: SchedulerStore.LockedJob, _ effects: Effects) throws -> [OutgoingMessage] {
         var messages = try effects.kills.map { kill in
             try OutgoingMessage(
                 exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: kill.node.rawValue),

@@ -31,7 +31,7 @@ struct FuzzTests {
             var before: [String: Int] = [:]
             for table in tables { before[table] = try await stack.rowCount(table) }
 
-            var random = SplitMix64(seed: seed)
+            var random = SeededRandomNumberGenerator(seed: seed)
             var sent = 0
             var failures: [String] = []
             for action in Self.actions {
@@ -98,7 +98,7 @@ struct FuzzTests {
 
     /// `valid` broken in one way that no action may accept: a value of the wrong kind, the text cut short, nested
     /// too deep, not an object, bytes that are not UTF-8, or over the size limit.
-    static func broken(_ valid: [String: Any], random: inout SplitMix64) -> (String, [UInt8]) {
+    static func broken(_ valid: [String: Any], random: inout SeededRandomNumberGenerator) -> (String, [UInt8]) {
         let text = Array(try! JSONSerialization.data(withJSONObject: valid, options: [.sortedKeys]))
         var paths: [[Any]] = []
         collectPaths(valid, prefix: [], into: &paths)
@@ -142,7 +142,7 @@ struct FuzzTests {
     }
 
     /// A value of another JSON kind than `value` (never null: null is an absent optional field).
-    static func wrongKind(for value: Any, random: inout SplitMix64) -> Any {
+    static func wrongKind(for value: Any, random: inout SeededRandomNumberGenerator) -> Any {
         let choices: [Any]
         switch value {
         case is String: choices = [42, 1.5, true, ["x"], ["A": 1]]
@@ -189,19 +189,8 @@ struct FuzzTests {
     }
 }
 
-/// A small seeded generator (SplitMix64): the same seed, the same requests.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+extension SeededRandomNumberGenerator {
+    /// A number in `0..<bound`, from the next value (the same seed, the same requests).
     mutating func next(below bound: Int) -> Int { Int(next() % UInt64(bound)) }
 }
 
