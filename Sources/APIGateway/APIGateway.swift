@@ -61,7 +61,20 @@ struct APIGateway: AsyncParsableCommand {
     @Option(help: "Compute environments a user may keep (BATCH_QUOTA_ENVS, default 10).")
     var quotaEnvs: Int = Environment.int("BATCH_QUOTA_ENVS", default: 10)
 
+    /// Requests a second one user may make on average, 0 for no limit; over it the answer is `RequestLimitExceeded`.
+    /// Per gateway process. Default 500.
+    @Option(help: "Requests a second per user, 0 for no limit (BATCH_RATE_LIMIT, default 500).")
+    var rateLimit: Int = Environment.int("BATCH_RATE_LIMIT", default: 500)
+
+    @Option(help: "Requests one user may make at once above the rate (BATCH_RATE_BURST, default twice the rate).")
+    var rateBurst: Int?
+
     @OptionGroup var connections: ConnectionOptions
+
+    func validate() throws {
+        guard rateLimit >= 0 else { throw ValidationError("--rate-limit must be 0 (no limit) or a number of requests") }
+        if let rateBurst, rateBurst < 1 { throw ValidationError("--rate-burst must be at least 1") }
+    }
 
     func run() async throws {
         let logger = Observability.bootstrap(service: "gateway")
@@ -82,9 +95,11 @@ struct APIGateway: AsyncParsableCommand {
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
             let logFetcher = LogFetcher(amqp: amqp, id: replyID, logger: logger)
+            let burst = rateBurst ?? Environment.int("BATCH_RATE_BURST", default: 2 * rateLimit)
             let api = BatchAPI(
-                database: database, quotas: quotas, zone: zone, maxBodySize: maxBodySize, logFetcher: logFetcher,
-                logger: logger)
+                database: database, quotas: quotas, zone: zone, maxBodySize: maxBodySize,
+                limiter: rateLimit > 0 ? RequestLimiter(rate: rateLimit, burst: max(1, burst)) : nil,
+                logFetcher: logFetcher, logger: logger)
             let router = Router()
             router.post("/") { request, context in try await api.respond(to: request, context: context) }
             Observability.addOperationalRoutes(to: router) {

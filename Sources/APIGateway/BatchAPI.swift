@@ -31,11 +31,14 @@ struct BatchAPI: Sendable {
     let maxBodySize: Int
     /// Reads running and finished instances' output from their nodes.
     let logFetcher: LogFetcher?
+    /// Each user's request rate (nil: no limit).
+    let limiter: RequestLimiter?
 
     init(
-        database: Database, quotas: Quotas, zone: String, maxBodySize: Int, logFetcher: LogFetcher? = nil,
-        logger: Logger
+        database: Database, quotas: Quotas, zone: String, maxBodySize: Int, limiter: RequestLimiter? = nil,
+        logFetcher: LogFetcher? = nil, logger: Logger
     ) {
+        self.limiter = limiter
         self.logFetcher = logFetcher
         self.database = database
         self.logger = logger
@@ -67,6 +70,12 @@ struct BatchAPI: Sendable {
             let bytes = Array(body.readableBytesView)
             let user = try await authenticate(request, body: bytes)
             logger[metadataKey: "user.id"] = "\(user)"
+            if let limiter, !limiter.admit(user) {
+                throw APIError(
+                    .requestLimitExceeded,
+                    "more than \(limiter.rate) requests a second from this user (\(limiter.burst) at once); retry later"
+                )
+            }
             guard request.headers[.tcVersion] == Self.version else {
                 throw APIError(.invalidParameterValue, "X-TC-Version must be \(Self.version)")
             }

@@ -14,6 +14,11 @@ import Synchronization
 ///   others: a ``PoisonMessage`` goes to the dead-letter queue, any other error requeues that message after a pause.
 ///
 /// On graceful shutdown it stops taking deliveries and finishes the batch in hand.
+///
+/// A batch or tick that has not finished after `stallLimit` means the process is wedged (a database connection pool
+/// that never hands out a connection again after a restart of the database has been seen): it logs and exits, for
+/// its supervisor (compose's restart policy) to start it again, since every service resumes from the database and
+/// the queues.
 public struct BatchConsumer: Service {
     public struct Tick: Sendable {
         public var interval: Duration
@@ -29,13 +34,15 @@ public struct BatchConsumer: Service {
     let prefetch: Int
     let maxBatch: Int
     let tick: Tick?
+    let stallLimit: Duration?
     let logger: Logger
     let handle: @Sendable ([Delivery]) async throws -> Void
 
     public init(
         amqp: AMQPClient, queue: String, prefetch: Int = 1000, maxBatch: Int = 500, tick: Tick? = nil,
-        logger: Logger, handle: @escaping @Sendable ([Delivery]) async throws -> Void
+        stallLimit: Duration? = nil, logger: Logger, handle: @escaping @Sendable ([Delivery]) async throws -> Void
     ) {
+        self.stallLimit = stallLimit
         self.amqp = amqp
         self.queue = queue
         self.prefetch = prefetch
@@ -77,7 +84,7 @@ public struct BatchConsumer: Service {
                 if let tick, ContinuousClock.now >= nextTick {
                     nextTick = ContinuousClock.now + tick.interval
                     do {
-                        try await tick.work()
+                        try await watched("periodic work") { try await tick.work() }
                     } catch {
                         logger.warning("periodic work failed", metadata: ["error": "\(String(reflecting: error))"])
                     }
@@ -90,7 +97,7 @@ public struct BatchConsumer: Service {
     private func process(_ batch: [Delivery], outcomes: ConsumerOutcomes, batchSize: Recorder) async {
         let start = ContinuousClock.now
         do {
-            try await handle(batch)
+            try await watched("a batch of \(batch.count)") { try await handle(batch) }
             batch.forEach { $0.ack() }
             outcomes.consumed.increment(by: batch.count)
             batchSize.record(batch.count)
@@ -109,13 +116,28 @@ public struct BatchConsumer: Service {
         }
         for delivery in batch {
             do {
-                try await handle([delivery])
+                try await watched("a message") { try await handle([delivery]) }
                 delivery.ack()
                 outcomes.consumed.increment()
             } catch {
                 await outcomes.settle(delivery, failedWith: error)
             }
         }
+    }
+}
+
+extension BatchConsumer {
+    /// Runs `body`; exits the process if it has not finished after `stallLimit`.
+    func watched(_ what: String, _ body: () async throws -> Void) async throws {
+        guard let stallLimit else { return try await body() }
+        let watchdog = Task { [logger, queue] in
+            try await Task.sleep(for: stallLimit)
+            logger.critical(
+                "handling \(what) from \(queue) has not finished in \(stallLimit); exiting, to be started again")
+            exit(70)
+        }
+        defer { watchdog.cancel() }
+        try await body()
     }
 }
 

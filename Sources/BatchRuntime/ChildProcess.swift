@@ -92,6 +92,12 @@ public final class ChildProcess: Sendable {
         if let stderr {
             posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         }
+        // Nothing of the parent's beyond stdin, stdout and stderr: its sockets (the broker, the database) and files
+        // are no business of an instance.
+        guard let addCloseFrom = Self.addCloseFrom else {
+            throw SpawnError(description: "this C library cannot close a child's inherited descriptors")
+        }
+        _ = addCloseFrom(&actions, 3)
         if let directory {
             guard let addChdir = Self.addChdir else {
                 throw SpawnError(description: "this C library cannot set a child's working directory")
@@ -137,6 +143,17 @@ public final class ChildProcess: Sendable {
                 symbol,
                 to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)
                     .self)
+        }()
+
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which its headers hide from Swift.
+    private static let addCloseFrom:
+        (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+            guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+            else {
+                return nil
+            }
+            return unsafeBitCast(
+                symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
         }()
 
     /// Waits for the child to end.

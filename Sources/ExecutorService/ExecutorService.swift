@@ -191,15 +191,20 @@ struct Heartbeat: Service {
     private func beat(confirmed: Confirmed) async {
         let host = ProcessInfo.processInfo.hostName
         var next = ContinuousClock.now
+        var orphaned = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            if let parent, getppid() != parent {
-                // A new provisioner forgets this node and its instances run again elsewhere: stop them now.
+            if let parent, !orphaned, getppid() != parent {
+                // The node hands its instances back and shuts down; heartbeats go on until they have ended and their
+                // interrupted reports are out (the group stops this service last), so the new provisioner keeps
+                // the node until then and the scheduler runs them again only once they have stopped.
                 logger.warning("the provisioner that started this node is gone; stopping")
+                orphaned = true
                 runner.handBack()
-                break
+                runner.requestStop()
             }
             if ContinuousClock.now >= next {
-                next = ContinuousClock.now + interval
+                let sent = ContinuousClock.now
+                next = sent + interval
                 let beat = NodeHeartbeat(
                     nodeID: runner.nodeID, envID: runner.envID, slots: runner.slots, freeSlots: runner.freeSlots,
                     host: host, pid: getpid(), at: Date(), instanceID: parent == nil ? instanceID : nil,
@@ -210,7 +215,9 @@ struct Heartbeat: Service {
                         try OutgoingMessage(
                             exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeHeartbeat,
                             payload: beat))
-                    confirmed.now()
+                    // The lease runs from when the beat was made, as the scheduler counts from its time: one held
+                    // up by a broker outage renews nothing.
+                    confirmed.renew(from: sent)
                 } catch {
                     logger.warning("heartbeat not published", metadata: ["error": "\(error)"])
                 }
@@ -244,5 +251,5 @@ struct Heartbeat: Service {
 final class Confirmed: Sendable {
     private let instant = Mutex(ContinuousClock.now)
     var last: ContinuousClock.Instant { instant.withLock { $0 } }
-    func now() { instant.withLock { $0 = .now } }
+    func renew(from sent: ContinuousClock.Instant) { instant.withLock { $0 = max($0, sent) } }
 }

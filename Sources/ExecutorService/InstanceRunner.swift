@@ -36,6 +36,8 @@ final class InstanceRunner: Sendable {
     private let running = Mutex<[String: ChildProcess]>([:])
     /// The attempts this node has taken or was told to kill, so a (second) delivery of one is not run.
     private let seen = Mutex(RecentKeys(capacity: 10_000))
+    /// The attempts announced and waiting for the scheduler's word before their commands run.
+    private let clearances = Clearances()
 
     static func key(_ job: JobID, _ task: String, _ index: Int, _ attempt: Int) -> String {
         "\(job)/\(task)/\(index)/\(attempt)"
@@ -59,8 +61,9 @@ final class InstanceRunner: Sendable {
 
     var freeSlots: Int { max(0, slots - busy.load(ordering: .relaxed)) }
 
-    /// Runs one `instance.run`: publishes the start, acks the message once the start is confirmed, runs the
-    /// command and publishes the end. Throws only before the ack (the message is then requeued).
+    /// Runs one `instance.run`: publishes the start, acks the message once the start is confirmed, waits for the
+    /// scheduler to clear the start, runs the command and publishes the end. Throws only before the ack (the message
+    /// is then requeued).
     @Sendable func run(_ delivery: Delivery) async throws {
         let run = try delivery.decode(InstanceRun.self).payload
         var logger = self.logger
@@ -80,21 +83,30 @@ final class InstanceRunner: Sendable {
 
         let directory = workRoot.appendingPathComponent(
             "\(run.jobID)/\(run.taskName)/\(run.instanceIndex)/attempt-\(run.attempt)", isDirectory: true)
+        let started = InstanceStarted(
+            jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
+            nodeID: nodeID, startedAt: Date())
+        clearances.expect(key)
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try await publish(
-                InstanceStarted(
-                    jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
-                    nodeID: nodeID, startedAt: Date()),
-                routingKey: Topology.Event.instanceStarted, job: run.jobID)
+            try await publish(started, routingKey: Topology.Event.instanceStarted, job: run.jobID)
         } catch {
+            clearances.forget(key)
             seen.withLock { $0.remove(key) }
             throw error
         }
         delivery.ack()
+        if handingBack.load(ordering: .relaxed) { clearances.decide(key, .stopped) }
+        let verdict = await clearances.wait(for: key) { [self] in
+            try? await publish(started, routingKey: Topology.Event.instanceStarted, job: run.jobID)
+        }
+        if case .refused(let reason) = verdict {
+            logger.info("instance not run: the scheduler refused this start", metadata: ["reason": "\(reason)"])
+            return
+        }
         logger.info("instance started")
 
-        let result = await execute(run, in: directory, logger: logger)
+        let result = verdict == .cleared ? await execute(run, in: directory, logger: logger) : nil
         let finished = InstanceFinished(
             jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
             nodeID: nodeID, exitCode: result?.code,
@@ -248,6 +260,7 @@ final class InstanceRunner: Sendable {
     /// `MaxRetryCount`): the node is going away without draining.
     func handBack() {
         handingBack.store(true, ordering: .relaxed)
+        clearances.stopAll()
         for child in running.withLock({ Array($0.values) }) {
             Task { await child.terminate(grace: .seconds(5)) }
         }
@@ -257,6 +270,7 @@ final class InstanceRunner: Sendable {
     /// reach for so long that the scheduler will count this node lost and run them elsewhere. Their ends are
     /// reported (as interrupted) once the broker is back, and the node takes new work again.
     func fence() {
+        clearances.stopAll()
         let children = running.withLock { $0 }
         fenced.withLock { $0.formUnion(children.keys) }
         for child in children.values {
@@ -267,21 +281,28 @@ final class InstanceRunner: Sendable {
     /// The number of instances running now.
     var busyCount: Int { busy.load(ordering: .relaxed) }
 
-    /// A command on the node's own queue: `instance.kill` or `instance.log-request`.
+    /// A command on the node's own queue: `instance.cleared`, `instance.kill`, `instance.log-request` or `node.stop`.
     @Sendable func command(_ delivery: Delivery) async throws {
         switch delivery.type {
+        case InstanceCleared.type:
+            let cleared = try delivery.decode(InstanceCleared.self).payload
+            clearances.decide(
+                Self.key(cleared.jobID, cleared.taskName, cleared.instanceIndex, cleared.attempt), .cleared)
         case LogRequest.type: try await serveLog(delivery)
         case NodeStop.type:
             let stop = try delivery.decode(NodeStop.self).payload
             logger.info("asked to stop", metadata: ["drain": "\(stop.drain)", "reason": "\(stop.reason)"])
             if !stop.drain { handBack() }
-            stopRequested.withLock { $0 }?()
+            requestStop()
         default: try await kill(delivery)
         }
     }
 
     /// Called when the node is asked to stop (`node.stop`): shuts the node down (draining, unless handed back).
     func onStopRequest(_ handler: @escaping @Sendable () -> Void) { stopRequested.withLock { $0 = handler } }
+
+    /// Shuts the node down through the handler of ``onStopRequest(_:)``.
+    func requestStop() { stopRequested.withLock { $0 }?() }
 
     /// `instance.log-request`: reads a piece of an attempt's stdout or stderr (running or finished) and answers on
     /// the requester's reply queue.
@@ -316,6 +337,7 @@ final class InstanceRunner: Sendable {
     @Sendable func kill(_ delivery: Delivery) async throws {
         let kill = try delivery.decode(InstanceKill.self).payload
         let key = Self.key(kill.jobID, kill.taskName, kill.instanceIndex, kill.attempt)
+        if clearances.decide(key, .refused(kill.reason)) { return }
         guard let child = running.withLock({ $0[key] }) else {
             // Not running here: should its run message come to this node later, it is skipped.
             _ = seen.withLock { $0.insert(key) }

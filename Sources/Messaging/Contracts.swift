@@ -85,7 +85,7 @@ public struct InstanceIO: Codable, Sendable, Hashable {
     }
 }
 
-/// An executor started an instance's attempt.
+/// An executor took an instance's attempt and waits for ``InstanceCleared`` to run its command.
 public struct InstanceStarted: MessageContract, Hashable {
     public static let type = "instance.started"
     public var jobID: JobID
@@ -296,6 +296,25 @@ public struct InstanceKill: MessageContract, Hashable {
         self.instanceIndex = instanceIndex
         self.attempt = attempt
         self.reason = reason
+    }
+}
+
+/// The scheduler recorded this node's start of an attempt as the attempt's run: the node may run its command (the
+/// second phase of a start). A node whose start was not recorded gets ``InstanceKill`` instead, so a run message
+/// delivered twice (to two nodes) never runs twice. Sent to the node's own queue; a node that waits resends its
+/// ``InstanceStarted`` every few seconds, so a lost one costs a delay, never the instance.
+public struct InstanceCleared: MessageContract, Hashable {
+    public static let type = "instance.cleared"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceIndex: Int
+    public var attempt: Int
+
+    public init(jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceIndex = instanceIndex
+        self.attempt = attempt
     }
 }
 

@@ -497,14 +497,31 @@ public struct ComputeEnvStore: Sendable {
         return nodes
     }
 
-    /// Forgets the nodes this installation's `process` driver made: they stopped with the provisioner that
-    /// started them (they watch their parent). Attached nodes stay.
+    /// Marks the nodes this installation's `process` driver made as going (`DELETING`): they stop with the
+    /// provisioner that started them (they watch their parent), handing their instances back first. A row goes when
+    /// its node reports that it stopped, or once it has been silent (``goneNodes(of:silentAfter:)``); until then the
+    /// scheduler does not count the node lost, so its instances run again only once they stopped here. Attached
+    /// nodes stay as they are.
     public func forgetProcessNodes() async throws {
         try await database.client.query(
             """
-            DELETE FROM compute_nodes WHERE resource_origin = 'BATCH_CREATED'
+            UPDATE compute_nodes SET state = 'DELETING', updated_at = now() WHERE resource_origin = 'BATCH_CREATED'
                 AND env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')
             """, logger: logger)
+    }
+
+    /// The nodes of `env` being deleted that have not been heard from for `silentAfter`: gone without a word, for
+    /// the provisioner to remove unless its driver still runs them.
+    public func goneNodes(of env: EnvID, silentAfter: Duration) async throws -> [NodeID] {
+        let rows = try await database.client.query(
+            """
+            SELECT node_id FROM compute_nodes
+            WHERE env_id = \(env.rawValue) AND state = 'DELETING'
+                AND coalesce(last_heartbeat, created_at) < now() - \(Int(silentAfter.components.seconds)) * interval '1 s'
+            """, logger: logger)
+        var nodes: [NodeID] = []
+        for try await id in rows.decode(String.self) { nodes.append(NodeID(rawValue: id)) }
+        return nodes
     }
 
     /// Records a node the provisioner is creating, and its `create` activity.

@@ -464,6 +464,22 @@ public struct SchedulerStore: Sendable {
             """, on: connection)
     }
 
+    /// Which of `nodes` have been heard from within `lostAfter` (the others are, or are about to be, counted lost).
+    public func aliveNodes(_ nodes: Set<NodeID>, lostAfter: Duration, on connection: PostgresConnection) async throws
+        -> Set<NodeID>
+    {
+        var alive: Set<NodeID> = []
+        for try await id in try await connection.query(
+            """
+            SELECT node_id FROM compute_nodes WHERE node_id = ANY(\(nodes.map(\.rawValue)))
+                AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
+            """, logger: logger
+        ).decode(String.self) {
+            alive.insert(NodeID(rawValue: id))
+        }
+        return alive
+    }
+
     /// Instances out on a node that is gone (its row removed) or silent for longer than `lostAfter`.
     public func onLostNodes(lostAfter: Duration, on connection: PostgresConnection) async throws -> [Overdue] {
         try await overdue(

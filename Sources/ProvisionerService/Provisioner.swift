@@ -53,7 +53,8 @@ struct Provisioner: Service {
         }
         try await BatchConsumer(
             amqp: amqp, queue: Topology.provisionerQueue, prefetch: 2000, maxBatch: 1000,
-            tick: .init(every: interval, reconcileAll), logger: logger
+            tick: .init(every: interval, reconcileAll),
+            stallLimit: .seconds(Environment.int("BATCH_STALL_LIMIT", default: 120)), logger: logger
         ) { deliveries in
             // Heartbeats of the whole batch go in one statement; other events in order, one at a time.
             var beats: [NodeHeartbeat] = []
@@ -78,10 +79,14 @@ struct Provisioner: Service {
     }
 
     /// Starts nodes, or drains the idlest, until `env` has its desired number (draining nodes do not count); stops
-    /// silent nodes (`ABNORMAL`) so that they are replaced; deletes an environment being deleted once its last node
-    /// is gone.
+    /// silent nodes (`ABNORMAL`) so that they are replaced; forgets going nodes no driver runs once they are silent;
+    /// deletes an environment being deleted once its last node is gone.
     func reconcile(_ env: ComputeEnvStore.Provisioned) async throws {
         let nodes = await driver.nodes(of: env.envID)
+        for node in try await envs.goneNodes(of: env.envID, silentAfter: silentAfter)
+        where !nodes.contains(where: { $0.node == node }) {
+            try await envs.deleteNode(node, cause: "the node stopped without a word (no heartbeat for \(silentAfter))")
+        }
         if env.deleting {
             for node in nodes where !node.draining {
                 try await stop(node.node, drain: true, cause: "the environment is being deleted")

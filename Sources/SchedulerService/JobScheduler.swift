@@ -77,14 +77,16 @@ struct JobScheduler: Sendable {
     }
 
     let database: Database
+    let amqp: AMQPClient
     let store: SchedulerStore
     let settings: Settings
     let logger: Logger
     private let cache = ConfigCache()
     private let created = CreatedInstances()
 
-    init(database: Database, settings: Settings = Settings(), logger: Logger) {
+    init(database: Database, amqp: AMQPClient, settings: Settings = Settings(), logger: Logger) {
         self.database = database
+        self.amqp = amqp
         self.store = SchedulerStore(database: database)
         self.settings = settings
         self.logger = logger
@@ -112,14 +114,21 @@ struct JobScheduler: Sendable {
             for lost in try await store.onLostNodes(lostAfter: settings.nodeLostAfter, on: connection) {
                 events[lost.job, default: []].append(.nodeLost(lost))
             }
-            try await apply(events, on: connection)
+            _ = try await apply(events, on: connection)
         }
     }
 
     func run(_ events: [JobID: [SchedulerEvent]]) async throws {
-        try await database.transaction { connection in
+        let clearances = try await database.transaction { connection in
             try await lockScheduling(on: connection)
-            try await apply(events, on: connection)
+            return try await apply(events, on: connection)
+        }
+        // Sent once the starts are committed, outside the outbox: a node that hears nothing asks again.
+        if !clearances.isEmpty {
+            for case let error? in await amqp.publish(clearances) {
+                logger.warning("clearance not sent; its node will ask again", metadata: ["error": "\(error)"])
+                break
+            }
         }
         if created.take() >= 1000 {
             do {
@@ -136,10 +145,25 @@ struct JobScheduler: Sendable {
         try await connection.query("SELECT pg_advisory_xact_lock(7482001)", logger: logger)
     }
 
-    private func apply(_ events: [JobID: [SchedulerEvent]], on connection: PostgresConnection) async throws {
+    /// Applies the events and writes the messages they cause to the outbox; returns the clearances of the starts
+    /// it recorded, for the caller to send once the transaction commits.
+    private func apply(_ events: [JobID: [SchedulerEvent]], on connection: PostgresConnection) async throws
+        -> [OutgoingMessage]
+    {
         var messages: [OutgoingMessage] = []
+        var clearances: [OutgoingMessage] = []
+        // A start is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
+        // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
+        let starting = events.values.joined().compactMap { event -> NodeID? in
+            if case .started(let started) = event { started.nodeID } else { nil }
+        }
+        let alive =
+            starting.isEmpty
+            ? [] : try await store.aliveNodes(Set(starting), lostAfter: settings.nodeLostAfter, on: connection)
         for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
-            messages += try await handle(job, events[job]!, on: connection)
+            let effects = try await handle(job, events[job]!, alive: alive, on: connection)
+            messages += effects.outbox
+            clearances += effects.clearances
         }
         // A start frees no slot and makes nothing runnable: a batch of starts alone skips the dispatch pass (the
         // watchdog's pass every second covers nodes that joined and back-offs that ended).
@@ -147,21 +171,24 @@ struct JobScheduler: Sendable {
             messages += try await dispatch(on: connection)
         }
         try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
+        return clearances
     }
 
     // MARK: One job
 
     /// Applies one job's events in order, holding its row lock; returns the messages they cause.
-    private func handle(_ jobID: JobID, _ events: [SchedulerEvent], on connection: PostgresConnection) async throws
-        -> [OutgoingMessage]
+    private func handle(
+        _ jobID: JobID, _ events: [SchedulerEvent], alive: Set<NodeID>, on connection: PostgresConnection
+    ) async throws
+        -> (outbox: [OutgoingMessage], clearances: [OutgoingMessage])
     {
         let known = cache.notifications(of: jobID)
         guard var job = try await store.lockJob(jobID, withNotifications: known == nil, on: connection) else {
             logger.warning("event for an unknown job ignored", metadata: ["job.id": "\(jobID)"])
-            return []
+            return ([], [])
         }
         if let loaded = job.notifications { cache.remember(loaded, of: jobID) } else { job.notifications = known }
-        var effects = Effects()
+        var effects = Effects(alive: alive)
         var segment: [SchedulerEvent] = []
         var touched: Set<String> = []
         var advance = false
@@ -201,7 +228,14 @@ struct JobScheduler: Sendable {
         if advance || !touched.isEmpty {
             try await decide(&job, counting: touched, on: connection, effects: &effects) { $0.advance() }
         }
-        return try messages(for: job, effects)
+        let clearances = try effects.clearances.map { clearance in
+            try OutgoingMessage(
+                exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: clearance.node.rawValue),
+                payload: InstanceCleared(
+                    jobID: job.id, taskName: clearance.task, instanceIndex: clearance.index, attempt: clearance.attempt),
+                correlationID: job.id.rawValue, persistent: false)
+        }
+        return (try messages(for: job, effects), clearances)
     }
 
     /// Applies instance events with ``InstanceLifecycle`` on the rows they are about and writes the changed rows in
@@ -228,9 +262,13 @@ struct JobScheduler: Sendable {
                 let sameRun = row.lifecycle.attempt == started.attempt && row.lifecycle.node == started.nodeID
                 transition = row.lifecycle.handle(.started(attempt: started.attempt, node: started.nodeID))
                 if let ignored = transition.ignored {
-                    // A second delivery of a run message (or a run of an attempt already over) started: stop it,
-                    // so no instance ever runs twice at once.
-                    if !sameRun {
+                    // The node asks again (its clearance was lost): clear it again, unless the attempt is over
+                    // (terminated meanwhile; its kill is on the way). A second delivery of a run message, or a run
+                    // of an attempt already over: refuse it, so no instance ever runs twice.
+                    if sameRun {
+                        guard !row.lifecycle.state.isFinal else { continue }
+                        effects.clear(node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt)
+                    } else {
                         effects.kill(
                             node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt,
                             reason: "not the current run of this instance (\(ignored))")
@@ -238,6 +276,7 @@ struct JobScheduler: Sendable {
                     continue
                 }
                 row.launchTime = started.startedAt
+                effects.clear(node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt)
             case .finished(let finished):
                 // An attempt a node stopped (handed back, or cut off from the broker) that is no longer current: a
                 // late report of a node that was counted lost, whose instance already runs again.
@@ -452,6 +491,12 @@ struct Effects {
         var attempt: Int
         var reason: String
     }
+    struct Clearance {
+        var node: NodeID
+        var task: String
+        var index: Int
+        var attempt: Int
+    }
     struct Note {
         var event: EventName
         var task: String?
@@ -459,13 +504,23 @@ struct Effects {
         var state: ExecutionState
         var reason: String?
     }
+    /// The nodes heard from lately: only their starts are cleared.
+    let alive: Set<NodeID>
     var kills: [Kill] = []
+    /// Starts recorded: the nodes may run these attempts (``InstanceCleared``, sent once the transaction commits).
+    var clearances: [Clearance] = []
     var notifications: [Note] = []
     /// Anonymous environments whose node count changed.
     var resized: [EnvID] = []
 
     mutating func kill(node: NodeID, task: String, index: Int, attempt: Int, reason: String) {
         kills.append(Kill(node: node, task: task, index: index, attempt: attempt, reason: reason))
+    }
+
+    /// Clears a start, unless its node is not heard from (it asks again; if it stays silent, it is lost).
+    mutating func clear(node: NodeID, task: String, index: Int, attempt: Int) {
+        guard alive.contains(node) else { return }
+        clearances.append(Clearance(node: node, task: task, index: index, attempt: attempt))
     }
 
     mutating func notify(

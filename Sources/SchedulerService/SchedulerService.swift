@@ -41,6 +41,10 @@ struct SchedulerService: AsyncParsableCommand {
     @Option(help: "Most nodes of a task's anonymous environment (BATCH_ANONYMOUS_NODES, default 4).")
     var anonymousNodes: Int = Environment.int("BATCH_ANONYMOUS_NODES", default: 4)
 
+    /// Seconds one batch may take before the scheduler takes itself to be wedged and exits, to be started again.
+    @Option(help: "Seconds a batch may take before the scheduler exits to be restarted (BATCH_STALL_LIMIT).")
+    var stallLimit: Int = Environment.int("BATCH_STALL_LIMIT", default: 120)
+
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
@@ -50,7 +54,7 @@ struct SchedulerService: AsyncParsableCommand {
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
             let scheduler = JobScheduler(
-                database: database,
+                database: database, amqp: amqp,
                 settings: .init(
                     nodeLostAfter: .seconds(nodeLostAfter), timeoutGrace: .seconds(timeoutGrace),
                     queuedPerSlot: max(0, queuedPerSlot), anonymousNodes: max(1, anonymousNodes)),
@@ -61,7 +65,8 @@ struct SchedulerService: AsyncParsableCommand {
                 StateGauges(database: database, queries: [.instances, .outbox], logger: logger),
                 BatchConsumer(
                     amqp: amqp, queue: Topology.schedulerQueue, prefetch: batchSize * 2, maxBatch: batchSize,
-                    tick: .init(every: .seconds(1), scheduler.tick), logger: logger, handle: scheduler.handle),
+                    tick: .init(every: .seconds(1), scheduler.tick), stallLimit: .seconds(stallLimit), logger: logger,
+                    handle: scheduler.handle),
             ]
             if opsPort > 0 {
                 services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })

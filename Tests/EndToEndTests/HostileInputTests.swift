@@ -92,7 +92,9 @@ struct HostileInputTests {
         }
     }
 
-    @Test("sandboxed instances run as the unprivileged user: the node's root-only files and other work dirs are closed")
+    @Test(
+        "sandboxed instances run as the unprivileged user: the node's root-only files, other work dirs and sockets are closed"
+    )
     func unprivileged() async throws {
         try await Stack.run { stack in
             let shared = stack.directory.appendingPathComponent("shared")
@@ -113,7 +115,8 @@ struct HostileInputTests {
                 cat \(nodeFile) >/dev/null 2>&1 && echo "node file: seen" || echo "node file: unseen"; \
                 other=$BATCH_WORK_DIR/../../../$((1 - BATCH_TASK_INSTANCE_INDEX)); \
                 ls $other >/dev/null 2>&1 && echo "other instance: seen" || echo "other instance: unseen"; \
-                echo mine > mine.txt && echo "work: written"; echo t > /tmp/t && echo "tmp: written"
+                echo mine > mine.txt && echo "work: written"; echo t > /tmp/t && echo "tmp: written"; \
+                echo "sockets inherited: $(find /proc/$$/fd -lname 'socket:*' 2>/dev/null | wc -l)"
                 """
             let jobID = try await stack.submit(
                 "unprivileged", env: env,
@@ -142,6 +145,7 @@ struct HostileInputTests {
                         other instance: unseen
                         work: written
                         tmp: written
+                        sockets inherited: 0
 
                         """, "\(said)")
             }

@@ -164,6 +164,45 @@ public enum RabbitManagement {
         _ = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
     }
 
+    /// Publishes a raw message (a string body) to `exchange` in `vhost`, as a broken client would; true when the
+    /// broker routed it to a queue.
+    public static func publish(
+        vhost: String, exchange: String, routingKey: String, type: String, body: String
+    ) async throws -> Bool {
+        let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        var request = try request("api/exchanges/\(encodedVhost)/\(exchange)/publish")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        let message: [String: Any] = [
+            "properties": ["type": type, "delivery_mode": 2], "routing_key": routingKey, "payload": body,
+            "payload_encoding": "string",
+        ]
+        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: message)))
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let answer = try await response.body.collect(upTo: 1 << 20)
+        guard response.status.code < 300,
+            let object = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [String: Any]
+        else { throw TestServers.Missing(description: "cannot publish to \(exchange): HTTP \(response.status.code)") }
+        return object["routed"] as? Bool ?? false
+    }
+
+    /// The bodies of up to `count` messages waiting in `queue` of `vhost`, left in the queue.
+    public static func peek(vhost: String, queue: String, count: Int = 100) async throws -> [String] {
+        let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let encodedQueue = queue.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        var request = try request("api/queues/\(encodedVhost)/\(encodedQueue)/get")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(
+            ByteBuffer(string: #"{"count":\#(count),"ackmode":"ack_requeue_true","encoding":"auto"}"#))
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let answer = try await response.body.collect(upTo: 16 << 20)
+        guard response.status.code < 300,
+            let messages = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [[String: Any]]
+        else { throw TestServers.Missing(description: "cannot read queue \(queue): HTTP \(response.status.code)") }
+        return messages.compactMap { $0["payload"] as? String }
+    }
+
     /// Deletes queues a test made.
     public static func deleteQueues(_ names: [String]) async throws {
         for name in names {
