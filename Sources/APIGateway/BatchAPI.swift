@@ -106,10 +106,9 @@ struct BatchAPI: Sendable {
                 APIError(.internalError, "internal error; quote request id \(requestID)"), requestID: requestID)
         }
         let outcomeClass = outcome == "ok" ? "ok" : String(outcome.prefix { $0 != "." })
-        Counter(label: "batch.api.requests.total", dimensions: [("action", metricAction), ("outcome", outcomeClass)])
-            .increment()
-        Timer(label: "batch.api.request.duration", dimensions: [("action", metricAction)])
-            .recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+        let metrics = RequestMetrics.shared
+        metrics.counter(action: metricAction, outcome: outcomeClass).increment()
+        metrics.timer(action: metricAction).recordNanoseconds((ContinuousClock.now - start).nanoseconds)
         return response
     }
 

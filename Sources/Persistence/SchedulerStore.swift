@@ -190,19 +190,25 @@ public struct SchedulerStore: Sendable {
         _ name: String, of job: LockedJob, _ state: ExecutionState, on connection: PostgresConnection
     ) async throws -> EnvID? {
         // A task's own nodes go when it ends, but for FAILED_INTERRUPTED: kept for inspection.
-        let releasesNodes = state.isFinal && state != .failedInterrupted
-        return try await connection.query(
-            """
-            WITH task AS (
+        guard state.isFinal && state != .failedInterrupted else {
+            try await connection.query(
+                """
                 UPDATE tasks SET state = \(state.rawValue),
                     end_time = CASE WHEN \(state.isFinal) THEN now() END,
                     state_reason = CASE WHEN NOT \(state.isFinal) THEN state_reason END
                 WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
+                """, logger: logger)
+            return nil
+        }
+        return try await connection.query(
+            """
+            WITH task AS (
+                UPDATE tasks SET state = \(state.rawValue), end_time = now(), state_reason = NULL
+                WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
                 RETURNING env_id
             ), released AS (
                 UPDATE compute_envs e SET desired_node_count = 0
-                FROM task WHERE \(releasesNodes) AND e.env_id = task.env_id AND e.anonymous_for IS NOT NULL
-                    AND e.desired_node_count > 0
+                FROM task WHERE e.env_id = task.env_id AND e.anonymous_for IS NOT NULL AND e.desired_node_count > 0
                 RETURNING e.env_id
             )
             SELECT env_id FROM released
@@ -464,17 +470,22 @@ public struct SchedulerStore: Sendable {
             """, on: connection)
     }
 
-    /// Which of `nodes` have been heard from within `lostAfter` (the others are, or are about to be, counted lost).
-    public func aliveNodes(_ nodes: Set<NodeID>, lostAfter: Duration, on connection: PostgresConnection) async throws
-        -> Set<NodeID>
-    {
+    /// Takes the scheduling lock for the rest of the transaction: one scheduler transaction at a time, even with
+    /// several scheduler processes, since dispatch reads capacity and writes instances of many jobs and must neither
+    /// double-book a slot nor deadlock with another. In the same round trip, returns which of `nodes` have been
+    /// heard from within `lostAfter` (the others are, or are about to be, counted lost).
+    public func lockScheduling(
+        andFindAlive nodes: Set<NodeID>, lostAfter: Duration, on connection: PostgresConnection
+    ) async throws -> Set<NodeID> {
         var alive: Set<NodeID> = []
         for try await id in try await connection.query(
             """
+            SELECT '' FROM (SELECT pg_advisory_xact_lock(7482001)) l
+            UNION ALL
             SELECT node_id FROM compute_nodes WHERE node_id = ANY(\(nodes.map(\.rawValue)))
                 AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
             """, logger: logger
-        ).decode(String.self) {
+        ).decode(String.self) where !id.isEmpty {
             alive.insert(NodeID(rawValue: id))
         }
         return alive

@@ -106,7 +106,7 @@ struct JobScheduler: Sendable {
     /// runs again the instances of lost nodes, and dispatches what waited (back-offs that ended, nodes that joined).
     @Sendable func tick() async throws {
         try await database.transaction { connection in
-            try await lockScheduling(on: connection)
+            _ = try await store.lockScheduling(andFindAlive: [], lostAfter: settings.nodeLostAfter, on: connection)
             var events: [JobID: [SchedulerEvent]] = [:]
             for overdue in try await store.timedOut(grace: settings.timeoutGrace, on: connection) {
                 events[overdue.job, default: []].append(.timedOut(overdue))
@@ -114,14 +114,20 @@ struct JobScheduler: Sendable {
             for lost in try await store.onLostNodes(lostAfter: settings.nodeLostAfter, on: connection) {
                 events[lost.job, default: []].append(.nodeLost(lost))
             }
-            _ = try await apply(events, on: connection)
+            _ = try await apply(events, alive: [], on: connection)
         }
     }
 
     func run(_ events: [JobID: [SchedulerEvent]]) async throws {
+        // A start is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
+        // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
+        let starting = events.values.joined().compactMap { event -> NodeID? in
+            if case .started(let started) = event { started.nodeID } else { nil }
+        }
         let clearances = try await database.transaction { connection in
-            try await lockScheduling(on: connection)
-            return try await apply(events, on: connection)
+            let alive = try await store.lockScheduling(
+                andFindAlive: Set(starting), lostAfter: settings.nodeLostAfter, on: connection)
+            return try await apply(events, alive: alive, on: connection)
         }
         // Sent once the starts are committed, outside the outbox: a node that hears nothing asks again.
         if !clearances.isEmpty {
@@ -139,27 +145,13 @@ struct JobScheduler: Sendable {
         }
     }
 
-    /// One scheduler transaction at a time, even with several scheduler processes: dispatch reads capacity and
-    /// writes instances of many jobs, and must neither double-book a slot nor deadlock with another.
-    private func lockScheduling(on connection: PostgresConnection) async throws {
-        try await connection.query("SELECT pg_advisory_xact_lock(7482001)", logger: logger)
-    }
-
     /// Applies the events and writes the messages they cause to the outbox; returns the clearances of the starts
-    /// it recorded, for the caller to send once the transaction commits.
-    private func apply(_ events: [JobID: [SchedulerEvent]], on connection: PostgresConnection) async throws
-        -> [OutgoingMessage]
-    {
+    /// it recorded (on the `alive` nodes only), for the caller to send once the transaction commits.
+    private func apply(
+        _ events: [JobID: [SchedulerEvent]], alive: Set<NodeID>, on connection: PostgresConnection
+    ) async throws -> [OutgoingMessage] {
         var messages: [OutgoingMessage] = []
         var clearances: [OutgoingMessage] = []
-        // A start is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
-        // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
-        let starting = events.values.joined().compactMap { event -> NodeID? in
-            if case .started(let started) = event { started.nodeID } else { nil }
-        }
-        let alive =
-            starting.isEmpty
-            ? [] : try await store.aliveNodes(Set(starting), lostAfter: settings.nodeLostAfter, on: connection)
         for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
             let effects = try await handle(job, events[job]!, alive: alive, on: connection)
             messages += effects.outbox
