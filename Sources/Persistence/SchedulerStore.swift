@@ -436,14 +436,18 @@ public struct SchedulerStore: Sendable {
         return dispatched
     }
 
-    /// Sets a waiting task's `StateReason` (why its instances are not running).
-    public func setPendingReason(
-        _ reason: String?, of task: WaitingTask, on connection: PostgresConnection
+    /// Sets waiting tasks' `StateReason` (why their instances are not running; nil clears it) in one statement: a
+    /// dispatch pass behind a full environment changes the queue position of every task waiting there.
+    public func setPendingReasons(
+        _ reasons: [(task: DispatchPlanner.TaskKey, reason: String?)], on connection: PostgresConnection
     ) async throws {
+        guard !reasons.isEmpty else { return }
         try await connection.query(
             """
-            UPDATE tasks SET state_reason = \(reason)
-            WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task)
+            UPDATE tasks t SET state_reason = nullif(r.reason, '')
+            FROM unnest(\(reasons.map(\.task.job.rawValue))::text[], \(reasons.map(\.task.task))::text[],
+                \(reasons.map { $0.reason ?? "" })::text[]) AS r(job_id, task_name, reason)
+            WHERE t.job_id = r.job_id AND t.task_name = r.task_name
             """, logger: logger)
     }
 

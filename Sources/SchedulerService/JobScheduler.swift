@@ -410,6 +410,7 @@ struct JobScheduler: Sendable {
                 active: active[$0.key]?.count ?? 0, maxConcurrent: $0.maxConcurrent)
         }
         var messages: [OutgoingMessage] = []
+        var reasons: [(task: DispatchPlanner.TaskKey, reason: String?)] = []
         for (task, allotment) in zip(waiting, DispatchPlanner.allot(demands, freeSlots: free)) {
             if allotment.count > 0, let config = try await cache.task(task.job, task.task, store: store, on: connection)
             {
@@ -427,8 +428,9 @@ struct JobScheduler: Sendable {
                 }
             }
             let reason = allotment.reason?.stateReason
-            if reason != task.stateReason { try await store.setPendingReason(reason, of: task, on: connection) }
+            if reason != task.stateReason { reasons.append((task.key, reason)) }
         }
+        try await store.setPendingReasons(reasons, on: connection)
         return messages
     }
 

@@ -86,6 +86,7 @@ struct OverloadTests {
             #expect(refused > 0, "the rate limit refused some")
             #expect(accepted.count >= 20, "the burst was accepted")
             // Every accepted job runs to the end; none refused was written.
+            let draining = ContinuousClock.now
             do {
                 try await waitUntil("every accepted job has succeeded", deadline: .seconds(540)) {
                     try await stack.query("SELECT count(*)::text FROM jobs WHERE state = 'SUCCEED'").first
@@ -96,6 +97,7 @@ struct OverloadTests {
                     "SELECT state || ' ' || count(*) FROM jobs GROUP BY state ORDER BY state")
                 throw StackError("\(error): jobs by state: \(states.joined(separator: ", "))")
             }
+            print("flood: the accepted jobs ran to the end \(ContinuousClock.now - draining) after the last answer")
             let written = Set(try await stack.query("SELECT job_id FROM jobs"))
             #expect(written == accepted)
             for service in ["APIGateway", "SchedulerService", "ProvisionerService"] {

@@ -198,11 +198,18 @@ final class Stack: @unchecked Sendable {
         return text.split(separator: "\n").suffix(30).joined(separator: "\n")
     }
 
-    /// SIGTERM to every service, then removes the database, the vhost and the files.
+    /// SIGTERM to every service (SIGKILL to those still running a minute later, so that a service stuck in its
+    /// shutdown fails its test instead of hanging the run), then removes the database, the vhost and the files.
     func stop() async {
         if tls { try? await http.shutdown() }
         for process in processes.values where process.isRunning { process.signal(SIGTERM) }
-        for process in processes.values { await process.wait() }
+        let running = Array(processes.values)
+        let deadline = Task {
+            try await Task.sleep(for: .seconds(60))
+            for process in running { process.signal(SIGKILL) }
+        }
+        for process in running { await process.wait() }
+        deadline.cancel()
         try? await TestDatabase.drop(databaseName)
         try? await RabbitManagement.deleteVhost(vhost)
         // BATCH_KEEP_STACKS=1 keeps the logs and work dirs for a look after the run.
