@@ -55,4 +55,12 @@ public enum PendingReason: Sendable, Hashable, CustomStringConvertible {
 
     /// `CODE: sentence`, as stored in `StateReason`.
     public var stateReason: String { description }
+
+    /// Whether `stored` (a `StateReason` written earlier) says this but for the queue position of a
+    /// ``noFreeNode(env:queuedAhead:)``. Every instance ending behind a full environment moves every task waiting
+    /// there up by one; the scheduler rewrites positions only once a second, not on every dispatch pass.
+    public func differsOnlyInPosition(from stored: String?) -> Bool {
+        guard case .noFreeNode(let env, _) = self, let stored else { return false }
+        return stored.hasPrefix("\(code): No node of environment \(env) has a free slot;")
+    }
 }

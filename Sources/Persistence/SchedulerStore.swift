@@ -377,30 +377,48 @@ public struct SchedulerStore: Sendable {
     /// Started tasks with instances waiting for dispatch, highest job priority first, then oldest job, then task
     /// order; with how many are ready (past any retry back-off; counted up to `readyCap`, so a task of 100,000
     /// waiting instances costs no more than one of `readyCap`) and when the earliest back-off ends. Only tasks of
-    /// `envs` (those with free slots), and tasks without a pending reason yet: a task already told it waits for a
-    /// full environment is not looked at again until a slot frees up there.
-    public func waitingTasks(in envs: [EnvID], readyCap: Int, on connection: PostgresConnection) async throws
-        -> [WaitingTask]
-    {
+    /// the environments in `free` (those with free slots), and tasks without a pending reason yet: a task already
+    /// told it waits for a full environment is not looked at again until a slot frees up there.
+    ///
+    /// Unless `all`, a task told it waits for a free node is left out when the instances ready ahead of it in its
+    /// environment fill that environment's free slots: it gets none this time, and reading thousands of such tasks on
+    /// every pass would cost more than the pass (their queue positions are refreshed by a pass with `all`). Tasks held
+    /// by `MaxConcurrentNum` do not count ahead of others.
+    public func waitingTasks(
+        free: [EnvID: Int], all: Bool, readyCap: Int, on connection: PostgresConnection
+    ) async throws -> [WaitingTask] {
         var tasks: [WaitingTask] = []
+        let envs = Array(free.keys)
         for try await (job, task, env, limit, reason, ready, backoffEnd) in try await connection.query(
             """
-            SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.ready, w.backoff_end
-            FROM tasks t JOIN jobs j USING (job_id)
-            CROSS JOIN LATERAL (
-                SELECT
-                    (SELECT count(*)::integer FROM (
-                        SELECT 1 FROM task_instances i
-                        WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
-                            AND NOT i.dispatched AND (i.not_before IS NULL OR i.not_before <= now())
-                        LIMIT \(readyCap)) r) AS ready,
-                    (SELECT min(i.not_before) FROM task_instances i
-                        WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
-                            AND NOT i.dispatched AND i.not_before > now()) AS backoff_end) w
-            WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL
-                AND (t.env_id = ANY(\(envs.map(\.rawValue))) OR t.state_reason IS NULL)
-                AND (w.ready > 0 OR w.backoff_end IS NOT NULL)
-            ORDER BY j.priority DESC, j.created_at, t.job_id, t.position
+            WITH waiting AS (
+                SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.ready, w.backoff_end,
+                    j.priority, j.created_at, t.position,
+                    coalesce(sum(CASE WHEN t.state_reason LIKE 'MAX_CONCURRENT_REACHED%' THEN 0 ELSE w.ready END)
+                        OVER (PARTITION BY t.env_id ORDER BY j.priority DESC, j.created_at, t.job_id, t.position
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
+                FROM tasks t JOIN jobs j USING (job_id)
+                CROSS JOIN LATERAL (
+                    SELECT
+                        (SELECT count(*)::integer FROM (
+                            SELECT 1 FROM task_instances i
+                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                                AND NOT i.dispatched AND (i.not_before IS NULL OR i.not_before <= now())
+                            LIMIT \(readyCap)) r) AS ready,
+                        (SELECT min(i.not_before) FROM task_instances i
+                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                                AND NOT i.dispatched AND i.not_before > now()) AS backoff_end) w
+                WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL
+                    AND (t.env_id = ANY(\(envs.map(\.rawValue))) OR t.state_reason IS NULL)
+                    AND (w.ready > 0 OR w.backoff_end IS NOT NULL)
+            )
+            SELECT w.job_id, w.task_name, w.env_id, w.max_concurrent_num, w.state_reason, w.ready, w.backoff_end
+            FROM waiting w
+            LEFT JOIN unnest(\(envs.map(\.rawValue))::text[], \(envs.map { free[$0]! })::integer[]) AS f(env_id, slots)
+                ON f.env_id = w.env_id
+            WHERE \(all) OR w.state_reason IS NULL OR w.state_reason NOT LIKE 'NO_FREE_NODE%'
+                OR w.ahead < coalesce(f.slots, 0)
+            ORDER BY w.priority DESC, w.created_at, w.job_id, w.position
             """, logger: logger
         ).decode((String, String, String, Int?, String?, Int, Date?).self) {
             tasks.append(

@@ -114,7 +114,7 @@ struct JobScheduler: Sendable {
             for lost in try await store.onLostNodes(lostAfter: settings.nodeLostAfter, on: connection) {
                 events[lost.job, default: []].append(.nodeLost(lost))
             }
-            _ = try await apply(events, alive: [], on: connection)
+            _ = try await apply(events, alive: [], exactPositions: true, on: connection)
         }
     }
 
@@ -148,7 +148,8 @@ struct JobScheduler: Sendable {
     /// Applies the events and writes the messages they cause to the outbox; returns the clearances of the starts
     /// it recorded (on the `alive` nodes only), for the caller to send once the transaction commits.
     private func apply(
-        _ events: [JobID: [SchedulerEvent]], alive: Set<NodeID>, on connection: PostgresConnection
+        _ events: [JobID: [SchedulerEvent]], alive: Set<NodeID>, exactPositions: Bool = false,
+        on connection: PostgresConnection
     ) async throws -> [OutgoingMessage] {
         var messages: [OutgoingMessage] = []
         var clearances: [OutgoingMessage] = []
@@ -160,7 +161,7 @@ struct JobScheduler: Sendable {
         // A start frees no slot and makes nothing runnable: a batch of starts alone skips the dispatch pass (the
         // watchdog's pass every second covers nodes that joined and back-offs that ended).
         if events.isEmpty || events.values.joined().contains(where: \.mayFreeSlots) {
-            messages += try await dispatch(on: connection)
+            messages += try await dispatch(exactPositions: exactPositions, on: connection)
         }
         try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
         return clearances
@@ -394,15 +395,18 @@ struct JobScheduler: Sendable {
     // MARK: Dispatch
 
     /// Sends out as many waiting instances as the environments' live nodes have room for, in priority order
-    /// and within each task's `MaxConcurrentNum`; records why the others wait.
-    private func dispatch(on connection: PostgresConnection) async throws -> [OutgoingMessage] {
+    /// and within each task's `MaxConcurrentNum`; records why the others wait. Queue positions behind a full
+    /// environment are rewritten only with `exactPositions` (the watchdog's pass, every second): a pass after each
+    /// batch would rewrite every task waiting there, as each instance that ends moves them all up by one.
+    private func dispatch(exactPositions: Bool, on connection: PostgresConnection) async throws -> [OutgoingMessage] {
         // Each slot gets `queuedPerSlot` more run messages than it runs, so a node starts its next instance the
         // moment one ends, without waiting for this transaction's round trip.
         let (capacity, active) = try await store.capacityAndActive(lostAfter: settings.nodeLostAfter, on: connection)
         var free = capacity.mapValues { $0 * (1 + settings.queuedPerSlot) }
         for (_, out) in active { if let env = out.env { free[env, default: 0] -= out.count } }
         let waiting = try await store.waitingTasks(
-            in: free.filter { $0.value > 0 }.map(\.key), readyCap: (free.values.max() ?? 0) + 1000, on: connection)
+            free: free.filter { $0.value > 0 }, all: exactPositions, readyCap: (free.values.max() ?? 0) + 1000,
+            on: connection)
         guard !waiting.isEmpty else { return [] }
         let demands = waiting.map {
             DispatchPlanner.Demand(
@@ -428,7 +432,11 @@ struct JobScheduler: Sendable {
                 }
             }
             let reason = allotment.reason?.stateReason
-            if reason != task.stateReason { reasons.append((task.key, reason)) }
+            if reason != task.stateReason,
+                exactPositions || allotment.reason?.differsOnlyInPosition(from: task.stateReason) != true
+            {
+                reasons.append((task.key, reason))
+            }
         }
         try await store.setPendingReasons(reasons, on: connection)
         return messages

@@ -81,6 +81,20 @@ struct PolicyTests {
                 == "No node of environment env-aaaaaaaa has a free slot; 2 instances are queued ahead.")
     }
 
+    @Test("a queue position alone is a small change; any other change of reason is not")
+    func positionOnlyChanges() {
+        let env: EnvID = "env-aaaaaaaa"
+        let stored = PendingReason.noFreeNode(env: env, queuedAhead: 7).stateReason
+        #expect(PendingReason.noFreeNode(env: env, queuedAhead: 0).differsOnlyInPosition(from: stored))
+        #expect(PendingReason.noFreeNode(env: env, queuedAhead: 6).differsOnlyInPosition(from: stored))
+        #expect(!PendingReason.noFreeNode(env: "env-bbbbbbbb", queuedAhead: 6).differsOnlyInPosition(from: stored))
+        #expect(!PendingReason.noFreeNode(env: env, queuedAhead: 6).differsOnlyInPosition(from: nil))
+        #expect(!PendingReason.maxConcurrentReached(limit: 2).differsOnlyInPosition(from: stored))
+        #expect(
+            !PendingReason.noFreeNode(env: env, queuedAhead: 6).differsOnlyInPosition(
+                from: PendingReason.queued(env: env).stateReason))
+    }
+
     @Test("quotas name the limit and carry the API's code", arguments: Quotas.Kind.allCases)
     func quotas(kind: Quotas.Kind) throws {
         let quotas = Quotas()

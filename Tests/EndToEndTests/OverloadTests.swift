@@ -31,12 +31,15 @@ struct OverloadTests {
         }
     }
 
-    /// 10,000 SubmitJob calls from one user, 32 at a time, against a gateway that lets a user make 20 requests a
+    /// 10,000 SubmitJob calls from one user, 32 at a time, against a gateway that lets a user make 5 requests a
     /// second (20 at once): every answer is a job id or `RequestLimitExceeded`, every accepted job runs to the end,
-    /// and nothing refused left a row.
+    /// and nothing refused left a row. The rate is low so that the work accepted stays small on a slow machine (a
+    /// flood that takes longer is let in more).
     @Test("a flood of 10,000 submissions: each accepted and run, or refused with RequestLimitExceeded")
     func flood() async throws {
-        let settings = ["BATCH_RATE_LIMIT": "20", "BATCH_RATE_BURST": "20", "BATCH_QUOTA_JOBS": "20000"]
+        let settings = [
+            "BATCH_RATE_LIMIT": "5", "BATCH_RATE_BURST": "20", "BATCH_QUOTA_JOBS": "20000", "BATCH_NODE_SLOTS": "4",
+        ]
         try await Stack.run(settings: settings) { stack in
             let env = try await stack.createEnv(nodes: 2)
             let job: [String: Any] = [

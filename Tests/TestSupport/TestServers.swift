@@ -4,6 +4,7 @@ import Logging
 import Messaging
 import NIOCore
 import NIOFoundationCompat
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -258,7 +259,9 @@ extension TestServers {
         (try? await run(path, arguments, environment: nil, capture: false).status) ?? -1
     }
 
-    /// Runs a program with `environment` (the test's own when nil) and returns its status and output.
+    /// Runs a program with `environment` (the test's own when nil) and returns its status and output. The program
+    /// runs in a process group of its own, which gets SIGKILL when the calling task is cancelled (a test past its
+    /// time limit): a stuck program fails its test instead of hanging the run.
     public static func run(
         _ path: String, _ arguments: [String], environment: [String: String]?, capture: Bool = true
     ) async throws -> ProgramResult {
@@ -267,33 +270,55 @@ extension TestServers {
         defer { try? FileManager.default.removeItem(at: directory) }
         let out = directory.appendingPathComponent("stdout").path
         let err = directory.appendingPathComponent("stderr").path
-        let status: Int32 = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                var actions = posix_spawn_file_actions_t()
-                posix_spawn_file_actions_init(&actions)
-                defer { posix_spawn_file_actions_destroy(&actions) }
-                if capture {
-                    posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-                    posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-                }
-                let argv = ([path] + arguments).map { strdup($0) } + [nil]
-                let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
-                defer {
-                    argv.forEach { free($0) }
-                    envp?.forEach { free($0) }
-                }
-                var pid: pid_t = 0
-                let spawned =
-                    if let envp { posix_spawn(&pid, path, &actions, nil, argv, envp) } else {
-                        posix_spawn(&pid, path, &actions, nil, argv, environ)
+        // The child's pid while it runs (0 before, -1 once it is reaped): what cancellation kills.
+        let child = Mutex<pid_t>(0)
+        let status: Int32 = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                Thread.detachNewThread {
+                    var actions = posix_spawn_file_actions_t()
+                    posix_spawn_file_actions_init(&actions)
+                    defer { posix_spawn_file_actions_destroy(&actions) }
+                    // Its own process group may not read a terminal: stdin is empty.
+                    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+                    if capture {
+                        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+                        posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
                     }
-                guard spawned == 0 else {
-                    continuation.resume(returning: -1)
-                    return
+                    var attributes = posix_spawnattr_t()
+                    posix_spawnattr_init(&attributes)
+                    defer { posix_spawnattr_destroy(&attributes) }
+                    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+                    posix_spawnattr_setpgroup(&attributes, 0)
+                    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+                    let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+                    defer {
+                        argv.forEach { free($0) }
+                        envp?.forEach { free($0) }
+                    }
+                    let spawned: Int32 = child.withLock { child in
+                        guard child == 0 else { return ECANCELED }
+                        var pid: pid_t = 0
+                        let spawned =
+                            if let envp { posix_spawn(&pid, path, &actions, &attributes, argv, envp) } else {
+                                posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+                            }
+                        if spawned == 0 { child = pid }
+                        return spawned
+                    }
+                    guard spawned == 0 else {
+                        continuation.resume(returning: -1)
+                        return
+                    }
+                    let pid = child.withLock { $0 }
+                    var status: Int32 = 0
+                    while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+                    child.withLock { $0 = -1 }
+                    continuation.resume(returning: (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
                 }
-                var status: Int32 = 0
-                while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-                continuation.resume(returning: (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+            }
+        } onCancel: {
+            child.withLock { child in
+                if child > 0 { _ = kill(-child, SIGKILL) } else if child == 0 { child = -1 }
             }
         }
         func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
