@@ -9,11 +9,13 @@ import Foundation
 /// - throughput: one task of `--instances` (default 5,000) instances of `true`, from SubmitJob to `SUCCEED`;
 /// - latency: a chain of 50 one-instance tasks, each step the time from one task's instance starting to the next
 ///   one's (the instances record their own start in `--work`);
+/// - many jobs: `--jobs` (default 2,000) jobs of one instance of `true`, submitted 16 at a time, from the first
+///   SubmitJob to the last `SUCCEED` (a backlog of small jobs, as a flood of submissions leaves);
 /// - memory: with `--scheduler-pid`, the scheduler's resident memory while one task of `--large` (default 100,000)
 ///   instances runs, sampled at every tenth of the way, and its peak.
 ///
 ///   api-bench --scenario scheduler --endpoint … --credentials users.json --work DIR [--nodes 2]
-///       [--instances 5000] [--large 100000 (0: none)] [--scheduler-pid PID] [--sandbox on|off]
+///       [--instances 5000] [--jobs 2000] [--large 100000 (0: none)] [--scheduler-pid PID] [--sandbox on|off]
 enum SchedulerBench {
     static func run(_ bench: Bench) async throws {
         let user = bench.users[0]
@@ -75,6 +77,15 @@ enum SchedulerBench {
                 format: "chain of %d one-instance tasks: %.1f s; step p50 %.1f ms, p90 %.1f ms, max %.1f ms", steps,
                 chain.seconds, gaps[gaps.count / 2], gaps[gaps.count * 9 / 10], gaps.last!))
 
+        let jobs = Int(option("--jobs") ?? "") ?? 2000
+        if jobs > 0 {
+            let many = try await runJobs(bench, jobs, name: "many-\(sandbox ? "sandbox" : "bare")", env: env)
+            say(
+                String(
+                    format: "%d one-instance jobs of true, submitted 16 at a time: %.1f s, %.0f jobs/s", jobs, many,
+                    Double(jobs) / many))
+        }
+
         let large = Int(option("--large") ?? "") ?? 100_000
         guard let pid = option("--scheduler-pid").flatMap(Int32.init), large > 0 else { return }
         var samples: [String] = []
@@ -112,6 +123,42 @@ enum SchedulerBench {
                 throw Failure(description: "job \(job["JobName"] ?? "") ended \(state!)")
             }
             try await Task.sleep(for: poll)
+        }
+    }
+
+    /// Submits `count` jobs named `name` of one instance of `true` each in `env`, 16 at a time, and waits until all
+    /// have succeeded; returns the seconds from the first submission to the last success.
+    static func runJobs(_ bench: Bench, _ count: Int, name: String, env: String) async throws -> Double {
+        let user = bench.users[0]
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for submitter in 0..<16 {
+                group.addTask {
+                    let job: [String: Any] = [
+                        "Job": [
+                            "JobName": name,
+                            "Tasks": [
+                                [
+                                    "TaskName": "t", "EnvId": env,
+                                    "Application": ["DeliveryForm": "LOCAL", "Command": "true"],
+                                ]
+                            ],
+                        ]
+                    ]
+                    for _ in stride(from: submitter, to: count, by: 16) {
+                        _ = try await bench.call("SubmitJob", job, as: user)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let filters: [[String: Any]] = [
+            ["Name": "job-name", "Values": [name]], ["Name": "job-state", "Values": ["SUCCEED"]],
+        ]
+        while true {
+            let view = try await bench.call("DescribeJobs", ["Filters": filters, "Limit": 1], as: user)
+            if view["TotalCount"] as? Int ?? 0 >= count { return Bench.seconds(ContinuousClock.now - start) }
+            try await Task.sleep(for: .milliseconds(100))
         }
     }
 
