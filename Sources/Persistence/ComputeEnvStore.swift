@@ -550,7 +550,8 @@ public struct ComputeEnvStore: Sendable {
     }
 
     /// Records many heartbeats in two statements (the latest of each node counts): 2,000 nodes beating every few
-    /// seconds cost a few statements a second, not thousands.
+    /// seconds cost a few statements a second, not thousands. A beat of a process whose node was removed
+    /// (``deleteNode(_:cause:)``) is dropped; a new process under the same node id joins again.
     public func heartbeats(_ beats: [NodeHeartbeat]) async throws {
         var latest: [NodeID: NodeHeartbeat] = [:]
         for beat in beats where beat.at >= latest[beat.nodeID]?.at ?? .distantPast { latest[beat.nodeID] = beat }
@@ -583,6 +584,9 @@ public struct ComputeEnvStore: Sendable {
                     \(rows.map { $0.instanceID ?? "" })::text[], \(rows.map { $0.attached ?? false })::boolean[])
                     AS b(node, env, slots, free, host, pid, at, instance, attached)
                 WHERE EXISTS (SELECT 1 FROM compute_envs e WHERE e.env_id = b.env)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM compute_node_tombstones t
+                        WHERE t.node_id = b.node AND (t.pid IS NULL OR t.pid = b.pid))
                 ON CONFLICT (node_id) DO UPDATE SET
                     state = CASE WHEN compute_nodes.state IN ('DELETING', 'ABNORMAL') THEN compute_nodes.state
                         ELSE 'RUNNING' END,
@@ -634,10 +638,21 @@ public struct ComputeEnvStore: Sendable {
     public func deleteNode(_ nodeID: NodeID, cause: String) async throws {
         let logger = self.logger
         try await database.transaction { connection in
+            // The row goes, and a tombstone stays for a day: the node's last heartbeats may still be queued behind
+            // its end, and must not bring it back as a node that runs.
             let env = try await connection.query(
-                "DELETE FROM compute_nodes WHERE node_id = \(nodeID.rawValue) RETURNING env_id", logger: logger
+                """
+                WITH gone AS (DELETE FROM compute_nodes WHERE node_id = \(nodeID.rawValue) RETURNING env_id, pid),
+                tombstone AS (
+                    INSERT INTO compute_node_tombstones (node_id, pid) SELECT \(nodeID.rawValue), pid FROM gone
+                    ON CONFLICT (node_id) DO UPDATE SET pid = EXCLUDED.pid, deleted_at = now()
+                )
+                SELECT env_id FROM gone
+                """, logger: logger
             ).decode(String.self).first { _ in true }
             guard let env else { return }
+            try await connection.query(
+                "DELETE FROM compute_node_tombstones WHERE deleted_at < now() - interval '1 day'", logger: logger)
             try await connection.query(
                 """
                 UPDATE compute_env_activities SET state = 'FAILED', state_reason = \(cause), end_time = now()

@@ -289,5 +289,19 @@ extension Migration {
                 "CREATE UNIQUE INDEX compute_envs_anonymous ON compute_envs (anonymous_for)",
             ]
         ),
+        Migration(
+            version: 8, name: "nodes removed stay removed: a late heartbeat of their process does not bring them back",
+            statements: [
+                // The node and the process (pid) whose row was removed; NULL pid: it had not beaten yet.
+                """
+                CREATE TABLE compute_node_tombstones (
+                    node_id text PRIMARY KEY,
+                    pid integer,
+                    deleted_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE INDEX compute_node_tombstones_age ON compute_node_tombstones (deleted_at)",
+            ]
+        ),
     ]
 }

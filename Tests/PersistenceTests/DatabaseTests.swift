@@ -150,6 +150,35 @@ struct DatabaseTests {
         }
     }
 
+    @Test("a heartbeat of a node's process recorded after the node was removed does not bring it back")
+    func removedNodesStayRemoved() async throws {
+        try await TestDatabase.withDatabase { database, _ in
+            let user = try await UserStore(database: database).createUser(name: "nodes").userID
+            let envs = ComputeEnvStore(database: database)
+            let env = try await envs.create(
+                user: user, spec: NamedComputeEnv(envName: "e", desiredComputeNodeCount: 1), zone: nil)
+            let node = NodeID.generate()
+            func beat(pid: Int32) -> NodeHeartbeat {
+                NodeHeartbeat(nodeID: node, envID: env, slots: 2, freeSlots: 2, host: "h", pid: pid, at: Date())
+            }
+            func rows() async throws -> [String] {
+                try await database.client.query(
+                    "SELECT state FROM compute_nodes WHERE node_id = \(node.rawValue)"
+                ).decode(String.self).collect()
+            }
+            try await envs.nodeCreating(node, env: env, slots: 2, host: "h", cause: "test")
+            try await envs.heartbeats([beat(pid: 100)])
+            #expect(try await rows() == ["RUNNING"])
+            try await envs.deleteNode(node, cause: "the node stopped")
+            // Its last beat, queued behind its end.
+            try await envs.heartbeats([beat(pid: 100)])
+            #expect(try await rows().isEmpty)
+            // A new process under the same id (an attached machine's executor started again) joins.
+            try await envs.heartbeats([beat(pid: 200)])
+            #expect(try await rows() == ["RUNNING"])
+        }
+    }
+
     func tableNames(_ database: Database) async throws -> Set<String> {
         Set(
             try await database.client.query(
