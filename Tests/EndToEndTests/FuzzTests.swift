@@ -27,6 +27,13 @@ struct FuzzTests {
             let job = try await stack.submit(
                 "target", env: env,
                 tasks: [["TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "true"]]])
+            // The scheduler has made the target's instance and the outbox has sent what it wrote: from here on,
+            // the stack writes no row of its own, so a row counted later was written by a broken request.
+            try await waitUntil("the target job's instance is made and the outbox is empty") {
+                let instances = try await stack.rowCount("task_instances")
+                let unsent = try await stack.rowCount("outbox")
+                return instances == 1 && unsent == 0
+            }
             let tables = try await stack.tables()
             var before: [String: Int] = [:]
             for table in tables { before[table] = try await stack.rowCount(table) }

@@ -40,7 +40,14 @@ struct MultiHostTests {
                     let running = try await stack.instances(first, "work").filter {
                         $0["TaskInstanceState"] as? String == "RUNNING"
                     }
-                    return Set(running.compactMap { $0["ComputeNodeInstanceId"] as? String }) == Set(nodes.values)
+                    guard Set(running.compactMap { $0["ComputeNodeInstanceId"] as? String }) == Set(nodes.values)
+                    else { return false }
+                    // RUNNING is the scheduler's record of a start it cleared; the host runs the command once the
+                    // clearance reaches it.
+                    return network.hosts.indices.allSatisfy { host in
+                        let log = (try? String(contentsOf: network.logURL(of: host, stack: stack), encoding: .utf8))
+                        return log?.contains("instance started") == true
+                    }
                 }
                 try await network.setLink(of: 0, up: false)
                 let job = try await stack.waitForJob(first)
@@ -71,6 +78,12 @@ struct MultiHostTests {
                 let attempts = instances.map { $0["Attempt"] as? Int ?? 0 }
 
                 // Back on the network, the host takes work again; the first job's late reports changed nothing.
+                try await waitUntil("the cut-off host's node is back in the environment", deadline: .seconds(120)) {
+                    let view = try await stack.call("DescribeComputeEnv", ["EnvId": env])
+                    return try unwrap(view["ComputeNodeSet"] as? [[String: Any]]).contains {
+                        $0["ComputeNodeId"] as? String == cutNode && $0["ComputeNodeState"] as? String == "RUNNING"
+                    }
+                }
                 let second = try await stack.submit(
                     "rejoined", env: env, tasks: [fencedTask("again", instances: 12, seconds: 1, records: records)])
                 #expect(try await stack.waitForJob(second)["JobState"] as? String == "SUCCEED")

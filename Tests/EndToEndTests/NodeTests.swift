@@ -27,8 +27,11 @@ struct NodeTests {
             let runs = try readRecords(records)
             #expect(runs.map(\.index).sorted() == Array(0..<40))
             #expect(runs.allSatisfy { $0.attempt == 1 })
+            // One node left, and no other row: a node being drained is DELETING until it is gone.
             try await waitUntil("the environment is back to one node") {
-                try await stack.nodes(env).count == 1
+                let view = try await stack.call("DescribeComputeEnv", ["EnvId": env])
+                let nodes = try unwrap(view["ComputeNodeSet"] as? [[String: Any]])
+                return nodes.count == 1 && nodes.first?["ComputeNodeState"] as? String == "RUNNING"
             }
             let activities = try await stack.call("DescribeComputeEnvActivities", ["EnvId": env, "Limit": 100])
             let destroyed = try unwrap(activities["ActivitySet"] as? [[String: Any]]).filter {

@@ -83,6 +83,8 @@ final class Stack: @unchecked Sendable {
             "BATCH_NODES_DIR": directory.appendingPathComponent("nodes").path,
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",
+            // Two slots a node, as on the 2-core machine the tests were written on, whatever cores this one reports.
+            "BATCH_NODE_SLOTS": "2",
             // Sandboxed instances see this directory (the tests' "shared file system") and nothing else of the node.
             "BATCH_SHARED_PATHS": directory.appendingPathComponent("shared").path,
             "BATCH_S3_ENDPOINT": ProcessInfo.processInfo.environment["BATCH_S3_ENDPOINT"] ?? "",

@@ -134,7 +134,7 @@ public enum RabbitManagement {
             let encoded = connection.name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
             var request = try request("api/connections/\(encoded)")
             request.method = .DELETE
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            let response = try await send(request)
             if response.status.code < 300 { closed += 1 }
         }
         return closed
@@ -145,13 +145,16 @@ public enum RabbitManagement {
         let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         var create = try request("api/vhosts/\(encoded)")
         create.method = .PUT
-        _ = try await HTTPClient.shared.execute(create, timeout: .seconds(10))
+        let created = try await send(create)
+        guard created.status.code < 300 else {
+            throw TestServers.Missing(description: "cannot create vhost \(name): HTTP \(created.status.code)")
+        }
         let user = URLComponents(string: TestServers.managementURL)?.user ?? "guest"
         var permissions = try request("api/permissions/\(encoded)/\(user)")
         permissions.method = .PUT
         permissions.headers.add(name: "Content-Type", value: "application/json")
         permissions.body = .bytes(ByteBuffer(string: #"{"configure":".*","write":".*","read":".*"}"#))
-        let response = try await HTTPClient.shared.execute(permissions, timeout: .seconds(10))
+        let response = try await send(permissions)
         guard response.status.code < 300 else {
             throw TestServers.Missing(
                 description: "cannot set permissions on vhost \(name): HTTP \(response.status.code)")
@@ -162,7 +165,7 @@ public enum RabbitManagement {
         let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         var request = try request("api/vhosts/\(encoded)")
         request.method = .DELETE
-        _ = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        _ = try await send(request)
     }
 
     /// Publishes a raw message (a string body) to `exchange` in `vhost`, as a broken client would; true when the
@@ -179,7 +182,7 @@ public enum RabbitManagement {
             "payload_encoding": "string",
         ]
         request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: message)))
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let response = try await send(request)
         let answer = try await response.body.collect(upTo: 1 << 20)
         guard response.status.code < 300,
             let object = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [String: Any]
@@ -196,7 +199,7 @@ public enum RabbitManagement {
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(
             ByteBuffer(string: #"{"count":\#(count),"ackmode":"ack_requeue_true","encoding":"auto"}"#))
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let response = try await send(request)
         let answer = try await response.body.collect(upTo: 16 << 20)
         guard response.status.code < 300,
             let messages = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [[String: Any]]
@@ -210,14 +213,31 @@ public enum RabbitManagement {
             let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
             var request = try request("api/queues/%2F/\(encoded)")
             request.method = .DELETE
-            _ = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            _ = try await send(request)
         }
     }
 
     static func get<T: Decodable>(_ path: String) async throws -> T {
-        let response = try await HTTPClient.shared.execute(try request(path), timeout: .seconds(10))
+        let response = try await send(try request(path))
         let body = try await response.body.collect(upTo: 16 << 20)
         return try JSONDecoder().decode(T.self, from: Data(buffer: body))
+    }
+
+    /// Sends a request to the management API. The API answers slowly, or with a 5xx, while the broker is busy (many
+    /// test stacks making and removing vhosts at once): a request is sent again until it gets an answer below 500 or
+    /// two minutes have passed. (A message published twice that way is one more poison message in a queue: the tests
+    /// that publish look for theirs, not for a count.)
+    static func send(_ request: HTTPClientRequest) async throws -> HTTPClientResponse {
+        let end = ContinuousClock.now + .seconds(120)
+        while true {
+            do {
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                if response.status.code < 500 || ContinuousClock.now >= end { return response }
+            } catch  where ContinuousClock.now < end && !(error is CancellationError) {
+                // A timeout or a refused connection: the next attempt may get through.
+            }
+            try await Task.sleep(for: .milliseconds(500))
+        }
     }
 
     static func request(_ path: String) throws -> HTTPClientRequest {
