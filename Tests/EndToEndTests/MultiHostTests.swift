@@ -44,9 +44,8 @@ struct MultiHostTests {
                     else { return false }
                     // RUNNING is the scheduler's record of a start it cleared; the host runs the command once the
                     // clearance reaches it.
-                    return network.hosts.indices.allSatisfy { host in
-                        let log = (try? String(contentsOf: network.logURL(of: host, stack: stack), encoding: .utf8))
-                        return log?.contains("instance started") == true
+                    return network.hosts.indices.allSatisfy {
+                        network.log(of: $0, stack: stack).contains("instance started")
                     }
                 }
                 try await network.setLink(of: 0, up: false)
@@ -54,8 +53,7 @@ struct MultiHostTests {
                 #expect(job["JobState"] as? String == "SUCCEED")
                 try await network.setLink(of: 0, up: true)
                 try await waitUntil("the cut-off host's executor reaches the broker again", deadline: .seconds(120)) {
-                    let log = (try? String(contentsOf: network.logURL(of: 0, stack: stack), encoding: .utf8)) ?? ""
-                    return log.contains("broker reachable again")
+                    network.log(of: 0, stack: stack).contains("broker reachable again")
                 }
 
                 // Every instance succeeded once, in its final attempt; the cut-off host's runs were stopped, and no
@@ -79,10 +77,7 @@ struct MultiHostTests {
 
                 // Back on the network, the host takes work again; the first job's late reports changed nothing.
                 try await waitUntil("the cut-off host's node is back in the environment", deadline: .seconds(120)) {
-                    let view = try await stack.call("DescribeComputeEnv", ["EnvId": env])
-                    return try unwrap(view["ComputeNodeSet"] as? [[String: Any]]).contains {
-                        $0["ComputeNodeId"] as? String == cutNode && $0["ComputeNodeState"] as? String == "RUNNING"
-                    }
+                    try await stack.nodeStates(env)[cutNode] == "RUNNING"
                 }
                 let second = try await stack.submit(
                     "rejoined", env: env, tasks: [fencedTask("again", instances: 12, seconds: 1, records: records)])
@@ -217,6 +212,11 @@ struct VirtualNetwork {
 
     func logURL(of host: Int, stack: Stack) -> URL {
         stack.directory.appendingPathComponent("\(hosts[host].name).log")
+    }
+
+    /// What the host's executor has logged so far ("" before it wrote anything).
+    func log(of host: Int, stack: Stack) -> String {
+        (try? String(contentsOf: logURL(of: host, stack: stack), encoding: .utf8)) ?? ""
     }
 
     /// Starts an executor in the host's namespace that joins `env` on its own (as `AttachInstances` machines do),

@@ -29,9 +29,8 @@ struct NodeTests {
             #expect(runs.allSatisfy { $0.attempt == 1 })
             // One node left, and no other row: a node being drained is DELETING until it is gone.
             try await waitUntil("the environment is back to one node") {
-                let view = try await stack.call("DescribeComputeEnv", ["EnvId": env])
-                let nodes = try unwrap(view["ComputeNodeSet"] as? [[String: Any]])
-                return nodes.count == 1 && nodes.first?["ComputeNodeState"] as? String == "RUNNING"
+                let states = try await stack.nodeStates(env)
+                return states.count == 1 && states.values.first == "RUNNING"
             }
             let activities = try await stack.call("DescribeComputeEnvActivities", ["EnvId": env, "Limit": 100])
             let destroyed = try unwrap(activities["ActivitySet"] as? [[String: Any]]).filter {
@@ -160,12 +159,19 @@ extension NodeTests {
 }
 
 extension Stack {
+    /// The environment's nodes (every state), node id → `ComputeNodeState`.
+    func nodeStates(_ env: String) async throws -> [String: String] {
+        let view = try await call("DescribeComputeEnv", ["EnvId": env])
+        var states: [String: String] = [:]
+        for node in try unwrap(view["ComputeNodeSet"] as? [[String: Any]]) {
+            if let id = node["ComputeNodeId"] as? String { states[id] = node["ComputeNodeState"] as? String ?? "" }
+        }
+        return states
+    }
+
     /// The ids of the environment's nodes that are `RUNNING`.
     func nodes(_ env: String) async throws -> [String] {
-        let view = try await call("DescribeComputeEnv", ["EnvId": env])
-        return try unwrap(view["ComputeNodeSet"] as? [[String: Any]]).filter {
-            $0["ComputeNodeState"] as? String == "RUNNING"
-        }.compactMap { $0["ComputeNodeId"] as? String }
+        try await nodeStates(env).filter { $0.value == "RUNNING" }.map(\.key)
     }
 
     func runningInstances(_ jobID: String, _ task: String) async throws -> Int {
