@@ -53,6 +53,8 @@ public final class Database: Sendable, Service {
     public let logger: Logger
     /// Signalled after a transaction that wrote outbox rows, so this process's relay publishes them at once.
     public let outboxSignal = OutboxSignal()
+    /// Where a transaction's outbox rows go on commit while this process's relay runs: straight to it.
+    public let outboxHandoff = OutboxHandoff()
 
     public init(configuration: Configuration, sealer: Sealer, logger: Logger) {
         self.client = PostgresClient(configuration: configuration.client, backgroundLogger: logger)
@@ -131,21 +133,29 @@ public final class Database: Sendable, Service {
         }
     }
 
-    /// Runs `body` in a transaction; signals the outbox relay after a commit. An error `body` throws comes out as
-    /// itself once the transaction is rolled back (not wrapped), so API errors keep their codes.
+    /// Runs `body` in a transaction. Once it commits, the outbox rows it wrote go to this process's relay: handed
+    /// over (``Outbox/enqueue(_:on:sealer:logger:)``), or signalled for it to read. An error `body` throws comes out
+    /// as itself once the transaction is rolled back (not wrapped), so API errors keep their codes.
     public func transaction<Result: Sendable>(
         _ body: (PostgresConnection) async throws -> Result
     ) async throws -> Result {
         let result: Result
+        let written = outboxHandoff.lease.map(Outbox.Written.init(lease:))
         do {
-            result = try await client.withTransaction(logger: logger) { connection in
-                try await body(connection)
+            result = try await Outbox.$written.withValue(written) {
+                try await client.withTransaction(logger: logger) { connection in
+                    try await body(connection)
+                }
             }
         } catch let error as PostgresTransactionError {
             if let closureError = error.closureError, error.rollbackError == nil { throw closureError }
             throw error
         }
-        outboxSignal.signal()
+        if let written, written.taken.claimedAt != nil {
+            outboxHandoff.send(written)
+        } else {
+            outboxSignal.signal()
+        }
         return result
     }
 }

@@ -38,7 +38,7 @@ public struct JobStore: Sendable {
         }
         let sealer = database.sealer
         do {
-            return try await database.transaction { connection in
+            let submitted = try await database.transaction { connection in
                 if let clientToken,
                     let existing = try await winner(user: user, clientToken: clientToken, on: connection)
                 {
@@ -66,6 +66,9 @@ public struct JobStore: Sendable {
                 guard inserted == 1 else { throw ClientTokenTaken() }
                 return jobID
             }
+            // The job's own row went in through its insertion, not handed to the relay with the environments'.
+            database.outboxSignal.signal()
+            return submitted
         } catch is ClientTokenTaken {
             return try await database.client.withConnection { connection in
                 try await winner(user: user, clientToken: clientToken ?? "", on: connection) ?? jobID

@@ -10,7 +10,14 @@ import Synchronization
 /// published by an ``OutboxRelay`` and deleted once the broker confirmed them. Bodies are sealed: a command or an
 /// environment variable in a message is as secret as in its row.
 public enum Outbox {
-    /// Writes `messages` on `connection`, which should be inside the transaction that makes the change.
+    /// The rows written in the current transaction, when this process's relay takes them once it commits
+    /// (``Database/transaction(_:)`` sets it).
+    @TaskLocal static var written: Written?
+
+    /// Writes `messages` on `connection`, which should be inside the transaction that makes the change. Inside
+    /// ``Database/transaction(_:)`` with this process's relay running, the rows are written already claimed for the
+    /// relay's lease and handed to it on commit: it publishes them without reading them back, and another relay
+    /// takes them only once the lease is over (this process died before they were out).
     public static func enqueue(
         _ messages: [OutgoingMessage], on connection: PostgresConnection, sealer: Sealer,
         logger: Logger
@@ -19,14 +26,97 @@ public enum Outbox {
         let bodies = try messages.map {
             try sealer.seal($0.body, context: "outbox:\($0.messageID)")
         }
-        try await connection.query(
+        let written = Outbox.written
+        let lease = Int(written?.lease.components.seconds ?? 0)
+        let claimedAt = ContinuousClock.now
+        let rows = try await connection.query(
             """
-            INSERT INTO outbox (exchange, routing_key, message_id, message_type, correlation_id, body_sealed, mandatory)
-            SELECT * FROM unnest(\(messages.map(\.exchange))::text[], \(messages.map(\.routingKey))::text[],
+            INSERT INTO outbox (exchange, routing_key, message_id, message_type, correlation_id, body_sealed, mandatory,
+                attempts, next_attempt_at)
+            SELECT m.*, \(written == nil ? 0 : 1), clock_timestamp() + \(lease) * interval '1 s'
+            FROM unnest(\(messages.map(\.exchange))::text[], \(messages.map(\.routingKey))::text[],
                 \(messages.map(\.messageID))::text[], \(messages.map { $0.type ?? "" })::text[],
                 \(messages.map { $0.correlationID ?? "" })::text[], \(bodies)::text[],
-                \(messages.map(\.mandatory))::boolean[])
+                \(messages.map(\.mandatory))::boolean[]) AS m
+            RETURNING id, message_id
             """, logger: logger)
+        guard let written else { return }
+        let byID = Dictionary(messages.map { ($0.messageID, $0) }, uniquingKeysWith: { first, _ in first })
+        var claimed: [(id: Int, message: OutgoingMessage)] = []
+        for try await (id, messageID) in rows.decode((Int, String).self) {
+            if let message = byID[messageID] { claimed.append((id, message)) }
+        }
+        written.add(claimed, claimedAt: claimedAt)
+    }
+
+    /// Outbox rows one transaction wrote already claimed, for the relay once the transaction commits.
+    final class Written: Sendable {
+        let lease: Duration
+        private let state = Mutex<(rows: [(id: Int, message: OutgoingMessage)], claimedAt: ContinuousClock.Instant?)>(
+            ([], nil))
+
+        init(lease: Duration) { self.lease = lease }
+
+        func add(_ rows: [(id: Int, message: OutgoingMessage)], claimedAt: ContinuousClock.Instant) {
+            state.withLock {
+                $0.rows += rows
+                $0.claimedAt = $0.claimedAt ?? claimedAt
+            }
+        }
+
+        /// The rows, and when the first of them was claimed (nil when there are none).
+        var taken: (rows: [(id: Int, message: OutgoingMessage)], claimedAt: ContinuousClock.Instant?) {
+            state.withLock { $0 }
+        }
+    }
+}
+
+/// Hands the rows of committed transactions to this process's relay, in commit order. Open only while a relay
+/// takes them; rows it cannot take in time (the relay is behind by half a lease) are left to the lease: another
+/// relay, or this one's polling, publishes them once it ends.
+public final class OutboxHandoff: Sendable {
+    struct Rows: Sendable {
+        var rows: [(id: Int, message: OutgoingMessage)]
+        var claimedAt: ContinuousClock.Instant
+    }
+
+    private let pending = Mutex<(lease: Duration?, batches: [Rows], count: Int)>((nil, [], 0))
+    private let signal = OutboxSignal()
+    /// Most rows waiting for the relay; more are left to their lease.
+    private let limit = 20_000
+
+    /// The lease rows are claimed for, while a relay takes them.
+    var lease: Duration? { pending.withLock { $0.lease } }
+
+    func open(lease: Duration) { pending.withLock { $0.lease = lease } }
+
+    func close() { pending.withLock { $0 = (nil, [], 0) } }
+
+    /// Hands over a committed transaction's rows.
+    func send(_ written: Outbox.Written) {
+        let (rows, claimedAt) = written.taken
+        guard let claimedAt, !rows.isEmpty else { return }
+        let accepted = pending.withLock { state in
+            guard state.lease != nil, state.count + rows.count <= limit else { return false }
+            state.batches.append(Rows(rows: rows, claimedAt: claimedAt))
+            state.count += rows.count
+            return true
+        }
+        if accepted { signal.signal() }
+    }
+
+    /// Waits for rows, then takes all that are handed over, leaving out those claimed longer than `maximumAge` ago.
+    func take(maximumAge: Duration) async -> [(id: Int, message: OutgoingMessage)]? {
+        for await _ in signal.stream {
+            let batches = pending.withLock { state in
+                defer { (state.batches, state.count) = ([], 0) }
+                return state.batches
+            }
+            let now = ContinuousClock.now
+            let rows = batches.filter { now - $0.claimedAt < maximumAge }.flatMap(\.rows)
+            if !rows.isEmpty { return rows }
+        }
+        return nil
     }
 }
 
@@ -42,9 +132,10 @@ public final class OutboxSignal: Sendable {
     public func signal() { continuation.yield() }
 }
 
-/// Publishes outbox rows in id order with publisher confirms and deletes each row its confirm arrived for; a row
-/// that could not be published is retried later with backoff. Several relays (one per service process) can run at
-/// once: each takes its rows with `FOR UPDATE SKIP LOCKED`.
+/// Publishes outbox rows with publisher confirms and deletes each row its confirm arrived for; a row that could not
+/// be published is retried later with backoff. Several relays (one per service process) can run at once: each takes
+/// due rows in id order with `FOR UPDATE SKIP LOCKED`. The rows this process's transactions wrote come to it on
+/// commit, already claimed (``OutboxHandoff``), and are published in commit order without being read back.
 public struct OutboxRelay: Service {
     public struct Configuration: Sendable {
         /// Rows published per transaction. Default 500.
@@ -70,12 +161,26 @@ public struct OutboxRelay: Service {
 
     public func run() async throws {
         let signal = database.outboxSignal
+        let handoff = database.outboxHandoff
         let interval = configuration.pollInterval
+        handoff.open(lease: configuration.lease)
+        defer { handoff.close() }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: interval)
                     signal.signal()
+                }
+            }
+            // Rows this process's transactions wrote already claimed, in commit order.
+            group.addTask {
+                while let rows = await handoff.take(maximumAge: configuration.lease / 2) {
+                    do {
+                        try await publish(rows.map { (id: $0.id, message: Optional($0.message)) })
+                    } catch {
+                        logger.warning(
+                            "outbox relay failed, will retry", metadata: ["error": "\(String(reflecting: error))"])
+                    }
                 }
             }
             signal.signal()
@@ -135,10 +240,17 @@ public struct OutboxRelay: Service {
         if !stale.isEmpty {
             logger.info("outbox: runs whose attempt already started dropped", metadata: ["count": "\(stale.count)"])
         }
-        let due = claimed.filter { $0.message != nil && !stale.contains($0.id) }
+        try await publish(claimed.filter { !stale.contains($0.id) }.map { ($0.id, $0.message) }, dropped: stale)
+        return claimed.count
+    }
+
+    /// Publishes claimed rows in order (nil: a row that does not open), renewing their lease meanwhile; deletes those
+    /// the broker confirmed and the `dropped` ones, and puts the others off with backoff.
+    private func publish(_ claimed: [(id: Int, message: OutgoingMessage?)], dropped: Set<Int> = []) async throws {
+        let due = claimed.filter { $0.message != nil }
         let messages = due.map { $0.message! }
         let results = await renewingLease(of: due.map(\.id)) { await amqp.publish(messages) }
-        var sent = Array(stale)
+        var sent = Array(dropped)
         var failed = claimed.filter { $0.message == nil }.map(\.id)
         for (row, error) in zip(due, results) {
             if let error {
@@ -159,7 +271,6 @@ public struct OutboxRelay: Service {
                 WHERE id = ANY(\(failed))
                 """, logger: logger)
         }
-        return claimed.count
     }
 
     /// Runs `publish` while renewing the lease of rows `ids` every half lease: only a relay that died lets its rows

@@ -86,15 +86,10 @@ public struct SchedulerStore: Sendable {
         var order: [String] = []
         var tasks: [String: JobProgress.TaskProgress] = [:]
         // One round trip: each task with the counts of its instances per state, when it is counted.
-        for try await (name, state, instanceState, count) in try await connection.query(
-            """
-            SELECT t.task_name, t.state, c.state, c.count
-            FROM tasks t LEFT JOIN task_instance_counts c
-                ON c.job_id = t.job_id AND c.task_name = t.task_name AND (\(counting == nil) OR t.task_name = ANY(\(
-                    Array(counting ?? []))))
-            WHERE t.job_id = \(job.id.rawValue) ORDER BY t.position
-            """, logger: logger
-        ).decode((String, String, String?, Int?).self) {
+        for try await row in try await connection.execute(
+            Statements.Progress(job: job.id.rawValue, counting: counting.map(Array.init)), logger: logger)
+        {
+            let (name, state, instanceState, count) = try row.decode((String, String, String?, Int?).self)
             if tasks[name] == nil {
                 order.append(name)
                 tasks[name] = JobProgress.TaskProgress(name: name, state: ExecutionState(rawValue: state) ?? .submitted)
@@ -224,19 +219,12 @@ public struct SchedulerStore: Sendable {
     {
         let sorted = keys.sorted()
         var rows: [InstanceKey: InstanceRow] = [:]
-        for try await (
-            task, index, state, attempt, dispatched, failures, node, exitCode, reason, notBefore, launch, end
-        )
-            in try await connection.query(
-                """
-                SELECT i.task_name, i.instance_index, i.state, i.attempt, i.dispatched, i.failures, i.node_id,
-                    i.exit_code, i.state_reason, i.not_before, i.launch_time, i.end_time
-                FROM task_instances i JOIN unnest(\(sorted.map(\.task))::text[], \(sorted.map(\.index))::integer[])
-                    AS k(task_name, instance_index) USING (task_name, instance_index)
-                WHERE i.job_id = \(job.rawValue)
-                """, logger: logger
-            ).decode((String, Int, String, Int, Bool, Int, String?, Int?, String?, Date?, Date?, Date?).self)
+        for try await row in try await connection.execute(
+            Statements.Instances(job: job.rawValue, tasks: sorted.map(\.task), indices: sorted.map(\.index)),
+            logger: logger)
         {
+            let (task, index, state, attempt, dispatched, failures, node, exitCode, reason, notBefore, launch, end) =
+                try row.decode((String, Int, String, Int, Bool, Int, String?, Int?, String?, Date?, Date?, Date?).self)
             let key = InstanceKey(task: task, index: index)
             rows[key] = InstanceRow(
                 key: key,
@@ -353,18 +341,10 @@ public struct SchedulerStore: Sendable {
     {
         var capacity: [EnvID: Int] = [:]
         var active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)] = [:]
-        for try await (job, task, env, count) in try await connection.query(
-            """
-            SELECT NULL, NULL, env_id, sum(slots)::integer FROM compute_nodes
-            WHERE state = 'RUNNING'
-                AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
-            GROUP BY env_id
-            UNION ALL
-            SELECT i.job_id, i.task_name, t.env_id, count(*)::integer
-            FROM task_instances i JOIN tasks t USING (job_id, task_name)
-            WHERE i.dispatched GROUP BY i.job_id, i.task_name, t.env_id
-            """, logger: logger
-        ).decode((String?, String?, String?, Int).self) {
+        for try await row in try await connection.execute(
+            Statements.CapacityAndActive(lostAfterSeconds: Int(lostAfter.components.seconds)), logger: logger)
+        {
+            let (job, task, env, count) = try row.decode((String?, String?, String?, Int).self)
             if let job, let task {
                 active[DispatchPlanner.TaskKey(job: JobID(rawValue: job), task: task)] = (env.map(EnvID.init), count)
             } else if let env {
@@ -389,38 +369,13 @@ public struct SchedulerStore: Sendable {
     ) async throws -> [WaitingTask] {
         var tasks: [WaitingTask] = []
         let envs = Array(free.keys)
-        for try await (job, task, env, limit, reason, ready, backoffEnd) in try await connection.query(
-            """
-            WITH waiting AS (
-                SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.ready, w.backoff_end,
-                    j.priority, j.created_at, t.position,
-                    coalesce(sum(CASE WHEN t.state_reason LIKE 'MAX_CONCURRENT_REACHED%' THEN 0 ELSE w.ready END)
-                        OVER (PARTITION BY t.env_id ORDER BY j.priority DESC, j.created_at, t.job_id, t.position
-                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
-                FROM tasks t JOIN jobs j USING (job_id)
-                CROSS JOIN LATERAL (
-                    SELECT
-                        (SELECT count(*)::integer FROM (
-                            SELECT 1 FROM task_instances i
-                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
-                                AND NOT i.dispatched AND (i.not_before IS NULL OR i.not_before <= now())
-                            LIMIT \(readyCap)) r) AS ready,
-                        (SELECT min(i.not_before) FROM task_instances i
-                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
-                                AND NOT i.dispatched AND i.not_before > now()) AS backoff_end) w
-                WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL
-                    AND (t.env_id = ANY(\(envs.map(\.rawValue))) OR t.state_reason IS NULL)
-                    AND (w.ready > 0 OR w.backoff_end IS NOT NULL)
-            )
-            SELECT w.job_id, w.task_name, w.env_id, w.max_concurrent_num, w.state_reason, w.ready, w.backoff_end
-            FROM waiting w
-            LEFT JOIN unnest(\(envs.map(\.rawValue))::text[], \(envs.map { free[$0]! })::integer[]) AS f(env_id, slots)
-                ON f.env_id = w.env_id
-            WHERE \(all) OR w.state_reason IS NULL OR w.state_reason NOT LIKE 'NO_FREE_NODE%'
-                OR w.ahead < coalesce(f.slots, 0)
-            ORDER BY w.priority DESC, w.created_at, w.job_id, w.position
-            """, logger: logger
-        ).decode((String, String, String, Int?, String?, Int, Date?).self) {
+        for try await row in try await connection.execute(
+            Statements.WaitingTasks(
+                readyCap: readyCap, envs: envs.map(\.rawValue), slots: envs.map { free[$0]! }, all: all),
+            logger: logger)
+        {
+            let (job, task, env, limit, reason, ready, backoffEnd) = try row.decode(
+                (String, String, String, Int?, String?, Int, Date?).self)
             tasks.append(
                 WaitingTask(
                     job: JobID(rawValue: job), task: task, env: EnvID(rawValue: env), maxConcurrent: limit,
@@ -500,14 +455,13 @@ public struct SchedulerStore: Sendable {
         andFindAlive nodes: Set<NodeID>, lostAfter: Duration, on connection: PostgresConnection
     ) async throws -> Set<NodeID> {
         var alive: Set<NodeID> = []
-        for try await id in try await connection.query(
-            """
-            SELECT '' FROM (SELECT pg_advisory_xact_lock(7482001)) l
-            UNION ALL
-            SELECT node_id FROM compute_nodes WHERE node_id = ANY(\(nodes.map(\.rawValue)))
-                AND coalesce(last_heartbeat, created_at) > now() - \(Int(lostAfter.components.seconds)) * interval '1 s'
-            """, logger: logger
-        ).decode(String.self) where !id.isEmpty {
+        for try await row in try await connection.execute(
+            Statements.LockScheduling(
+                nodes: nodes.map(\.rawValue), lostAfterSeconds: Int(lostAfter.components.seconds)),
+            logger: logger)
+        {
+            let id = try row.decode(String.self)
+            guard !id.isEmpty else { continue }
             alive.insert(NodeID(rawValue: id))
         }
         return alive

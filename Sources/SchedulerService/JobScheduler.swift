@@ -404,8 +404,12 @@ struct JobScheduler: Sendable {
         let (capacity, active) = try await store.capacityAndActive(lostAfter: settings.nodeLostAfter, on: connection)
         var free = capacity.mapValues { $0 * (1 + settings.queuedPerSlot) }
         for (_, out) in active { if let env = out.env { free[env, default: 0] -= out.count } }
+        // Ready instances are counted a little past the free slots (one more is enough to know that a task must
+        // wait); the watchdog's pass counts further, for the queue positions it writes. An environment whose nodes
+        // left with instances still out has fewer than none free.
+        let open = free.filter { $0.value > 0 }
         let waiting = try await store.waitingTasks(
-            free: free.filter { $0.value > 0 }, all: exactPositions, readyCap: (free.values.max() ?? 0) + 1000,
+            free: open, all: exactPositions, readyCap: (open.values.max() ?? 0) + (exactPositions ? 1000 : 1),
             on: connection)
         guard !waiting.isEmpty else { return [] }
         let demands = waiting.map {
