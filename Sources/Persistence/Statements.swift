@@ -20,11 +20,7 @@ enum Statements {
         let bindings: PostgresBindings
 
         init(job: String, counting: [String]?) {
-            var bindings = PostgresBindings(capacity: 3)
-            bindings.append(job)
-            bindings.append(counting == nil)
-            bindings.append(counting ?? [])
-            self.bindings = bindings
+            bindings = Statements.bind(job, counting == nil, counting ?? [])
         }
     }
 
@@ -40,11 +36,7 @@ enum Statements {
         let bindings: PostgresBindings
 
         init(job: String, tasks: [String], indices: [Int]) {
-            var bindings = PostgresBindings(capacity: 3)
-            bindings.append(job)
-            bindings.append(tasks)
-            bindings.append(indices)
-            self.bindings = bindings
+            bindings = Statements.bind(job, tasks, indices)
         }
     }
 
@@ -62,9 +54,7 @@ enum Statements {
         let bindings: PostgresBindings
 
         init(lostAfterSeconds: Int) {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(lostAfterSeconds)
-            self.bindings = bindings
+            bindings = Statements.bind(lostAfterSeconds)
         }
     }
 
@@ -104,12 +94,7 @@ enum Statements {
         let bindings: PostgresBindings
 
         init(readyCap: Int, envs: [String], slots: [Int], all: Bool) {
-            var bindings = PostgresBindings(capacity: 4)
-            bindings.append(readyCap)
-            bindings.append(envs)
-            bindings.append(slots)
-            bindings.append(all)
-            self.bindings = bindings
+            bindings = Statements.bind(readyCap, envs, slots, all)
         }
     }
 
@@ -124,11 +109,17 @@ enum Statements {
         let bindings: PostgresBindings
 
         init(nodes: [String], lostAfterSeconds: Int) {
-            var bindings = PostgresBindings(capacity: 2)
-            bindings.append(nodes)
-            bindings.append(lostAfterSeconds)
-            self.bindings = bindings
+            bindings = Statements.bind(nodes, lostAfterSeconds)
         }
+    }
+}
+
+extension Statements {
+    /// The values of a statement's parameters, `$1` first.
+    static func bind<each Value: PostgresNonThrowingEncodable>(_ values: repeat each Value) -> PostgresBindings {
+        var bindings = PostgresBindings()
+        for value in repeat each values { bindings.append(value) }
+        return bindings
     }
 }
 
