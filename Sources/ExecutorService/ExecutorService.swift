@@ -109,10 +109,11 @@ struct ExecutorService: AsyncParsableCommand {
             logger.warning(
                 "instances run without a sandbox: \(reason); two instances that map the same path never run at once")
         }
+        let reporter = Reporter(amqp: amqp)
         let runner = InstanceRunner(
             amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, sandbox: isolation,
             sharedPaths: sharedPaths.split(separator: ":").map(String.init), user: user, storage: .fromEnvironment(),
-            logger: logger)
+            reporter: reporter, logger: logger)
         // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval), lease: lease > 0 ? .seconds(lease) : nil,
@@ -132,6 +133,8 @@ struct ExecutorService: AsyncParsableCommand {
             configuration: .init(
                 services: operational + [
                     .init(service: amqp),
+                    // Stops after the instances it reports on have ended (services stop in reverse order).
+                    .init(service: reporter),
                     .init(service: heartbeat, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(
                         service: EventConsumer(

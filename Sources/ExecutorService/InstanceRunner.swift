@@ -10,9 +10,9 @@ import Synchronization
     import Glibc
 #endif
 
-/// Runs one `instance.run` message: reports the start, runs the command in the instance's work dir with the
-/// `BATCH_*` variables, enforces the timeout, and reports the end. The caller acks after this returns, so the
-/// message is only gone once its result is confirmed by the broker.
+/// Runs the attempts of `instance.run` and `instance.runs` messages: reports each start, runs the command in the
+/// instance's work dir with the `BATCH_*` variables, enforces the timeout, and reports the end. A message is acked
+/// once the starts of all its attempts are confirmed by the broker.
 final class InstanceRunner: Sendable {
     let amqp: AMQPClient
     let nodeID: NodeID
@@ -25,6 +25,8 @@ final class InstanceRunner: Sendable {
     /// Who instances run as (nil: the executor's own user).
     let user: InstanceUser?
     let storage: NodeStorage
+    /// Sends the starts and ends, several in one message when they come close together.
+    let reporter: Reporter
     let logger: Logger
     private let pathLocks = PathLocks()
     private let handingBack = Atomic<Bool>(false)
@@ -32,6 +34,8 @@ final class InstanceRunner: Sendable {
     private let fenced = Mutex<Set<String>>([])
     private let stopRequested = Mutex<(@Sendable () -> Void)?>(nil)
     private let busy = Atomic<Int>(0)
+    /// Taken by each attempt while it runs: a run message can carry more attempts than the node has free slots.
+    private let slotPermits: Slots
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
     /// The attempts this node has taken or was told to kill, so a (second) delivery of one is not run.
@@ -43,10 +47,17 @@ final class InstanceRunner: Sendable {
         "\(job)/\(task)/\(index)/\(attempt)"
     }
 
+    /// An attempt's directory under the node's work root: `<job>/<task>/<index>-attempt-<n>` (one directory a new
+    /// attempt makes there, beside its task's others: directories are the costliest files to make).
+    func directory(_ job: JobID, _ task: String, _ index: Int, _ attempt: Int) -> URL {
+        workRoot.appendingPathComponent("\(job)/\(task)/\(index)-attempt-\(attempt)", isDirectory: true)
+    }
+
     init(
         amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, sandbox: Sandbox,
-        sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, logger: Logger
+        sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, reporter: Reporter, logger: Logger
     ) {
+        self.reporter = reporter
         self.user = user
         self.sandbox = sandbox
         self.sharedPaths = sharedPaths
@@ -55,17 +66,40 @@ final class InstanceRunner: Sendable {
         self.nodeID = nodeID
         self.envID = envID
         self.slots = slots
+        self.slotPermits = Slots(slots)
         self.workRoot = workRoot
         self.logger = logger
     }
 
     var freeSlots: Int { max(0, slots - busy.load(ordering: .relaxed)) }
 
-    /// Runs one `instance.run`: publishes the start, acks the message once the start is confirmed, waits for the
-    /// scheduler to clear the start, runs the command and publishes the end. Throws only before the ack (the message
-    /// is then requeued).
+    /// Runs an `instance.run` or `instance.runs` message. Each of its attempts takes a slot as one frees, publishes
+    /// its start, waits for the scheduler to clear the start, runs the command and publishes the end. The message is
+    /// acked once every attempt's start is confirmed (or the attempt is not to run here); when one could not be
+    /// announced (the client is shutting down) it goes back to the queue, and those announced run on: the
+    /// scheduler refuses their copies elsewhere. Throws only when the message does not decode.
     @Sendable func run(_ delivery: Delivery) async throws {
-        let run = try delivery.decode(InstanceRun.self).payload
+        let runs =
+            delivery.type == InstanceRuns.type
+            ? try delivery.decode(InstanceRuns.self).payload.runs : [try delivery.decode(InstanceRun.self).payload]
+        let settlement = Settlement(count: runs.count) { [logger] allAnnounced in
+            if allAnnounced {
+                delivery.ack()
+            } else {
+                logger.warning("a start not announced: its run message goes back to the queue")
+                delivery.nack(requeue: true)
+            }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for run in runs {
+                group.addTask { await self.run(run, settlement: settlement) }
+            }
+        }
+    }
+
+    /// Runs one attempt of a run message, settling it in `settlement` once its start is confirmed (or it is not to
+    /// run here).
+    private func run(_ run: InstanceRun, settlement: Settlement) async {
         var logger = self.logger
         logger[metadataKey: "job.id"] = "\(run.jobID)"
         logger[metadataKey: "task.name"] = "\(run.taskName)"
@@ -75,30 +109,37 @@ final class InstanceRunner: Sendable {
         guard seen.withLock({ $0.insert(key) }) else {
             // The same attempt again (a redelivery, or a message published twice), or one killed before it came.
             logger.info("run of an attempt this node has run or was told to kill ignored")
-            delivery.ack()
+            settlement.settle(announced: true)
             return
         }
+        guard await slotPermits.take() else {
+            seen.withLock { $0.remove(key) }
+            settlement.settle(announced: false)
+            return
+        }
+        defer { slotPermits.give() }
         busy.add(1, ordering: .relaxed)
         defer { busy.subtract(1, ordering: .relaxed) }
 
-        let directory = workRoot.appendingPathComponent(
-            "\(run.jobID)/\(run.taskName)/\(run.instanceIndex)/attempt-\(run.attempt)", isDirectory: true)
+        let directory = directory(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         let started = InstanceStarted(
             jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
             nodeID: nodeID, startedAt: Date())
         clearances.expect(key)
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try await publish(started, routingKey: Topology.Event.instanceStarted, job: run.jobID)
+            try await reporter.send(.started(started))
         } catch {
             clearances.forget(key)
             seen.withLock { $0.remove(key) }
-            throw error
+            logger.warning("instance start not announced", metadata: ["error": "\(error)"])
+            settlement.settle(announced: false)
+            return
         }
-        delivery.ack()
+        settlement.settle(announced: true)
         if handingBack.load(ordering: .relaxed) { clearances.decide(key, .stopped) }
         let verdict = await clearances.wait(for: key) { [self] in
-            try? await publish(started, routingKey: Topology.Event.instanceStarted, job: run.jobID)
+            try? await reporter.send(.started(started))
         }
         if case .refused(let reason) = verdict {
             logger.info("instance not run: the scheduler refused this start", metadata: ["reason": "\(reason)"])
@@ -115,7 +156,7 @@ final class InstanceRunner: Sendable {
             stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log")),
             interrupted: result == nil ? true : nil)
         do {
-            try await publish(finished, routingKey: Topology.Event.instanceFinished, job: run.jobID)
+            try await reporter.send(.finished(finished))
         } catch {
             // Only a client shutting down fails a publish; the scheduler finds the attempt when the node is lost.
             logger.error("instance end not published", metadata: ["error": "\(error)"])
@@ -285,9 +326,10 @@ final class InstanceRunner: Sendable {
     @Sendable func command(_ delivery: Delivery) async throws {
         switch delivery.type {
         case InstanceCleared.type:
-            let cleared = try delivery.decode(InstanceCleared.self).payload
-            clearances.decide(
-                Self.key(cleared.jobID, cleared.taskName, cleared.instanceIndex, cleared.attempt), .cleared)
+            for cleared in try delivery.decode(InstanceCleared.self).payload.attempts {
+                clearances.decide(
+                    Self.key(cleared.jobID, cleared.taskName, cleared.instanceIndex, cleared.attempt), .cleared)
+            }
         case LogRequest.type: try await serveLog(delivery)
         case NodeStop.type:
             let stop = try delivery.decode(NodeStop.self).payload
@@ -308,9 +350,7 @@ final class InstanceRunner: Sendable {
     /// the requester's reply queue.
     func serveLog(_ delivery: Delivery) async throws {
         let request = try delivery.decode(LogRequest.self).payload
-        let attempt = workRoot.appendingPathComponent(
-            "\(request.jobID)/\(request.taskName)/\(request.instanceIndex)/attempt-\(request.attempt)",
-            isDirectory: true)
+        let attempt = directory(request.jobID, request.taskName, request.instanceIndex, request.attempt)
         let key = Self.key(request.jobID, request.taskName, request.instanceIndex, request.attempt)
         let running = running.withLock { $0[key] != nil }
         var chunk = LogChunk(
@@ -359,13 +399,6 @@ final class InstanceRunner: Sendable {
         guard let size = try? handle.seekToEnd() else { return nil }
         try? handle.seek(toOffset: size > UInt64(count) ? size - UInt64(count) : 0)
         return (try? handle.readToEnd()).map { Array($0) } ?? []
-    }
-
-    func publish<Payload: MessageContract>(_ payload: Payload, routingKey: String, job: JobID) async throws {
-        try await amqp.publish(
-            try OutgoingMessage(
-                exchange: Topology.eventsExchange, routingKey: routingKey, payload: payload,
-                correlationID: job.rawValue))
     }
 }
 

@@ -46,6 +46,58 @@ public struct InstanceRun: MessageContract, Hashable {
     }
 }
 
+/// Run attempts of several instances of one task: what one scheduler batch sends an environment for it, in groups
+/// of at most the slots of its smallest node. A node runs them as if each had come in its own ``InstanceRun``, as
+/// its slots allow, and acks the message once every one has started (or is not to run).
+public struct InstanceRuns: MessageContract, Hashable {
+    public static let type = "instance.runs"
+    public var jobID: JobID
+    public var taskName: String
+    public var instanceCount: Int
+    public var envID: EnvID
+    public var command: String
+    public var environment: [EnvVar]
+    public var timeoutSeconds: Int
+    public var io: InstanceIO?
+    public var attempts: [Attempt]
+
+    /// One instance and its attempt.
+    public struct Attempt: Codable, Sendable, Hashable {
+        public var instanceIndex: Int
+        public var attempt: Int
+
+        public init(instanceIndex: Int, attempt: Int) {
+            self.instanceIndex = instanceIndex
+            self.attempt = attempt
+        }
+    }
+
+    public init(
+        jobID: JobID, taskName: String, instanceCount: Int, envID: EnvID, command: String, environment: [EnvVar],
+        timeoutSeconds: Int, io: InstanceIO? = nil, attempts: [Attempt]
+    ) {
+        self.jobID = jobID
+        self.taskName = taskName
+        self.instanceCount = instanceCount
+        self.envID = envID
+        self.command = command
+        self.environment = environment
+        self.timeoutSeconds = timeoutSeconds
+        self.io = io
+        self.attempts = attempts
+    }
+
+    /// The runs, one for each attempt.
+    public var runs: [InstanceRun] {
+        attempts.map {
+            InstanceRun(
+                jobID: jobID, taskName: taskName, instanceIndex: $0.instanceIndex, instanceCount: instanceCount,
+                attempt: $0.attempt, envID: envID, command: command, environment: environment,
+                timeoutSeconds: timeoutSeconds, io: io)
+        }
+    }
+}
+
 /// What an instance takes from storage and leaves there: its package, inputs, outputs and logs, with the task's
 /// storage credentials (sealed in the database; in this message only on the broker, never logged).
 public struct InstanceIO: Codable, Sendable, Hashable {
@@ -144,6 +196,20 @@ public struct InstanceFinished: MessageContract, Hashable {
     }
 
     public var succeeded: Bool { exitCode == 0 }
+}
+
+/// The starts and ends a node reports in one message: those that came while its previous report was on the way to
+/// the broker. The scheduler handles them as it handles ``InstanceStarted`` and ``InstanceFinished`` each alone, the
+/// starts first (a node reports an attempt's end only after its start was confirmed, so one report never holds both).
+public struct InstanceReports: MessageContract, Hashable {
+    public static let type = "instance.reports"
+    public var started: [InstanceStarted]
+    public var finished: [InstanceFinished]
+
+    public init(started: [InstanceStarted] = [], finished: [InstanceFinished] = []) {
+        self.started = started
+        self.finished = finished
+    }
 }
 
 /// A compute environment was created; the provisioner makes its work queue and nodes.
@@ -299,23 +365,31 @@ public struct InstanceKill: MessageContract, Hashable {
     }
 }
 
-/// The scheduler recorded this node's start of an attempt as the attempt's run: the node may run its command (the
-/// second phase of a start). A node whose start was not recorded gets ``InstanceKill`` instead, so a run message
-/// delivered twice (to two nodes) never runs twice. Sent to the node's own queue; a node that waits resends its
-/// ``InstanceStarted`` every few seconds, so a lost one costs a delay, never the instance.
+/// The scheduler recorded this node's starts of these attempts as the attempts' runs: the node may run their
+/// commands (the second phase of a start). A node whose start was not recorded gets ``InstanceKill`` instead, so a
+/// run message delivered twice (to two nodes) never runs twice. Sent to the node's own queue, one message for the
+/// node's starts of one scheduler batch; a node that waits resends its start every few seconds, so a lost clearance
+/// costs a delay, never the instance.
 public struct InstanceCleared: MessageContract, Hashable {
     public static let type = "instance.cleared"
-    public var jobID: JobID
-    public var taskName: String
-    public var instanceIndex: Int
-    public var attempt: Int
+    public var attempts: [Attempt]
 
-    public init(jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int) {
-        self.jobID = jobID
-        self.taskName = taskName
-        self.instanceIndex = instanceIndex
-        self.attempt = attempt
+    /// One attempt of one instance.
+    public struct Attempt: Codable, Sendable, Hashable {
+        public var jobID: JobID
+        public var taskName: String
+        public var instanceIndex: Int
+        public var attempt: Int
+
+        public init(jobID: JobID, taskName: String, instanceIndex: Int, attempt: Int) {
+            self.jobID = jobID
+            self.taskName = taskName
+            self.instanceIndex = instanceIndex
+            self.attempt = attempt
+        }
     }
+
+    public init(attempts: [Attempt]) { self.attempts = attempts }
 }
 
 /// Asks the node that ran an attempt for a piece of its stdout or stderr (it may still be running). Sent to the

@@ -88,6 +88,7 @@ extension Topology {
         public static let instanceTerminationRequested = "instance.termination-requested"
         public static let instanceStarted = "instance.started"
         public static let instanceFinished = "instance.finished"
+        public static let instanceReports = "instance.reports"
         public static let nodeHeartbeat = "node.heartbeat"
         public static let nodeStopped = "node.stopped"
         public static let computeEnvCreated = "env.created"
@@ -127,6 +128,7 @@ extension Topology {
             bindings: [
                 Event.jobSubmitted, Event.jobTerminationRequested, Event.jobRetryRequested,
                 Event.instanceTerminationRequested, Event.instanceStarted, Event.instanceFinished,
+                Event.instanceReports,
             ].map {
                 Binding(queue: schedulerQueue, exchange: eventsExchange, routingKey: $0)
             }

@@ -301,12 +301,20 @@ public struct OutboxRelay: Service {
         }
     }
 
-    /// Of `rows` published before (their lease ran out), the `instance.run` ones whose attempt is no longer waiting
-    /// for a node: it started, ended, or was dispatched again.
+    /// Of `rows` published before (their lease ran out), the `instance.run` and `instance.runs` ones none of whose
+    /// attempts is still waiting for a node: each started, ended, or was dispatched again.
     func staleRuns(_ rows: [(id: Int, message: OutgoingMessage)]) async throws -> Set<Int> {
         var runs: [(id: Int, run: InstanceRun)] = []
-        for (id, message) in rows where message.type == InstanceRun.type {
-            if let run = try? Envelope<InstanceRun>.decode(message.body).payload { runs.append((id, run)) }
+        for (id, message) in rows {
+            switch message.type {
+            case InstanceRun.type:
+                if let run = try? Envelope<InstanceRun>.decode(message.body).payload { runs.append((id, run)) }
+            case InstanceRuns.type:
+                if let group = try? Envelope<InstanceRuns>.decode(message.body).payload {
+                    runs += group.runs.map { (id, $0) }
+                }
+            default: break
+            }
         }
         guard !runs.isEmpty else { return [] }
         var waiting: Set<Int> = []

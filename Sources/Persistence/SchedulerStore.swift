@@ -335,23 +335,28 @@ public struct SchedulerStore: Sendable {
     }
 
     /// What the dispatch pass starts from: the slots of each environment's live nodes (running, heard from within
-    /// `lostAfter`), and the instances dispatched and not ended by task, with its environment. One round trip.
-    public func capacityAndActive(lostAfter: Duration, on connection: PostgresConnection) async throws
-        -> (capacity: [EnvID: Int], active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)])
-    {
+    /// `lostAfter`) with their number and the slots of the smallest, and the instances dispatched and not ended by
+    /// task, with its environment. One round trip.
+    public func capacityAndActive(lostAfter: Duration, on connection: PostgresConnection) async throws -> (
+        capacity: [EnvID: Int], nodes: [EnvID: (count: Int, smallest: Int)],
+        active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)]
+    ) {
         var capacity: [EnvID: Int] = [:]
+        var nodes: [EnvID: (count: Int, smallest: Int)] = [:]
         var active: [DispatchPlanner.TaskKey: (env: EnvID?, count: Int)] = [:]
         for try await row in try await connection.execute(
             Statements.CapacityAndActive(lostAfterSeconds: Int(lostAfter.components.seconds)), logger: logger)
         {
-            let (job, task, env, count) = try row.decode((String?, String?, String?, Int).self)
+            let (job, task, env, count, smallest, nodeCount) = try row.decode(
+                (String?, String?, String?, Int, Int?, Int?).self)
             if let job, let task {
                 active[DispatchPlanner.TaskKey(job: JobID(rawValue: job), task: task)] = (env.map(EnvID.init), count)
             } else if let env {
                 capacity[EnvID(rawValue: env)] = count
+                nodes[EnvID(rawValue: env)] = (nodeCount ?? 1, smallest ?? 1)
             }
         }
-        return (capacity, active)
+        return (capacity, nodes, active)
     }
 
     /// Started tasks with instances waiting for dispatch, highest job priority first, then oldest job, then task

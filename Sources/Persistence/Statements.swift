@@ -40,14 +40,15 @@ enum Statements {
         }
     }
 
-    /// The slots of each environment's live nodes (job and task NULL), then the instances out by task.
+    /// The slots of each environment's live nodes, the slots of its smallest one and their number (job and task
+    /// NULL), then the instances out by task.
     struct CapacityAndActive: Bound {
         static let sql = """
-            SELECT NULL, NULL, env_id, sum(slots)::integer FROM compute_nodes
+            SELECT NULL, NULL, env_id, sum(slots)::integer, min(slots)::integer, count(*)::integer FROM compute_nodes
             WHERE state = 'RUNNING' AND coalesce(last_heartbeat, created_at) > now() - $1 * interval '1 s'
             GROUP BY env_id
             UNION ALL
-            SELECT i.job_id, i.task_name, t.env_id, count(*)::integer
+            SELECT i.job_id, i.task_name, t.env_id, count(*)::integer, NULL, NULL
             FROM task_instances i JOIN tasks t USING (job_id, task_name)
             WHERE i.dispatched GROUP BY i.job_id, i.task_name, t.env_id
             """

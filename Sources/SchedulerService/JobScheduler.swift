@@ -34,25 +34,29 @@ enum SchedulerEvent: Sendable {
         return true
     }
 
-    /// Decodes a delivery into its job and event; a message of another type is poison.
-    static func decode(_ delivery: Delivery) throws -> (JobID, SchedulerEvent) {
+    /// Decodes a delivery into the events it carries, each with its job (a node's ``InstanceReports`` carries
+    /// several); a message of another type is poison.
+    static func decode(_ delivery: Delivery) throws -> [(JobID, SchedulerEvent)] {
         switch delivery.type {
         case JobSubmitted.type:
-            return (try delivery.decode(JobSubmitted.self).payload.jobID, .submitted)
+            return [(try delivery.decode(JobSubmitted.self).payload.jobID, .submitted)]
+        case InstanceReports.type:
+            let reports = try delivery.decode(InstanceReports.self).payload
+            return reports.started.map { ($0.jobID, .started($0)) } + reports.finished.map { ($0.jobID, .finished($0)) }
         case InstanceStarted.type:
             let event = try delivery.decode(InstanceStarted.self).payload
-            return (event.jobID, .started(event))
+            return [(event.jobID, .started(event))]
         case InstanceFinished.type:
             let event = try delivery.decode(InstanceFinished.self).payload
-            return (event.jobID, .finished(event))
+            return [(event.jobID, .finished(event))]
         case JobTerminationRequested.type:
             let event = try delivery.decode(JobTerminationRequested.self).payload
-            return (event.jobID, .terminateJob(reason: event.reason))
+            return [(event.jobID, .terminateJob(reason: event.reason))]
         case InstanceTerminationRequested.type:
             let event = try delivery.decode(InstanceTerminationRequested.self).payload
-            return (event.jobID, .terminateInstance(task: event.taskName, index: event.instanceIndex))
+            return [(event.jobID, .terminateInstance(task: event.taskName, index: event.instanceIndex))]
         case JobRetryRequested.type:
-            return (try delivery.decode(JobRetryRequested.self).payload.jobID, .retry)
+            return [(try delivery.decode(JobRetryRequested.self).payload.jobID, .retry)]
         default:
             throw PoisonMessage("the scheduler does not handle messages of type \(delivery.type ?? "(none)")")
         }
@@ -96,8 +100,7 @@ struct JobScheduler: Sendable {
     @Sendable func handle(_ deliveries: [Delivery]) async throws {
         var events: [JobID: [SchedulerEvent]] = [:]
         for delivery in deliveries {
-            let (job, event) = try SchedulerEvent.decode(delivery)
-            events[job, default: []].append(event)
+            for (job, event) in try SchedulerEvent.decode(delivery) { events[job, default: []].append(event) }
         }
         try await run(events)
     }
@@ -152,11 +155,16 @@ struct JobScheduler: Sendable {
         on connection: PostgresConnection
     ) async throws -> [OutgoingMessage] {
         var messages: [OutgoingMessage] = []
-        var clearances: [OutgoingMessage] = []
+        var clearances: [NodeID: [InstanceCleared.Attempt]] = [:]
         for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
             let effects = try await handle(job, events[job]!, alive: alive, on: connection)
             messages += effects.outbox
-            clearances += effects.clearances
+            for clearance in effects.clearances {
+                clearances[clearance.node, default: []].append(
+                    .init(
+                        jobID: job, taskName: clearance.task, instanceIndex: clearance.index, attempt: clearance.attempt
+                    ))
+            }
         }
         // A start frees no slot and makes nothing runnable: a batch of starts alone skips the dispatch pass (the
         // watchdog's pass every second covers nodes that joined and back-offs that ended).
@@ -164,7 +172,12 @@ struct JobScheduler: Sendable {
             messages += try await dispatch(exactPositions: exactPositions, on: connection)
         }
         try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
-        return clearances
+        // One clearance message per node, however many of its starts the batch recorded.
+        return try clearances.sorted { $0.key.rawValue < $1.key.rawValue }.map { node, attempts in
+            try OutgoingMessage(
+                exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: node.rawValue),
+                payload: InstanceCleared(attempts: attempts), persistent: false)
+        }
     }
 
     // MARK: One job
@@ -173,7 +186,7 @@ struct JobScheduler: Sendable {
     private func handle(
         _ jobID: JobID, _ events: [SchedulerEvent], alive: Set<NodeID>, on connection: PostgresConnection
     ) async throws
-        -> (outbox: [OutgoingMessage], clearances: [OutgoingMessage])
+        -> (outbox: [OutgoingMessage], clearances: [Effects.Clearance])
     {
         let known = cache.notifications(of: jobID)
         guard var job = try await store.lockJob(jobID, withNotifications: known == nil, on: connection) else {
@@ -221,14 +234,7 @@ struct JobScheduler: Sendable {
         if advance || !touched.isEmpty {
             try await decide(&job, counting: touched, on: connection, effects: &effects) { $0.advance() }
         }
-        let clearances = try effects.clearances.map { clearance in
-            try OutgoingMessage(
-                exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: clearance.node.rawValue),
-                payload: InstanceCleared(
-                    jobID: job.id, taskName: clearance.task, instanceIndex: clearance.index, attempt: clearance.attempt),
-                correlationID: job.id.rawValue, persistent: false)
-        }
-        return (try messages(for: job, effects), clearances)
+        return (try messages(for: job, effects), effects.clearances)
     }
 
     /// Applies instance events with ``InstanceLifecycle`` on the rows they are about and writes the changed rows in
@@ -401,7 +407,8 @@ struct JobScheduler: Sendable {
     private func dispatch(exactPositions: Bool, on connection: PostgresConnection) async throws -> [OutgoingMessage] {
         // Each slot gets `queuedPerSlot` more run messages than it runs, so a node starts its next instance the
         // moment one ends, without waiting for this transaction's round trip.
-        let (capacity, active) = try await store.capacityAndActive(lostAfter: settings.nodeLostAfter, on: connection)
+        let (capacity, nodes, active) = try await store.capacityAndActive(
+            lostAfter: settings.nodeLostAfter, on: connection)
         var free = capacity.mapValues { $0 * (1 + settings.queuedPerSlot) }
         for (_, out) in active { if let env = out.env { free[env, default: 0] -= out.count } }
         // Ready instances are counted a little past the free slots (one more is enough to know that a task must
@@ -422,16 +429,23 @@ struct JobScheduler: Sendable {
         for (task, allotment) in zip(waiting, DispatchPlanner.allot(demands, freeSlots: free)) {
             if allotment.count > 0, let config = try await cache.task(task.job, task.task, store: store, on: connection)
             {
-                for (index, attempt) in try await store.dispatch(task, limit: allotment.count, on: connection) {
+                let dispatched = try await store.dispatch(task, limit: allotment.count, on: connection)
+                // Nodes take whole messages: at most as many instances a message as the smallest node runs at once,
+                // and the instances spread over at least as many messages as there are nodes.
+                let envNodes = nodes[task.env] ?? (count: 1, smallest: 1)
+                let group = max(1, min(envNodes.smallest, (dispatched.count + envNodes.count - 1) / envNodes.count))
+                for start in stride(from: 0, to: dispatched.count, by: group) {
+                    let attempts = dispatched[start..<min(start + group, dispatched.count)].map {
+                        InstanceRuns.Attempt(instanceIndex: $0.index, attempt: $0.attempt)
+                    }
                     messages.append(
                         try OutgoingMessage(
                             exchange: Topology.commandsExchange,
                             routingKey: Topology.workRoutingKey(env: task.env.rawValue),
-                            payload: InstanceRun(
-                                jobID: task.job, taskName: task.task, instanceIndex: index,
-                                instanceCount: config.instanceCount, attempt: attempt, envID: task.env,
-                                command: config.command, environment: config.environment,
-                                timeoutSeconds: config.timeoutSeconds, io: config.io),
+                            payload: InstanceRuns(
+                                jobID: task.job, taskName: task.task, instanceCount: config.instanceCount,
+                                envID: task.env, command: config.command, environment: config.environment,
+                                timeoutSeconds: config.timeoutSeconds, io: config.io, attempts: attempts),
                             correlationID: task.job.rawValue, mandatory: true))
                 }
             }

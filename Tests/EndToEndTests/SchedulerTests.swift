@@ -1,4 +1,5 @@
 import Foundation
+import Messaging
 import TestSupport
 import Testing
 
@@ -190,6 +191,64 @@ struct SchedulerTests {
             let runs = try readRecords(records)
             #expect(runs.count == 12)
             #expect(peakOverlap(runs) <= 3)
+        }
+    }
+
+    @Test("a task's instances go out several to a run message, and no node runs more at once than its slots")
+    func groupedRuns() async throws {
+        try await Stack.run(settings: ["BATCH_NODE_SLOTS": "4"]) { stack in
+            let env = try await stack.createEnv(nodes: 2)
+            // A copy of every run message sent to the environment.
+            let copies = "test.runs.\(UUID().uuidString.prefix(8))"
+            try await RabbitManagement.bindQueue(
+                vhost: stack.vhost, queue: copies, exchange: Topology.commandsExchange,
+                routingKey: Topology.workRoutingKey(env: env))
+            let records = try stack.recordsDirectory()
+            let command = """
+                s=$(date +%s%N); sleep 0.2; \
+                echo "$BATCH_NODE_ID $s $(date +%s%N)" >> "\(records.path)/$BATCH_TASK_INSTANCE_INDEX"
+                """
+            let jobID = try await stack.submit(
+                "grouped", env: env,
+                tasks: [
+                    [
+                        "TaskName": "many", "TaskInstanceNum": 24,
+                        "Application": ["DeliveryForm": "LOCAL", "Command": command],
+                    ]
+                ])
+            let job = try await stack.waitForJob(jobID)
+            #expect(job["JobState"] as? String == "SUCCEED")
+
+            var attempts: [Int] = []
+            var largest = 0
+            for body in try await RabbitManagement.peek(vhost: stack.vhost, queue: copies) {
+                let envelope = try unwrap(
+                    try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
+                #expect(envelope["type"] as? String == "instance.runs")
+                let payload = try unwrap(envelope["payload"] as? [String: Any])
+                let indices = try unwrap(payload["attempts"] as? [[String: Any]]).compactMap {
+                    $0["instanceIndex"] as? Int
+                }
+                attempts += indices
+                largest = max(largest, indices.count)
+            }
+            #expect(attempts.sorted() == Array(0..<24), "each instance sent once")
+            #expect(largest > 1 && largest <= 4, "several instances a message, at most a node's slots")
+
+            // Each instance ran once; on each node, at most its 4 slots at once.
+            var byNode: [String: [RunRecord]] = [:]
+            for index in 0..<24 {
+                let lines = try String(
+                    contentsOf: records.appendingPathComponent("\(index)"), encoding: .utf8
+                ).split(separator: "\n")
+                #expect(lines.count == 1, "instance \(index) ran \(lines.count) times")
+                let fields = lines[0].split(separator: " ")
+                byNode[String(fields[0]), default: []].append(
+                    RunRecord(task: "many", index: index, attempt: 1, start: Int(fields[1])!, end: Int(fields[2])!))
+            }
+            for (node, runs) in byNode {
+                #expect(peakOverlap(runs) <= 4, "node \(node) ran more at once than its slots")
+            }
         }
     }
 

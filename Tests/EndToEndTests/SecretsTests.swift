@@ -64,7 +64,7 @@ struct SecretsTests {
             // Every service's log (the executors' too), and every row of every table as text.
             var logs: [(String, String)] = []
             let files = FileManager.default.enumerator(atPath: stack.directory.path)?.compactMap { $0 as? String } ?? []
-            for file in files where file.hasSuffix(".log") && !file.contains("/attempt-") {
+            for file in files where file.hasSuffix(".log") && !file.contains("-attempt-") {
                 logs.append(
                     (
                         file,

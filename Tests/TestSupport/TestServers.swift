@@ -207,6 +207,27 @@ public enum RabbitManagement {
         return messages.compactMap { $0["payload"] as? String }
     }
 
+    /// Declares a queue in `vhost` (not durable) and binds it to `exchange` with `routingKey`: a test's copy of the
+    /// messages routed there.
+    public static func bindQueue(vhost: String, queue: String, exchange: String, routingKey: String) async throws {
+        let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let encodedQueue = queue.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        var declare = try request("api/queues/\(encodedVhost)/\(encodedQueue)")
+        declare.method = .PUT
+        declare.headers.add(name: "Content-Type", value: "application/json")
+        declare.body = .bytes(ByteBuffer(string: #"{"durable":false,"auto_delete":false}"#))
+        let declared = try await send(declare)
+        var bind = try request("api/bindings/\(encodedVhost)/e/\(exchange)/q/\(encodedQueue)")
+        bind.method = .POST
+        bind.headers.add(name: "Content-Type", value: "application/json")
+        bind.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: ["routing_key": routingKey])))
+        let bound = try await send(bind)
+        guard declared.status.code < 300, bound.status.code < 300 else {
+            throw TestServers.Missing(
+                description: "cannot bind \(queue) to \(exchange): HTTP \(declared.status.code), \(bound.status.code)")
+        }
+    }
+
     /// Deletes queues a test made.
     public static func deleteQueues(_ names: [String]) async throws {
         for name in names {
