@@ -117,9 +117,16 @@ final class InstanceRunner: Sendable {
             settlement.settle(announced: false)
             return
         }
-        defer { slotPermits.give() }
         busy.add(1, ordering: .relaxed)
-        defer { busy.subtract(1, ordering: .relaxed) }
+        var holdsSlot = true
+        /// Frees the slot: once the command has ended, the next attempt may start while this one's end is reported.
+        func freeSlot() {
+            guard holdsSlot else { return }
+            holdsSlot = false
+            busy.subtract(1, ordering: .relaxed)
+            slotPermits.give()
+        }
+        defer { freeSlot() }
 
         let directory = directory(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         let started = InstanceStarted(
@@ -155,6 +162,7 @@ final class InstanceRunner: Sendable {
             stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
             stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log")),
             interrupted: result == nil ? true : nil)
+        freeSlot()
         do {
             try await reporter.send(.finished(finished))
         } catch {
