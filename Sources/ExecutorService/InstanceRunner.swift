@@ -86,7 +86,7 @@ final class InstanceRunner: Sendable {
             if allAnnounced {
                 delivery.ack()
             } else {
-                logger.warning("a start not announced: its run message goes back to the queue")
+                logger.info("not every attempt of a run message started here: it goes back to the queue")
                 delivery.nack(requeue: true)
             }
         }
@@ -112,7 +112,14 @@ final class InstanceRunner: Sendable {
             settlement.settle(announced: true)
             return
         }
-        guard await slotPermits.take() else {
+        // A node that drains or hands its work back starts nothing more: an attempt that has no slot yet goes back
+        // to the queue with its message (the attempts of it already announced are refused wherever it goes next).
+        var taken = false
+        if !Task.isShuttingDownGracefully {
+            taken = slotPermits.takeIfFree()
+            if !taken { taken = await cancelWhenGracefulShutdown { await self.slotPermits.take() } }
+        }
+        guard taken else {
             seen.withLock { $0.remove(key) }
             settlement.settle(announced: false)
             return

@@ -14,6 +14,15 @@ final class Slots: Sendable {
 
     init(_ count: Int) { state = Mutex(State(free: count)) }
 
+    /// Takes a free slot if there is one that nobody waits for.
+    func takeIfFree() -> Bool {
+        state.withLock { state in
+            guard state.free > 0, state.waiters.isEmpty else { return false }
+            state.free -= 1
+            return true
+        }
+    }
+
     /// Waits for a free slot and takes it; false when the task was cancelled while it waited.
     func take() async -> Bool {
         let id = state.withLock { state in
