@@ -131,4 +131,13 @@ extension DispatchPlanner {
             return Allotment(count: count, reason: reason)
         }
     }
+
+    /// How `count` instances of one task sent to an environment split into run messages, as ranges of their
+    /// positions. Nodes take whole messages, so a message holds at most as many instances as the smallest node runs
+    /// at once (`smallestNode` slots), and the instances spread over at least as many messages as there are `nodes`
+    /// (a few instances on an idle environment are not all left to one node).
+    public static func runMessages(count: Int, nodes: Int, smallestNode: Int) -> [Range<Int>] {
+        let size = max(1, min(smallestNode, (count + max(1, nodes) - 1) / max(1, nodes)))
+        return stride(from: 0, to: count, by: size).map { $0..<min($0 + size, count) }
+    }
 }

@@ -33,7 +33,6 @@ final class InstanceRunner: Sendable {
     /// Attempts stopped because the broker was out of reach (``fence()``): they end as interrupted.
     private let fenced = Mutex<Set<String>>([])
     private let stopRequested = Mutex<(@Sendable () -> Void)?>(nil)
-    private let busy = Atomic<Int>(0)
     /// Taken by each attempt while it runs: a run message can carry more attempts than the node has free slots.
     private let slotPermits: Slots
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
@@ -71,7 +70,7 @@ final class InstanceRunner: Sendable {
         self.logger = logger
     }
 
-    var freeSlots: Int { max(0, slots - busy.load(ordering: .relaxed)) }
+    var freeSlots: Int { slotPermits.free }
 
     /// Runs an `instance.run` or `instance.runs` message. Each of its attempts takes a slot as one frees, publishes
     /// its start, waits for the scheduler to clear the start, runs the command and publishes the end. The message is
@@ -79,6 +78,7 @@ final class InstanceRunner: Sendable {
     /// announced (the client is shutting down) it goes back to the queue, and those announced run on: the
     /// scheduler refuses their copies elsewhere. Throws only when the message does not decode.
     @Sendable func run(_ delivery: Delivery) async throws {
+        // A single `instance.run` is what schedulers before `instance.runs` sent; one may still wait in a queue.
         let runs =
             delivery.type == InstanceRuns.type
             ? try delivery.decode(InstanceRuns.self).payload.runs : [try delivery.decode(InstanceRun.self).payload]
@@ -124,13 +124,11 @@ final class InstanceRunner: Sendable {
             settlement.settle(announced: false)
             return
         }
-        busy.add(1, ordering: .relaxed)
         var holdsSlot = true
         /// Frees the slot: once the command has ended, the next attempt may start while this one's end is reported.
         func freeSlot() {
             guard holdsSlot else { return }
             holdsSlot = false
-            busy.subtract(1, ordering: .relaxed)
             slotPermits.give()
         }
         defer { freeSlot() }
@@ -333,9 +331,6 @@ final class InstanceRunner: Sendable {
             Task { await child.terminate(grace: .seconds(5)) }
         }
     }
-
-    /// The number of instances running now.
-    var busyCount: Int { busy.load(ordering: .relaxed) }
 
     /// A command on the node's own queue: `instance.cleared`, `instance.kill`, `instance.log-request` or `node.stop`.
     @Sendable func command(_ delivery: Delivery) async throws {

@@ -14,6 +14,9 @@ final class Slots: Sendable {
 
     init(_ count: Int) { state = Mutex(State(free: count)) }
 
+    /// The slots free now.
+    var free: Int { state.withLock { $0.free } }
+
     /// Takes a free slot if there is one that nobody waits for.
     func takeIfFree() -> Bool {
         state.withLock { state in

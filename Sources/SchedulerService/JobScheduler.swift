@@ -430,12 +430,11 @@ struct JobScheduler: Sendable {
             if allotment.count > 0, let config = try await cache.task(task.job, task.task, store: store, on: connection)
             {
                 let dispatched = try await store.dispatch(task, limit: allotment.count, on: connection)
-                // Nodes take whole messages: at most as many instances a message as the smallest node runs at once,
-                // and the instances spread over at least as many messages as there are nodes.
                 let envNodes = nodes[task.env] ?? (count: 1, smallest: 1)
-                let group = max(1, min(envNodes.smallest, (dispatched.count + envNodes.count - 1) / envNodes.count))
-                for start in stride(from: 0, to: dispatched.count, by: group) {
-                    let attempts = dispatched[start..<min(start + group, dispatched.count)].map {
+                for positions in DispatchPlanner.runMessages(
+                    count: dispatched.count, nodes: envNodes.count, smallestNode: envNodes.smallest)
+                {
+                    let attempts = dispatched[positions].map {
                         InstanceRuns.Attempt(instanceIndex: $0.index, attempt: $0.attempt)
                     }
                     messages.append(

@@ -56,6 +56,22 @@ struct PolicyTests {
         #expect(plan.waiting[low] == .noFreeNode(env: "env-aaaaaaaa", queuedAhead: 0))
     }
 
+    @Test(
+        "run messages hold at most the smallest node's slots and spread over the nodes",
+        arguments: [
+            (count: 16, nodes: 2, smallest: 4, sizes: [4, 4, 4, 4]),
+            (count: 4, nodes: 2, smallest: 4, sizes: [2, 2]),
+            (count: 5, nodes: 2, smallest: 4, sizes: [3, 2]),
+            (count: 1, nodes: 2, smallest: 4, sizes: [1]),
+            (count: 3, nodes: 1, smallest: 2, sizes: [2, 1]),
+            (count: 0, nodes: 2, smallest: 4, sizes: []),
+        ])
+    func runMessages(count: Int, nodes: Int, smallest: Int, sizes: [Int]) {
+        let messages = DispatchPlanner.runMessages(count: count, nodes: nodes, smallestNode: smallest)
+        #expect(messages.map(\.count) == sizes)
+        #expect(messages.flatMap { Array($0) } == Array(0..<count), "every instance in one message, in order")
+    }
+
     @Test("MaxConcurrentNum caps a task, counting what already runs; back-off waits")
     func concurrencyAndBackoff() {
         let key = DispatchPlanner.TaskKey(job: "job-aaaaaaaa", task: "t")
