@@ -9,7 +9,7 @@ import Foundation
 /// | `SUBMITTED`, `PENDING` | `released` | `RUNNABLE` |
 /// | `RUNNABLE` (not dispatched, back-off over) | `dispatched` | `RUNNABLE` (attempt + 1, dispatched) |
 /// | `RUNNABLE` (dispatched) | `accepted(attempt)` | `STARTING` |
-/// | `RUNNABLE` (dispatched), `STARTING` | `started(attempt)` | `RUNNING` |
+/// | `RUNNABLE` (dispatched), `STARTING` on the node | `started(attempt)` | `RUNNING` |
 /// | `RUNNABLE` (dispatched), `STARTING`, `RUNNING` | `exited(attempt, 0)` | `SUCCEED` |
 /// | same | `exited(attempt, ≠0)`, `timedOut(attempt)` | `RUNNABLE` (retry) or `FAILED` / `FAILED_INTERRUPTED` |
 /// | `RUNNABLE` (dispatched), `STARTING`, `RUNNING` on the node | `nodeLost(node)` | `RUNNABLE` (not counted) |
@@ -116,6 +116,7 @@ public struct InstanceLifecycle: Sendable, Hashable {
             guard attempt == self.attempt else { return .ignored(state, "stale attempt \(attempt)") }
             guard isOut else { return .ignored(state, "not dispatched") }
             guard state != .running else { return .ignored(state, "already running") }
+            guard state != .starting || self.node == node else { return .ignored(state, "claimed by another node") }
             state = .running
             self.node = node
             actions.append(.publish(.taskInstanceRunning))

@@ -1,9 +1,12 @@
 import Synchronization
 
-/// The attempts this node took and announced (`instance.started`) whose commands wait for the scheduler's word: the
-/// second phase of a start. A run message can reach two nodes (a publish repeated after a broker restart, an outbox
-/// row sent again after a relay died); the scheduler records the first start it hears of and clears only that node
-/// (`instance.cleared`), and refuses the others (`instance.kill`), so one attempt never runs twice.
+/// The attempts this node took and claimed (``InstanceReports/accepted``) whose commands wait for the scheduler's
+/// word: the second phase of a start. A run message can reach two nodes (a publish repeated after a broker restart,
+/// an outbox row sent again after a relay died); the scheduler records the first claim it hears of and clears only
+/// that node (`instance.cleared`), and refuses the others (`instance.kill`), so one attempt never runs twice.
+///
+/// A cleared attempt stays here, held, until it has a slot (``release(_:)``): a kill, a hand-back or a cut-off
+/// broker while it waits for one still stops it before its command runs.
 final class Clearances: Sendable {
     enum Verdict: Sendable, Equatable {
         /// The scheduler recorded this node's start: run the command.
@@ -18,6 +21,8 @@ final class Clearances: Sendable {
         case expected
         case waiting(CheckedContinuation<Verdict, Never>)
         case decided(Verdict)
+        /// Cleared, and waiting for a slot.
+        case held
     }
 
     private let entries = Mutex<[String: Entry]>([:])
@@ -38,7 +43,7 @@ final class Clearances: Sendable {
                     await withCheckedContinuation { continuation in
                         let decided: Verdict? = self.entries.withLock { entries in
                             if case .decided(let verdict) = entries[key] {
-                                entries[key] = nil
+                                entries[key] = verdict == .cleared ? .held : nil
                                 return verdict
                             }
                             entries[key] = .waiting(continuation)
@@ -64,7 +69,8 @@ final class Clearances: Sendable {
         }
     }
 
-    /// Gives the word on `key`; false when no attempt of this node expects it.
+    /// Gives the word on `key`; false when no attempt of this node expects it. A refusal or a stop also reaches an
+    /// attempt already cleared whose command has not started (it waits for a slot).
     @discardableResult
     func decide(_ key: String, _ verdict: Verdict) -> Bool {
         let continuation: CheckedContinuation<Verdict, Never>?? = entries.withLock { entries in
@@ -73,8 +79,12 @@ final class Clearances: Sendable {
                 entries[key] = .decided(verdict)
                 return .some(nil)
             case .waiting(let continuation):
-                entries[key] = nil
+                entries[key] = verdict == .cleared ? .held : nil
                 return .some(continuation)
+            case .held, .decided(.cleared):
+                guard verdict != .cleared else { return nil }
+                entries[key] = .decided(verdict)
+                return .some(nil)
             case .decided, nil:
                 return nil
             }
@@ -82,6 +92,17 @@ final class Clearances: Sendable {
         guard let continuation else { return false }
         continuation?.resume(returning: verdict)
         return true
+    }
+
+    /// Lets a cleared attempt that now has its slot go: `.cleared` unless it was refused or stopped meanwhile.
+    func release(_ key: String) -> Verdict {
+        entries.withLock { entries in
+            switch entries.removeValue(forKey: key) {
+            case .held: .cleared
+            case .decided(let verdict): verdict
+            case .expected, .waiting, nil: .stopped
+            }
+        }
     }
 
     /// Forgets `key` (its start could not be announced).

@@ -35,6 +35,9 @@ final class InstanceRunner: Sendable {
     private let stopRequested = Mutex<(@Sendable () -> Void)?>(nil)
     /// Taken by each attempt while it runs: a run message can carry more attempts than the node has free slots.
     private let slotPermits: Slots
+    /// Taken by each attempt from its claim until it has a slot: a node claims at most as many attempts ahead of its
+    /// slots as it has slots (those claims' round trips overlap the running commands).
+    private let claimPermits: Slots
     /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
     private let running = Mutex<[String: ChildProcess]>([:])
     /// The attempts this node has taken or was told to kill, so a (second) delivery of one is not run.
@@ -66,17 +69,18 @@ final class InstanceRunner: Sendable {
         self.envID = envID
         self.slots = slots
         self.slotPermits = Slots(slots)
+        self.claimPermits = Slots(slots)
         self.workRoot = workRoot
         self.logger = logger
     }
 
     var freeSlots: Int { slotPermits.free }
 
-    /// Runs an `instance.run` or `instance.runs` message. Each of its attempts takes a slot as one frees, publishes
-    /// its start, waits for the scheduler to clear the start, runs the command and publishes the end. The message is
-    /// acked once every attempt's start is confirmed (or the attempt is not to run here); when one could not be
-    /// announced (the client is shutting down) it goes back to the queue, and those announced run on: the
-    /// scheduler refuses their copies elsewhere. Throws only when the message does not decode.
+    /// Runs an `instance.run` or `instance.runs` message. Each of its attempts publishes its claim, waits for the
+    /// scheduler to clear it, takes a slot as one frees, runs the command and publishes its start and end. The
+    /// message is acked once every attempt's claim is confirmed (or the attempt is not to run here); when one could
+    /// not be announced (the node drains, the client is shutting down) it goes back to the queue, and those claimed
+    /// stay here: the scheduler refuses their copies elsewhere. Throws only when the message does not decode.
     @Sendable func run(_ delivery: Delivery) async throws {
         // A single `instance.run` is what schedulers before `instance.runs` sent; one may still wait in a queue.
         let runs =
@@ -86,7 +90,7 @@ final class InstanceRunner: Sendable {
             if allAnnounced {
                 delivery.ack()
             } else {
-                logger.info("not every attempt of a run message started here: it goes back to the queue")
+                logger.info("not every attempt of a run message was claimed here: it goes back to the queue")
                 delivery.nack(requeue: true)
             }
         }
@@ -97,8 +101,10 @@ final class InstanceRunner: Sendable {
         }
     }
 
-    /// Runs one attempt of a run message, settling it in `settlement` once its start is confirmed (or it is not to
-    /// run here).
+    /// Runs one attempt of a run message: claims it (settling it in `settlement` once the claim is confirmed, or
+    /// when it is not to run here), waits for the scheduler to clear the claim, then for a slot, runs the command,
+    /// and reports its start and end. The claim's round trip overlaps the commands running in the node's slots, so a
+    /// slot that frees starts its next attempt at once.
     private func run(_ run: InstanceRun, settlement: Settlement) async {
         var logger = self.logger
         logger[metadataKey: "job.id"] = "\(run.jobID)"
@@ -112,19 +118,57 @@ final class InstanceRunner: Sendable {
             settlement.settle(announced: true)
             return
         }
-        // A node that drains or hands its work back starts nothing more: an attempt that has no slot yet goes back
-        // to the queue with its message (the attempts of it already announced are refused wherever it goes next).
-        var taken = false
+        // At most `slots` attempts wait claimed for a slot; the others wait for a claim. A node that drains or hands
+        // its work back claims no more: the message goes back to the queue (the attempts of it already claimed are
+        // refused wherever it goes next).
+        var holdsClaim = false
         if !Task.isShuttingDownGracefully {
-            taken = slotPermits.takeIfFree()
-            if !taken { taken = await cancelWhenGracefulShutdown { await self.slotPermits.take() } }
+            holdsClaim = claimPermits.takeIfFree()
+            if !holdsClaim { holdsClaim = await cancelWhenGracefulShutdown { await self.claimPermits.take() } }
         }
-        guard taken else {
+        /// Lets the next attempt claim: this one has its slot, or is not to run here.
+        func freeClaim() {
+            guard holdsClaim else { return }
+            holdsClaim = false
+            claimPermits.give()
+        }
+        defer { freeClaim() }
+        guard holdsClaim, !handingBack.load(ordering: .relaxed) else {
             seen.withLock { $0.remove(key) }
             settlement.settle(announced: false)
             return
         }
-        var holdsSlot = true
+        let directory = directory(run.jobID, run.taskName, run.instanceIndex, run.attempt)
+        let claim = InstanceStarted(
+            jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
+            nodeID: nodeID, startedAt: Date())
+        clearances.expect(key)
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try await reporter.send(.accepted(claim))
+        } catch {
+            clearances.forget(key)
+            seen.withLock { $0.remove(key) }
+            logger.warning("instance claim not announced", metadata: ["error": "\(error)"])
+            settlement.settle(announced: false)
+            return
+        }
+        settlement.settle(announced: true)
+        if handingBack.load(ordering: .relaxed) { clearances.decide(key, .stopped) }
+        var verdict = await clearances.wait(for: key) { [self] in
+            try? await reporter.send(.accepted(claim))
+        }
+        // Cleared: the attempt is STARTING here until a slot frees, and runs even if the node drains meanwhile (a
+        // drain finishes what the node claimed). A kill, a hand-back or a cut-off broker meanwhile is in the verdict
+        // the slot's release returns.
+        var holdsSlot = false
+        if verdict == .cleared {
+            holdsSlot = slotPermits.takeIfFree()
+            if !holdsSlot { holdsSlot = await slotPermits.take() }
+            let released = clearances.release(key)
+            verdict = holdsSlot ? released : .stopped
+        }
+        freeClaim()
         /// Frees the slot: once the command has ended, the next attempt may start while this one's end is reported.
         func freeSlot() {
             guard holdsSlot else { return }
@@ -132,32 +176,18 @@ final class InstanceRunner: Sendable {
             slotPermits.give()
         }
         defer { freeSlot() }
-
-        let directory = directory(run.jobID, run.taskName, run.instanceIndex, run.attempt)
-        let started = InstanceStarted(
-            jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex, attempt: run.attempt,
-            nodeID: nodeID, startedAt: Date())
-        clearances.expect(key)
-        do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try await reporter.send(.started(started))
-        } catch {
-            clearances.forget(key)
-            seen.withLock { $0.remove(key) }
-            logger.warning("instance start not announced", metadata: ["error": "\(error)"])
-            settlement.settle(announced: false)
-            return
-        }
-        settlement.settle(announced: true)
-        if handingBack.load(ordering: .relaxed) { clearances.decide(key, .stopped) }
-        let verdict = await clearances.wait(for: key) { [self] in
-            try? await reporter.send(.started(started))
-        }
         if case .refused(let reason) = verdict {
-            logger.info("instance not run: the scheduler refused this start", metadata: ["reason": "\(reason)"])
+            logger.info("instance not run: the scheduler refused it", metadata: ["reason": "\(reason)"])
             return
         }
-        logger.info("instance started")
+        if verdict == .cleared {
+            reporter.post(
+                .started(
+                    InstanceStarted(
+                        jobID: run.jobID, taskName: run.taskName, instanceIndex: run.instanceIndex,
+                        attempt: run.attempt, nodeID: nodeID, startedAt: Date())))
+            logger.info("instance started")
+        }
 
         let result = verdict == .cleared ? await execute(run, in: directory, logger: logger) : nil
         let finished = InstanceFinished(

@@ -2,15 +2,16 @@ import Messaging
 import ServiceLifecycle
 import Synchronization
 
-/// Sends the node's starts and ends to the scheduler, several in one ``InstanceReports`` when they come faster than
-/// the broker confirms them: a report made while none is on the way goes at once, and those made while one is on
-/// the way go together in the next. A call returns once the broker confirmed the message holding its report (or
-/// throws what failed it), so the callers keep their order: a run message is acked only after its start is
-/// confirmed, and an end is reported only after its start.
+/// Sends the node's claims, starts and ends to the scheduler, several in one ``InstanceReports`` when they come
+/// faster than the broker confirms them: a report made while none is on the way goes at once, and those made while
+/// one is on the way go together in the next. Reports go out in the order they are made. ``send(_:)`` returns once
+/// the broker confirmed the message holding its report (or throws what failed it): a run message is acked only
+/// after its claims are confirmed. ``post(_:)`` does not wait (a start: the command does not wait for its report).
 ///
 /// On graceful shutdown it sends what is pending and stops; the services that report stop before it.
 final class Reporter: Service, Sendable {
     enum Report: Sendable {
+        case accepted(InstanceStarted)
         case started(InstanceStarted)
         case finished(InstanceFinished)
     }
@@ -21,7 +22,7 @@ final class Reporter: Service, Sendable {
     }
 
     private struct Pending {
-        var reports: [(Report, CheckedContinuation<Void, any Error>)] = []
+        var reports: [(Report, CheckedContinuation<Void, any Error>?)] = []
         var stopped = false
     }
 
@@ -49,6 +50,15 @@ final class Reporter: Service, Sendable {
         }
     }
 
+    /// Sends `report` after those made before it, without waiting for it to go (dropped when the reporter stopped).
+    func post(_ report: Report) {
+        let posted = pending.withLock { pending in
+            if !pending.stopped { pending.reports.append((report, nil)) }
+            return !pending.stopped
+        }
+        if posted { wake.yield() }
+    }
+
     func run() async throws {
         await withGracefulShutdownHandler {
             for await _ in wakes { await sendPending() }
@@ -61,7 +71,7 @@ final class Reporter: Service, Sendable {
             defer { pending.reports = [] }
             return pending.reports
         }
-        for (_, continuation) in left { continuation.resume(throwing: Stopped()) }
+        for (_, continuation) in left { continuation?.resume(throwing: Stopped()) }
     }
 
     /// Sends everything pending, `maxBatch` reports a message, until nothing is.
@@ -76,6 +86,7 @@ final class Reporter: Service, Sendable {
             var reports = InstanceReports()
             for (report, _) in batch {
                 switch report {
+                case .accepted(let accepted): reports.accepted = (reports.accepted ?? []) + [accepted]
                 case .started(let started): reports.started.append(started)
                 case .finished(let finished): reports.finished.append(finished)
                 }
@@ -85,9 +96,9 @@ final class Reporter: Service, Sendable {
                     try OutgoingMessage(
                         exchange: Topology.eventsExchange, routingKey: Topology.Event.instanceReports,
                         payload: reports))
-                for (_, continuation) in batch { continuation.resume() }
+                for (_, continuation) in batch { continuation?.resume() }
             } catch {
-                for (_, continuation) in batch { continuation.resume(throwing: error) }
+                for (_, continuation) in batch { continuation?.resume(throwing: error) }
             }
         }
     }

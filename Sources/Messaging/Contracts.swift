@@ -137,7 +137,10 @@ public struct InstanceIO: Codable, Sendable, Hashable {
     }
 }
 
-/// An executor took an instance's attempt and waits for ``InstanceCleared`` to run its command.
+/// An executor's word on an instance's attempt: in ``InstanceReports/accepted``, it took the attempt and waits for
+/// ``InstanceCleared`` before the attempt takes a slot (the attempt is `STARTING` on the node); in
+/// ``InstanceReports/started``, the command of a cleared attempt started (`RUNNING`). A lone `instance.started`
+/// (nodes before claims) is a start that waits for its clearance.
 public struct InstanceStarted: MessageContract, Hashable {
     public static let type = "instance.started"
     public var jobID: JobID
@@ -198,15 +201,21 @@ public struct InstanceFinished: MessageContract, Hashable {
     public var succeeded: Bool { exitCode == 0 }
 }
 
-/// The starts and ends a node reports in one message: those that came while its previous report was on the way to
-/// the broker. The scheduler handles them as it handles ``InstanceStarted`` and ``InstanceFinished`` each alone, the
-/// starts first (a node reports an attempt's end only after its start was confirmed, so one report never holds both).
+/// The claims, starts and ends a node reports in one message: those that came while its previous report was on the
+/// way to the broker. The scheduler handles the claims first, then the starts, then the ends (an attempt's start and
+/// end can come in one message; its claim never comes with them, since it starts only once the claim is cleared).
 public struct InstanceReports: MessageContract, Hashable {
     public static let type = "instance.reports"
+    /// Attempts the node took and that wait for the scheduler's clearance (absent from nodes before claims, whose
+    /// ``started`` wait for it instead).
+    public var accepted: [InstanceStarted]?
     public var started: [InstanceStarted]
     public var finished: [InstanceFinished]
 
-    public init(started: [InstanceStarted] = [], finished: [InstanceFinished] = []) {
+    public init(
+        accepted: [InstanceStarted]? = nil, started: [InstanceStarted] = [], finished: [InstanceFinished] = []
+    ) {
+        self.accepted = accepted
         self.started = started
         self.finished = finished
     }

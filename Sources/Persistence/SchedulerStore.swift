@@ -277,7 +277,8 @@ public struct SchedulerStore: Sendable {
     }
 
     /// Ends instances that have not finished (and releases kept ones): all of the job's, a task's, or one; with
-    /// `notStarted`, only those not on a node yet (`FAST_INTERRUPT`). Returns them, for the kills and notifications.
+    /// `notStarted`, only those whose commands have not started (`FAST_INTERRUPT`: waiting, or claimed by a node and
+    /// waiting there for a slot). Returns them, for the kills and notifications.
     public func terminateInstances(
         of job: JobID, task: String? = nil, index: Int? = nil, notStarted: Bool = false, reason: String,
         on connection: PostgresConnection
@@ -292,7 +293,8 @@ public struct SchedulerStore: Sendable {
             " WHERE t.job_id = i.job_id AND t.task_name = i.task_name AND i.job_id = \(query.bind(job.rawValue))")
         query.append(
             notStarted
-                ? " AND i.state IN ('SUBMITTED', 'PENDING', 'RUNNABLE')" : " AND i.state NOT IN ('SUCCEED', 'FAILED')")
+                ? " AND i.state IN ('SUBMITTED', 'PENDING', 'RUNNABLE', 'STARTING')"
+                : " AND i.state NOT IN ('SUCCEED', 'FAILED')")
         if let task { query.append(" AND i.task_name = \(query.bind(task))") }
         if let index { query.append(" AND i.instance_index = \(query.bind(index))") }
         query.append(" RETURNING i.task_name, i.instance_index, i.attempt, i.node_id, t.env_id")

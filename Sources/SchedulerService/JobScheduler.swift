@@ -10,6 +10,8 @@ import Synchronization
 /// What the scheduler reacts to: the events it consumes, and what its watchdog finds.
 enum SchedulerEvent: Sendable {
     case submitted
+    /// A node claimed an attempt (it waits for the clearance, then for a slot).
+    case accepted(InstanceStarted)
     case started(InstanceStarted)
     case finished(InstanceFinished)
     case terminateJob(reason: String)
@@ -21,17 +23,20 @@ enum SchedulerEvent: Sendable {
     /// The instance an instance event is about.
     var instance: SchedulerStore.InstanceKey? {
         switch self {
-        case .started(let event): SchedulerStore.InstanceKey(task: event.taskName, index: event.instanceIndex)
+        case .accepted(let event), .started(let event):
+            SchedulerStore.InstanceKey(task: event.taskName, index: event.instanceIndex)
         case .finished(let event): SchedulerStore.InstanceKey(task: event.taskName, index: event.instanceIndex)
         case .timedOut(let overdue), .nodeLost(let overdue): overdue.key
         case .submitted, .terminateJob, .terminateInstance, .retry: nil
         }
     }
 
-    /// Whether the event may free a slot or make instances runnable (all but a start).
+    /// Whether the event may free a slot or make instances runnable (all but a claim or a start).
     var mayFreeSlots: Bool {
-        if case .started = self { return false }
-        return true
+        switch self {
+        case .accepted, .started: false
+        default: true
+        }
     }
 
     /// Decodes a delivery into the events it carries, each with its job (a node's ``InstanceReports`` carries
@@ -42,7 +47,8 @@ enum SchedulerEvent: Sendable {
             return [(try delivery.decode(JobSubmitted.self).payload.jobID, .submitted)]
         case InstanceReports.type:
             let reports = try delivery.decode(InstanceReports.self).payload
-            return reports.started.map { ($0.jobID, .started($0)) } + reports.finished.map { ($0.jobID, .finished($0)) }
+            return (reports.accepted ?? []).map { ($0.jobID, .accepted($0)) }
+                + reports.started.map { ($0.jobID, .started($0)) } + reports.finished.map { ($0.jobID, .finished($0)) }
         case InstanceStarted.type:
             let event = try delivery.decode(InstanceStarted.self).payload
             return [(event.jobID, .started(event))]
@@ -122,10 +128,13 @@ struct JobScheduler: Sendable {
     }
 
     func run(_ events: [JobID: [SchedulerEvent]]) async throws {
-        // A start is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
+        // A claim is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
         // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
         let starting = events.values.joined().compactMap { event -> NodeID? in
-            if case .started(let started) = event { started.nodeID } else { nil }
+            switch event {
+            case .accepted(let claim), .started(let claim): claim.nodeID
+            default: nil
+            }
         }
         let clearances = try await database.transaction { connection in
             let alive = try await store.lockScheduling(
@@ -257,25 +266,33 @@ struct JobScheduler: Sendable {
             let now = Date()
             let transition: InstanceLifecycle.Transition
             switch event {
+            case .accepted(let claim):
+                transition = row.lifecycle.handle(.accepted(attempt: claim.attempt, node: claim.nodeID))
+                guard let ignored = transition.ignored else {
+                    effects.clear(node: claim.nodeID, task: key.task, index: key.index, attempt: claim.attempt)
+                    break
+                }
+                // The node asks again (its clearance was lost): cleared again while the claim is what the row
+                // holds.
+                effects.answerAgain(claim, of: row.lifecycle, ignored: ignored, clear: row.lifecycle.state == .starting)
+                continue
             case .started(let started):
                 let sameRun = row.lifecycle.attempt == started.attempt && row.lifecycle.node == started.nodeID
+                // A node that claimed the attempt runs it without waiting: only a start of a node before claims
+                // waits for its clearance.
+                let claimed = sameRun && row.lifecycle.state == .starting
                 transition = row.lifecycle.handle(.started(attempt: started.attempt, node: started.nodeID))
                 if let ignored = transition.ignored {
-                    // The node asks again (its clearance was lost): clear it again, unless the attempt is over
-                    // (terminated meanwhile; its kill is on the way). A second delivery of a run message, or a run
-                    // of an attempt already over: refuse it, so no instance ever runs twice.
-                    if sameRun {
-                        guard !row.lifecycle.state.isFinal else { continue }
-                        effects.clear(node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt)
-                    } else {
-                        effects.kill(
-                            node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt,
-                            reason: "not the current run of this instance (\(ignored))")
-                    }
+                    // The node asks again (its clearance was lost): cleared again unless the attempt is over
+                    // (terminated meanwhile; its kill is on the way).
+                    effects.answerAgain(
+                        started, of: row.lifecycle, ignored: ignored, clear: !row.lifecycle.state.isFinal)
                     continue
                 }
                 row.launchTime = started.startedAt
-                effects.clear(node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt)
+                if !claimed {
+                    effects.clear(node: started.nodeID, task: key.task, index: key.index, attempt: started.attempt)
+                }
             case .finished(let finished):
                 // An attempt a node stopped (handed back, or cut off from the broker) that is no longer current: a
                 // late report of a node that was counted lost, whose instance already runs again.
@@ -540,6 +557,21 @@ struct Effects {
     mutating func clear(node: NodeID, task: String, index: Int, attempt: Int) {
         guard alive.contains(node) else { return }
         clearances.append(Clearance(node: node, task: task, index: index, attempt: attempt))
+    }
+
+    /// Answers a claim or start that changed nothing: the node that holds the attempt, asking again, is cleared
+    /// again when `clear`; any other (a second delivery of a run message, an attempt already over) is refused, so no
+    /// instance ever runs twice.
+    mutating func answerAgain(_ report: InstanceStarted, of row: InstanceLifecycle, ignored: String, clear: Bool) {
+        let task = report.taskName
+        let index = report.instanceIndex
+        if row.attempt == report.attempt && row.node == report.nodeID {
+            if clear { self.clear(node: report.nodeID, task: task, index: index, attempt: report.attempt) }
+        } else {
+            kill(
+                node: report.nodeID, task: task, index: index, attempt: report.attempt,
+                reason: "not the current run of this instance (\(ignored))")
+        }
     }
 
     mutating func notify(

@@ -142,6 +142,12 @@ let illegalInstanceEvents: [InstanceRow] = {
             name: "running, started again", start: .out(.running), event: .started(attempt: 1, node: nodeA),
             to: .running, ignored: true),
         InstanceRow(
+            name: "starting, started on another node", start: .out(.starting),
+            event: .started(attempt: 1, node: nodeB), to: .starting, ignored: true),
+        InstanceRow(
+            name: "starting, accepted by another node", start: .out(.starting),
+            event: .accepted(attempt: 1, node: nodeB), to: .starting, ignored: true),
+        InstanceRow(
             name: "running, another node lost", start: .out(.running), event: .nodeLost(nodeB), to: .running,
             ignored: true),
         InstanceRow(name: "queued, node lost", start: .queued, event: .nodeLost(nodeA), to: .runnable, ignored: true),
