@@ -38,8 +38,14 @@ final class InstanceRunner: Sendable {
     /// Taken by each attempt from its claim until it has a slot: a node claims at most as many attempts ahead of its
     /// slots as it has slots (those claims' round trips overlap the running commands).
     private let claimPermits: Slots
-    /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them.
-    private let running = Mutex<[String: ChildProcess]>([:])
+    /// The attempts running now, by job, task, index and attempt, so that `instance.kill` can reach them; and those
+    /// cleared with a slot whose command is not started yet, with why they were killed meanwhile, if they were.
+    private let running = Mutex(Running())
+
+    private struct Running {
+        var children: [String: ChildProcess] = [:]
+        var launching: [String: String?] = [:]
+    }
     /// The attempts this node has taken or was told to kill, so a (second) delivery of one is not run.
     private let seen = Mutex(RecentKeys(capacity: 10_000))
     /// The attempts announced and waiting for the scheduler's word before their commands run.
@@ -165,9 +171,12 @@ final class InstanceRunner: Sendable {
         if verdict == .cleared {
             holdsSlot = slotPermits.takeIfFree()
             if !holdsSlot { holdsSlot = await slotPermits.take() }
+            // Launching before it leaves the clearances: a kill from now on finds it in one or the other.
+            running.withLock { $0.launching[key] = .some(nil) }
             let released = clearances.release(key)
             verdict = holdsSlot ? released : .stopped
         }
+        defer { _ = running.withLock { $0.launching.removeValue(forKey: key) } }
         freeClaim()
         /// Frees the slot: once the command has ended, the next attempt may start while this one's end is reported.
         func freeSlot() {
@@ -313,8 +322,16 @@ final class InstanceRunner: Sendable {
             return Outcome(code: nil, reason: "could not start: \(error)")
         }
         let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
-        running.withLock { $0[key] = child }
-        defer { _ = running.withLock { $0.removeValue(forKey: key) } }
+        let killed = running.withLock { running in
+            running.children[key] = child
+            return running.launching.removeValue(forKey: key) ?? nil
+        }
+        defer { _ = running.withLock { $0.children.removeValue(forKey: key) } }
+        if let killed {
+            // Killed after it had its slot, before its command started.
+            logger.info("instance killed as it started", metadata: ["reason": "\(killed)"])
+            Task { await child.terminate(grace: .seconds(10)) }
+        }
         let timedOut = Atomic<Bool>(false)
         let timeout = Task {
             try await Task.sleep(for: .seconds(run.timeoutSeconds))
@@ -345,7 +362,7 @@ final class InstanceRunner: Sendable {
     func handBack() {
         handingBack.store(true, ordering: .relaxed)
         clearances.stopAll()
-        for child in running.withLock({ Array($0.values) }) {
+        for child in running.withLock({ Array($0.children.values) }) {
             Task { await child.terminate(grace: .seconds(5)) }
         }
     }
@@ -355,7 +372,7 @@ final class InstanceRunner: Sendable {
     /// reported (as interrupted) once the broker is back, and the node takes new work again.
     func fence() {
         clearances.stopAll()
-        let children = running.withLock { $0 }
+        let children = running.withLock { $0.children }
         fenced.withLock { $0.formUnion(children.keys) }
         for child in children.values {
             Task { await child.terminate(grace: .seconds(5)) }
@@ -392,7 +409,7 @@ final class InstanceRunner: Sendable {
         let request = try delivery.decode(LogRequest.self).payload
         let attempt = directory(request.jobID, request.taskName, request.instanceIndex, request.attempt)
         let key = Self.key(request.jobID, request.taskName, request.instanceIndex, request.attempt)
-        let running = running.withLock { $0[key] != nil }
+        let running = running.withLock { $0.children[key] != nil }
         var chunk = LogChunk(
             requestID: request.requestID, found: FileManager.default.fileExists(atPath: attempt.path), data: [],
             offset: 0, size: 0, running: running)
@@ -418,7 +435,11 @@ final class InstanceRunner: Sendable {
         let kill = try delivery.decode(InstanceKill.self).payload
         let key = Self.key(kill.jobID, kill.taskName, kill.instanceIndex, kill.attempt)
         if clearances.decide(key, .refused(kill.reason)) { return }
-        guard let child = running.withLock({ $0[key] }) else {
+        let child = running.withLock { running -> ChildProcess? in
+            if running.launching[key] != nil { running.launching[key] = .some(kill.reason) }
+            return running.children[key]
+        }
+        guard let child else {
             // Not running here: should its run message come to this node later, it is skipped.
             _ = seen.withLock { $0.insert(key) }
             return
