@@ -184,6 +184,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "BatchCoreTests", dependencies: ["BatchCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "BatchRuntimeTests", dependencies: ["BatchRuntime"], swiftSettings: swiftSettings),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(

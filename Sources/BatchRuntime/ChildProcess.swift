@@ -6,13 +6,12 @@ import Synchronization
 #endif
 
 /// A child process started with `posix_spawn` in a process group of its own, so that it and everything it starts
-/// can be signalled together; its exit is awaited on a thread of its own (`waitpid` blocks).
+/// can be signalled together. One long-lived thread starts every child and reaps it (``ProcessThread``).
 public final class ChildProcess: Sendable {
     public let pid: pid_t
-    private let exit: Task<Termination, Never>
-    /// Set once the child has been reaped: from then on its pid (and process group id) may belong to another
+    /// The child's end, once it has been reaped: from then on its pid (and process group id) may belong to another
     /// process, and signalling it could hit a stranger.
-    private let reaped: Flag
+    private let ending: Ending
     /// The child is a wrapper (a sandbox) that ends with what it runs: ``terminate(grace:)`` sends SIGTERM to the
     /// rest of its group, not to it, so that they get their grace (a sandbox that died first would take them with
     /// it at once).
@@ -37,6 +36,12 @@ public final class ChildProcess: Sendable {
             case .signalled(let signal): "killed by signal \(signal)"
             }
         }
+
+        /// A `waitpid` status.
+        init(status: Int32) {
+            let signal = status & 0x7f
+            self = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
+        }
     }
 
     public struct SpawnError: Error, CustomStringConvertible {
@@ -45,37 +50,62 @@ public final class ChildProcess: Sendable {
 
     /// Starts `executable` with `arguments` and exactly `environment`, in `directory`, with stdin from /dev/null and
     /// stdout/stderr appended to the given files (or inherited when nil). `wrapper`: `executable` is a sandbox that
-    /// runs the real command and ends with it.
-    public init(
+    /// runs the real command and ends with it. Holds the calling thread while the child starts, which
+    /// ``start(executable:arguments:environment:directory:stdout:stderr:wrapper:)`` does not.
+    public convenience init(
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
         stdout: String? = nil, stderr: String? = nil, wrapper: Bool = false
     ) throws {
-        // Spawned from one long-lived thread: a child that asks to die with its parent (bwrap's --die-with-parent,
-        // PR_SET_PDEATHSIG) dies when the thread that spawned it ends, and pool threads end when idle.
-        let pid = try SpawnThread.shared.run {
+        let ending = Ending()
+        let pid = try ProcessThread.shared.run {
             Result {
                 try Self.spawn(
                     executable: executable, arguments: arguments, environment: environment, directory: directory,
-                    stdout: stdout, stderr: stderr)
+                    stdout: stdout, stderr: stderr, ending: ending)
             }
         }.get()
-        self.pid = pid
-        self.wrapper = wrapper
-        let child = pid
-        let reaped = Flag()
-        self.reaped = reaped
-        self.exit = Task.detached {
-            await withCheckedContinuation { continuation in
-                Thread.detachNewThread {
-                    var status: Int32 = 0
-                    while waitpid(child, &status, 0) == -1 && errno == EINTR {}
-                    reaped.value.store(true, ordering: .sequentiallyConsistent)
-                    let signal = status & 0x7f
-                    let termination: Termination = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
-                    continuation.resume(returning: termination)
-                }
+        self.init(pid: pid, ending: ending, wrapper: wrapper)
+    }
+
+    /// Starts a child as ``init(executable:arguments:environment:directory:stdout:stderr:wrapper:)`` does, but the
+    /// calling task waits for it to start, not its thread (a node starts hundreds of children a second on a
+    /// cooperative pool as wide as its cores).
+    public static func start(
+        executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
+        stdout: String? = nil, stderr: String? = nil, wrapper: Bool = false
+    ) async throws -> ChildProcess {
+        let ending = Ending()
+        let pid = try await withCheckedThrowingContinuation { continuation in
+            ProcessThread.shared.submit {
+                continuation.resume(
+                    with: Result {
+                        try Self.spawn(
+                            executable: executable, arguments: arguments, environment: environment,
+                            directory: directory, stdout: stdout, stderr: stderr, ending: ending)
+                    })
             }
         }
+        return ChildProcess(pid: pid, ending: ending, wrapper: wrapper)
+    }
+
+    private init(pid: pid_t, ending: Ending, wrapper: Bool) {
+        self.pid = pid
+        self.ending = ending
+        self.wrapper = wrapper
+    }
+
+    /// Starts the child, on ``ProcessThread``: a child that asks to die with its parent (bwrap's --die-with-parent,
+    /// PR_SET_PDEATHSIG) dies when the thread that started it ends, and pool threads end when idle. `ending` hears
+    /// how it ended once it is reaped.
+    private static func spawn(
+        executable: String, arguments: [String], environment: [String: String], directory: String?,
+        stdout: String?, stderr: String?, ending: Ending
+    ) throws -> pid_t {
+        let pid = try spawn(
+            executable: executable, arguments: arguments, environment: environment, directory: directory,
+            stdout: stdout, stderr: stderr)
+        ProcessThread.shared.reap(pid) { ending.end(Termination(status: $0)) }
+        return pid
     }
 
     private static func spawn(
@@ -157,18 +187,18 @@ public final class ChildProcess: Sendable {
         }()
 
     /// Waits for the child to end.
-    public func wait() async -> Termination { await exit.value }
+    public func wait() async -> Termination { await ending.wait() }
 
     /// Sends `signal` to the child's whole process group, unless the child has been reaped: its pid may have been
     /// given to another process group since (a late SIGKILL once killed an unrelated instance that way).
     public func signalGroup(_ signal: Int32) {
-        guard !reaped.value.load(ordering: .sequentiallyConsistent) else { return }
+        guard !ending.ended else { return }
         kill(-pid, signal)
     }
 
     /// The processes of the child's group, from /proc (field 5 of `stat` is the process group).
     private func groupMembers() -> [pid_t] {
-        guard !reaped.value.load(ordering: .sequentiallyConsistent),
+        guard !ending.ended,
             let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc")
         else { return [] }
         return entries.compactMap { entry -> pid_t? in
@@ -200,45 +230,141 @@ public final class ChildProcess: Sendable {
     }
 }
 
-/// A flag shared between a child and the thread that reaps it.
-private final class Flag: Sendable {
-    let value = Atomic<Bool>(false)
+/// A child's end, for any number of waiters: set once, by the thread that reaps it.
+private final class Ending: Sendable {
+    private let state = Mutex<
+        (termination: ChildProcess.Termination?, waiters: [CheckedContinuation<ChildProcess.Termination, Never>])
+    >((nil, []))
+
+    var ended: Bool { state.withLock { $0.termination != nil } }
+
+    func end(_ termination: ChildProcess.Termination) {
+        let waiters = state.withLock { state in
+            state.termination = termination
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: termination) }
+    }
+
+    func wait() async -> ChildProcess.Termination {
+        await withCheckedContinuation { waiter in
+            let termination = state.withLock { state in
+                if state.termination == nil { state.waiters.append(waiter) }
+                return state.termination
+            }
+            if let termination { waiter.resume(returning: termination) }
+        }
+    }
 }
 
-/// One thread that lives as long as the process and starts every child (see ``ChildProcess/init``).
-final class SpawnThread: @unchecked Sendable {
-    static let shared = SpawnThread()
+/// One thread that lives as long as the process, starts every child (see ``ChildProcess/init``) and reaps each as
+/// it ends: it waits in `poll` on a pidfd of each child, and on a pipe that brings it work. A thread per child
+/// blocked in `waitpid` cost a thread's creation, its stack and two switches for every instance a node ran.
+final class ProcessThread: @unchecked Sendable {
+    static let shared = ProcessThread()
     private let condition = NSCondition()
+    /// Work for the thread, and whether it has been woken for it since it last looked.
     private var work: [() -> Void] = []
+    private var woken = false
+    /// The thread's end of the wake-up pipe, and the caller's.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    /// The children being watched, each by its pidfd: touched on the thread only.
+    private var watched: [(pid: pid_t, pidfd: Int32, ended: (Int32) -> Void)] = []
 
     private init() {
-        let thread = Thread { [self] in
-            while true {
-                condition.lock()
-                while work.isEmpty { condition.wait() }
-                let job = work.removeFirst()
-                condition.unlock()
-                job()
-            }
+        var ends: [Int32] = [-1, -1]
+        precondition(pipe(&ends) == 0, "no pipe for the thread that starts and reaps children: \(errno)")
+        for end in ends {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
         }
-        thread.name = "batch-spawner"
+        (wakeRead, wakeWrite) = (ends[0], ends[1])
+        let thread = Thread { [self] in
+            while true { turn() }
+        }
+        thread.name = "batch-processes"
         thread.start()
     }
 
-    /// Runs `body` on the spawning thread and returns its result.
+    /// Waits for work or a child's end, then does the work and reaps the children that ended.
+    private func turn() {
+        var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+        fds += watched.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
+        guard poll(&fds, nfds_t(fds.count), -1) > 0 else { return }
+        // Reaped first (the work may watch more children than `fds` has), back to front, so that the indices of those
+        // still to look at stay put (`fds` is one longer).
+        for index in watched.indices.reversed() where fds[index + 1].revents != 0 {
+            let child = watched[index]
+            var status: Int32 = 0
+            var reaped = waitpid(child.pid, &status, WNOHANG)
+            while reaped == -1 && errno == EINTR { reaped = waitpid(child.pid, &status, WNOHANG) }
+            guard reaped != 0 else { continue }
+            close(child.pidfd)
+            watched.remove(at: index)
+            child.ended(status)
+        }
+        if fds[0].revents != 0 {
+            var bytes = [UInt8](repeating: 0, count: 64)
+            while read(wakeRead, &bytes, bytes.count) > 0 {}
+            condition.lock()
+            let jobs = work
+            work = []
+            woken = false
+            condition.unlock()
+            for job in jobs { job() }
+        }
+    }
+
+    /// Runs `body` on the thread and returns its result.
     func run<T>(_ body: @escaping () -> T) -> T {
         let done = DispatchSemaphore(value: 0)
         let box = ResultBox<T>()
-        condition.lock()
-        work.append {
+        submit {
             box.value = body()
             done.signal()
         }
-        condition.signal()
-        condition.unlock()
         done.wait()
         return box.value!
     }
+
+    /// Runs `job` on the thread, soon.
+    func submit(_ job: @escaping () -> Void) {
+        condition.lock()
+        work.append(job)
+        let wake = !woken
+        woken = true
+        condition.unlock()
+        if wake {
+            var byte: UInt8 = 1
+            _ = write(wakeWrite, &byte, 1)
+        }
+    }
+
+    /// Calls `ended` with the `waitpid` status of child `pid` once it has ended and been reaped. On the thread only,
+    /// right after the child's start (the pid is the child's until it is reaped). Without pidfds (a kernel before
+    /// 5.3, a C library before 2.36) a thread of its own waits for it.
+    func reap(_ pid: pid_t, ended: @escaping @Sendable (Int32) -> Void) {
+        if let open = Self.pidfdOpen {
+            let pidfd = open(pid, 0)
+            if pidfd >= 0 {
+                watched.append((pid, pidfd, ended))
+                return
+            }
+        }
+        Thread.detachNewThread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+            ended(status)
+        }
+    }
+
+    /// glibc's `pidfd_open` (2.36+), which its headers do not show Swift.
+    private static let pidfdOpen: (@convention(c) (pid_t, UInt32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pidfd_open") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (pid_t, UInt32) -> Int32).self)
+    }()
 }
 
 private final class ResultBox<T>: @unchecked Sendable {

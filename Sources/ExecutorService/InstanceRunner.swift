@@ -150,7 +150,7 @@ final class InstanceRunner: Sendable {
             nodeID: nodeID, startedAt: Date())
         clearances.expect(key)
         do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try Workspace.makeDirectory(directory)
             try await reporter.send(.accepted(claim))
         } catch {
             clearances.forget(key)
@@ -302,7 +302,7 @@ final class InstanceRunner: Sendable {
                     attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
                     user: user) + (user?.command(command) ?? command)
         } else {
-            try? FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+            try? Workspace.makeDirectory(temporary)
             executable = "/bin/sh"
             arguments = ["-c", run.command]
         }
@@ -313,7 +313,7 @@ final class InstanceRunner: Sendable {
 
         let child: ChildProcess
         do {
-            child = try ChildProcess(
+            child = try await ChildProcess.start(
                 executable: executable, arguments: arguments, environment: environment, directory: work.path,
                 stdout: workspace.stdout.path, stderr: workspace.stderr.path,
                 wrapper: wrapper)
