@@ -456,10 +456,11 @@ public struct LogChunk: MessageContract, Hashable {
     }
 }
 
-/// A job, task or instance changed state: the notification users subscribe to, in Tencent Cloud Batch's message
+/// Jobs, tasks or instances changed state: the notification users subscribe to, in Tencent Cloud Batch's message
 /// format (`{"Events": [{"EventName": "JOB_SUCCEED", …, "Batch": {…}}]}`), published on `batch.events` with the routing
 /// key ``Topology/notificationRoutingKey(event:job:)`` and, when the job's `Notifications` select the event, also with
-/// ``Topology/topicRoutingKey(topic:)``.
+/// ``Topology/topicRoutingKey(topic:)``. One message holds events of one name and one job that happened one after
+/// another (``grouped(_:mostPerMessage:)``): a task's instances that end together are one message, not one each.
 public struct BatchNotification: Codable, Sendable, Hashable {
     public struct Event: Codable, Sendable, Hashable {
         public var eventVersion = "1.0"
@@ -468,6 +469,14 @@ public struct BatchNotification: Codable, Sendable, Hashable {
         public var eventName: String
         public var eventVars: [EventVar]
         public var batch: Subject
+
+        public init(eventTime: Date, region: String, eventName: String, eventVars: [EventVar], batch: Subject) {
+            self.eventTime = eventTime
+            self.region = region
+            self.eventName = eventName
+            self.eventVars = eventVars
+            self.batch = batch
+        }
     }
 
     /// What changed.
@@ -478,6 +487,18 @@ public struct BatchNotification: Codable, Sendable, Hashable {
         public var taskInstanceIndex: Int?
         public var state: String
         public var stateReason: String?
+
+        public init(
+            jobId: String, jobName: String?, taskName: String?, taskInstanceIndex: Int?, state: String,
+            stateReason: String?
+        ) {
+            self.jobId = jobId
+            self.jobName = jobName
+            self.taskName = taskName
+            self.taskInstanceIndex = taskInstanceIndex
+            self.state = state
+            self.stateReason = stateReason
+        }
     }
 
     public var events: [Event]
@@ -493,5 +514,25 @@ public struct BatchNotification: Codable, Sendable, Hashable {
                     jobId: job.rawValue, jobName: jobName, taskName: task, taskInstanceIndex: instance,
                     state: state.rawValue, stateReason: reason))
         ]
+    }
+
+    public init(events: [Event]) { self.events = events }
+
+    /// The notifications of `events`, in their order: a run of events of one name and one job goes in one message,
+    /// `mostPerMessage` at the most, so that each message has one routing key and a subscriber that reads the
+    /// messages in turn reads the events in the order they happened.
+    public static func grouped(_ events: [Event], mostPerMessage: Int) -> [BatchNotification] {
+        var notifications: [BatchNotification] = []
+        for event in events {
+            if let last = notifications.last?.events.last, last.eventName == event.eventName,
+                last.batch.jobId == event.batch.jobId,
+                notifications[notifications.count - 1].events.count < mostPerMessage
+            {
+                notifications[notifications.count - 1].events.append(event)
+            } else {
+                notifications.append(BatchNotification(events: [event]))
+            }
+        }
+        return notifications
     }
 }

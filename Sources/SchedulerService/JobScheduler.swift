@@ -93,6 +93,8 @@ struct JobScheduler: Sendable {
     let logger: Logger
     private let cache = ConfigCache()
     private let created = CreatedInstances()
+    /// Most events in one notification message (an instance's event is about 300 bytes).
+    static let eventsPerNotification = 100
 
     init(database: Database, amqp: AMQPClient, settings: Settings = Settings(), logger: Logger) {
         self.database = database
@@ -496,14 +498,19 @@ struct JobScheduler: Sendable {
         guard !effects.notifications.isEmpty else { return messages }
         let topics = job.notifications ?? []
         let encoder = BatchJSON.encoder()
-        for note in effects.notifications {
-            let body = Array(
-                try encoder.encode(
-                    BatchNotification(
-                        event: note.event, at: Date(), region: settings.region, job: job.id, jobName: job.name,
-                        task: note.task, instance: note.index, state: note.state, reason: note.reason)))
-            var keys = [Topology.notificationRoutingKey(event: note.event.rawValue, job: job.id.rawValue)]
-            for topic in topics where topic.eventConfigs.contains(where: { $0.eventName == note.event.rawValue }) {
+        let now = Date()
+        let events = effects.notifications.map { note in
+            BatchNotification.Event(
+                eventTime: now, region: settings.region, eventName: note.event.rawValue, eventVars: [],
+                batch: .init(
+                    jobId: job.id.rawValue, jobName: job.name, taskName: note.task, taskInstanceIndex: note.index,
+                    state: note.state.rawValue, stateReason: note.reason))
+        }
+        for notification in BatchNotification.grouped(events, mostPerMessage: Self.eventsPerNotification) {
+            let event = notification.events[0].eventName
+            let body = Array(try encoder.encode(notification))
+            var keys = [Topology.notificationRoutingKey(event: event, job: job.id.rawValue)]
+            for topic in topics where topic.eventConfigs.contains(where: { $0.eventName == event }) {
                 keys.append(Topology.topicRoutingKey(topic: topic.topicName))
             }
             for key in keys {

@@ -192,6 +192,14 @@ public enum RabbitManagement {
 
     /// The bodies of up to `count` messages waiting in `queue` of `vhost`, left in the queue.
     public static func peek(vhost: String, queue: String, count: Int = 100) async throws -> [String] {
+        try await peekMessages(vhost: vhost, queue: queue, count: count).map(\.body)
+    }
+
+    /// Up to `count` messages waiting in `queue` of `vhost`, oldest first, with the routing keys they were published
+    /// with; left in the queue.
+    public static func peekMessages(vhost: String, queue: String, count: Int = 100) async throws -> [(
+        routingKey: String, body: String
+    )] {
         let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         let encodedQueue = queue.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         var request = try request("api/queues/\(encodedVhost)/\(encodedQueue)/get")
@@ -204,7 +212,12 @@ public enum RabbitManagement {
         guard response.status.code < 300,
             let messages = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [[String: Any]]
         else { throw TestServers.Missing(description: "cannot read queue \(queue): HTTP \(response.status.code)") }
-        return messages.compactMap { $0["payload"] as? String }
+        return messages.compactMap { message in
+            guard let body = message["payload"] as? String, let key = message["routing_key"] as? String else {
+                return nil
+            }
+            return (key, body)
+        }
     }
 
     /// Declares a queue in `vhost` (not durable) and binds it to `exchange` with `routingKey`: a test's copy of the
