@@ -262,10 +262,11 @@ final class InstanceRunner: Sendable {
     /// Runs the command in the sandbox (or the container, or directly), enforcing the timeout.
     func launch(_ run: InstanceRun, workspace: Workspace, logger: Logger) async -> Outcome? {
         let work = workspace.work
+        let workPath = work.path
         let temporary = workspace.attempt.appendingPathComponent("tmp", isDirectory: true)
         var environment = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": work.path,
+            "HOME": workPath,
             "TMPDIR": workspace.sandboxed ? "/tmp" : temporary.path,
             "LANG": "C.UTF-8",
         ]
@@ -276,7 +277,7 @@ final class InstanceRunner: Sendable {
         environment["BATCH_TASK_INSTANCE_NUM"] = String(run.instanceCount)
         environment["BATCH_TASK_ATTEMPT"] = String(run.attempt)
         environment["BATCH_NODE_ID"] = nodeID.rawValue
-        environment["BATCH_WORK_DIR"] = work.path
+        environment["BATCH_WORK_DIR"] = workPath
 
         let executable: String
         var arguments: [String]
@@ -314,7 +315,7 @@ final class InstanceRunner: Sendable {
         let child: ChildProcess
         do {
             child = try await ChildProcess.start(
-                executable: executable, arguments: arguments, environment: environment, directory: work.path,
+                executable: executable, arguments: arguments, environment: environment, directory: workPath,
                 stdout: workspace.stdout.path, stderr: workspace.stderr.path,
                 wrapper: wrapper)
         } catch {
