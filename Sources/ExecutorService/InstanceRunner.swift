@@ -45,6 +45,13 @@ final class InstanceRunner: Sendable {
     private struct Running {
         var children: [String: ChildProcess] = [:]
         var launching: [String: String?] = [:]
+
+        /// Marks every attempt launching (it has its slot, its command is not started yet) to be stopped as its
+        /// command starts, with `reason` unless it was killed already; returns their keys.
+        mutating func stopLaunching(_ reason: String) -> [String] {
+            for (key, killed) in launching where killed == nil { launching[key] = .some(reason) }
+            return Array(launching.keys)
+        }
     }
     /// The attempts this node has taken or was told to kill, so a (second) delivery of one is not run.
     private let seen = Mutex(RecentKeys(capacity: 10_000))
@@ -176,7 +183,10 @@ final class InstanceRunner: Sendable {
             let released = clearances.release(key)
             verdict = holdsSlot ? released : .stopped
         }
-        defer { _ = running.withLock { $0.launching.removeValue(forKey: key) } }
+        defer {
+            _ = running.withLock { $0.launching.removeValue(forKey: key) }
+            _ = fenced.withLock { $0.remove(key) }
+        }
         freeClaim()
         /// Frees the slot: once the command has ended, the next attempt may start while this one's end is reported.
         func freeSlot() {
@@ -312,6 +322,15 @@ final class InstanceRunner: Sendable {
             for directory in [work, workspace.root] { user.own(directory) }
         }
 
+        // Stopped while it prepared (killed, handed back, fenced): its command is not started at all (a sandbox
+        // stopped as it starts would keep its command running until the grace ran out: it has no process to signal
+        // yet but itself).
+        let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
+        if let stopped = running.withLock({ $0.launching[key] ?? nil }) {
+            logger.info("instance stopped before its command started", metadata: ["reason": "\(stopped)"])
+            if handingBack.load(ordering: .relaxed) || fenced.withLock({ $0.remove(key) != nil }) { return nil }
+            return Outcome(code: nil, reason: "stopped before its command started: \(stopped)")
+        }
         let child: ChildProcess
         do {
             child = try await ChildProcess.start(
@@ -322,7 +341,6 @@ final class InstanceRunner: Sendable {
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return Outcome(code: nil, reason: "could not start: \(error)")
         }
-        let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         let killed = running.withLock { running in
             running.children[key] = child
             return running.launching.removeValue(forKey: key) ?? nil
@@ -363,9 +381,17 @@ final class InstanceRunner: Sendable {
     func handBack() {
         handingBack.store(true, ordering: .relaxed)
         clearances.stopAll()
-        for child in running.withLock({ Array($0.children.values) }) {
+        // Those launching (say, fetching their inputs) are stopped as their commands start: one let run to its end
+        // would run on while the scheduler runs it again elsewhere.
+        let (children, launching) = running.withLock { running in
+            (Array(running.children.values), running.stopLaunching("the node handed its work back"))
+        }
+        for child in children {
             Task { await child.terminate(grace: .seconds(5)) }
         }
+        logger.info(
+            "work handed back",
+            metadata: ["instances.running": "\(children.count)", "instances.launching": "\(launching.count)"])
     }
 
     /// Stops the instances running now, as ``handBack()`` does, but keeps the node: the broker has been out of
@@ -373,8 +399,15 @@ final class InstanceRunner: Sendable {
     /// reported (as interrupted) once the broker is back, and the node takes new work again.
     func fence() {
         clearances.stopAll()
-        let children = running.withLock { $0.children }
-        fenced.withLock { $0.formUnion(children.keys) }
+        // Marked fenced while `running` is held, so that none of them ends (and forgets its mark) in between.
+        let children = running.withLock { running in
+            let launching = running.stopLaunching("the node lost the broker")
+            fenced.withLock {
+                $0.formUnion(running.children.keys)
+                $0.formUnion(launching)
+            }
+            return running.children
+        }
         for child in children.values {
             Task { await child.terminate(grace: .seconds(5)) }
         }
