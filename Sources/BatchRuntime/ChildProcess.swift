@@ -59,7 +59,7 @@ public final class ChildProcess: Sendable {
         let ending = Ending()
         let pid = try ProcessThread.shared.run {
             Result {
-                try Self.spawn(
+                try Self.spawnAndReap(
                     executable: executable, arguments: arguments, environment: environment, directory: directory,
                     stdout: stdout, stderr: stderr, ending: ending)
             }
@@ -79,7 +79,7 @@ public final class ChildProcess: Sendable {
             ProcessThread.shared.submit {
                 continuation.resume(
                     with: Result {
-                        try Self.spawn(
+                        try Self.spawnAndReap(
                             executable: executable, arguments: arguments, environment: environment,
                             directory: directory, stdout: stdout, stderr: stderr, ending: ending)
                     })
@@ -94,10 +94,10 @@ public final class ChildProcess: Sendable {
         self.wrapper = wrapper
     }
 
-    /// Starts the child, on ``ProcessThread``: a child that asks to die with its parent (bwrap's --die-with-parent,
+    /// Starts the child and watches for its end, on ``ProcessThread``: a child that asks to die with its parent (bwrap's --die-with-parent,
     /// PR_SET_PDEATHSIG) dies when the thread that started it ends, and pool threads end when idle. `ending` hears
     /// how it ended once it is reaped.
-    private static func spawn(
+    private static func spawnAndReap(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
         stdout: String?, stderr: String?, ending: Ending
     ) throws -> pid_t {
@@ -263,8 +263,8 @@ private final class Ending: Sendable {
 /// blocked in `waitpid` cost a thread's creation, its stack and two switches for every instance a node ran.
 final class ProcessThread: @unchecked Sendable {
     static let shared = ProcessThread()
-    private let condition = NSCondition()
-    /// Work for the thread, and whether it has been woken for it since it last looked.
+    /// Guards `work` and `woken`: work for the thread, and whether it has been woken for it since it last looked.
+    private let lock = NSLock()
     private var work: [() -> Void] = []
     private var woken = false
     /// The thread's end of the wake-up pipe, and the caller's.
@@ -308,11 +308,10 @@ final class ProcessThread: @unchecked Sendable {
         if fds[0].revents != 0 {
             var bytes = [UInt8](repeating: 0, count: 64)
             while read(wakeRead, &bytes, bytes.count) > 0 {}
-            condition.lock()
-            let jobs = work
-            work = []
-            woken = false
-            condition.unlock()
+            let jobs = lock.withLock {
+                defer { (work, woken) = ([], false) }
+                return work
+            }
             for job in jobs { job() }
         }
     }
@@ -331,11 +330,11 @@ final class ProcessThread: @unchecked Sendable {
 
     /// Runs `job` on the thread, soon.
     func submit(_ job: @escaping () -> Void) {
-        condition.lock()
-        work.append(job)
-        let wake = !woken
-        woken = true
-        condition.unlock()
+        let wake = lock.withLock {
+            work.append(job)
+            defer { woken = true }
+            return !woken
+        }
         if wake {
             var byte: UInt8 = 1
             _ = write(wakeWrite, &byte, 1)

@@ -470,12 +470,18 @@ public struct BatchNotification: Codable, Sendable, Hashable {
         public var eventVars: [EventVar]
         public var batch: Subject
 
-        public init(eventTime: Date, region: String, eventName: String, eventVars: [EventVar], batch: Subject) {
-            self.eventTime = eventTime
+        /// `event` happened to `job` (and its task, and the task's instance) at `time`.
+        public init(
+            _ event: EventName, at time: Date, region: String = "local", vars: [EventVar] = [], job: JobID,
+            jobName: String?, task: String? = nil, instance: Int? = nil, state: ExecutionState, reason: String? = nil
+        ) {
+            eventTime = time
             self.region = region
-            self.eventName = eventName
-            self.eventVars = eventVars
-            self.batch = batch
+            eventName = event.rawValue
+            eventVars = vars
+            batch = Subject(
+                jobId: job.rawValue, jobName: jobName, taskName: task, taskInstanceIndex: instance,
+                state: state.rawValue, stateReason: reason)
         }
     }
 
@@ -487,34 +493,9 @@ public struct BatchNotification: Codable, Sendable, Hashable {
         public var taskInstanceIndex: Int?
         public var state: String
         public var stateReason: String?
-
-        public init(
-            jobId: String, jobName: String?, taskName: String?, taskInstanceIndex: Int?, state: String,
-            stateReason: String?
-        ) {
-            self.jobId = jobId
-            self.jobName = jobName
-            self.taskName = taskName
-            self.taskInstanceIndex = taskInstanceIndex
-            self.state = state
-            self.stateReason = stateReason
-        }
     }
 
     public var events: [Event]
-
-    public init(
-        event: EventName, at time: Date, region: String = "local", vars: [EventVar] = [], job: JobID,
-        jobName: String?, task: String? = nil, instance: Int? = nil, state: ExecutionState, reason: String? = nil
-    ) {
-        events = [
-            Event(
-                eventTime: time, region: region, eventName: event.rawValue, eventVars: vars,
-                batch: Subject(
-                    jobId: job.rawValue, jobName: jobName, taskName: task, taskInstanceIndex: instance,
-                    state: state.rawValue, stateReason: reason))
-        ]
-    }
 
     public init(events: [Event]) { self.events = events }
 

@@ -501,10 +501,8 @@ struct JobScheduler: Sendable {
         let now = Date()
         let events = effects.notifications.map { note in
             BatchNotification.Event(
-                eventTime: now, region: settings.region, eventName: note.event.rawValue, eventVars: [],
-                batch: .init(
-                    jobId: job.id.rawValue, jobName: job.name, taskName: note.task, taskInstanceIndex: note.index,
-                    state: note.state.rawValue, stateReason: note.reason))
+                note.event, at: now, region: settings.region, job: job.id, jobName: job.name, task: note.task,
+                instance: note.index, state: note.state, reason: note.reason)
         }
         for notification in BatchNotification.grouped(events, mostPerMessage: Self.eventsPerNotification) {
             let event = notification.events[0].eventName

@@ -7,9 +7,8 @@ import Testing
 struct BatchNotificationTests {
     static func event(_ name: String, job: String = "job-1", index: Int? = nil) -> BatchNotification.Event {
         BatchNotification.Event(
-            eventTime: Date(timeIntervalSince1970: 1_796_000_000), region: "local", eventName: name, eventVars: [],
-            batch: .init(
-                jobId: job, jobName: "j", taskName: "t", taskInstanceIndex: index, state: "RUNNING", stateReason: nil))
+            EventName(rawValue: name)!, at: Date(timeIntervalSince1970: 1_796_000_000), job: JobID(rawValue: job),
+            jobName: "j", task: "t", instance: index, state: .running)
     }
 
     /// Each message as its events' names (with the job where it is not job-1).
