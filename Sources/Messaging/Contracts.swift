@@ -275,6 +275,21 @@ public struct NodeStopped: MessageContract, Hashable {
     }
 }
 
+/// A node's row was removed (it stopped, ended, or went silent): published in the transaction that removes it, so
+/// that the scheduler hears it after everything the node reported, and runs again only what the node never finished.
+public struct NodeGone: MessageContract, Hashable {
+    public static let type = "node.gone"
+    public var nodeID: NodeID
+    public var envID: EnvID
+    public var cause: String
+
+    public init(nodeID: NodeID, envID: EnvID, cause: String) {
+        self.nodeID = nodeID
+        self.envID = envID
+        self.cause = cause
+    }
+}
+
 /// A user asked to terminate a job (`TerminateJob`).
 public struct JobTerminationRequested: MessageContract, Hashable {
     public static let type = "job.termination-requested"

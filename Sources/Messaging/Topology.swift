@@ -91,6 +91,7 @@ extension Topology {
         public static let instanceReports = "instance.reports"
         public static let nodeHeartbeat = "node.heartbeat"
         public static let nodeStopped = "node.stopped"
+        public static let nodeGone = "node.gone"
         public static let computeEnvCreated = "env.created"
         public static let computeEnvModified = "env.modified"
         public static let computeEnvDeletionRequested = "env.deletion-requested"
@@ -121,14 +122,14 @@ extension Topology {
         bindings: [Binding(queue: deadLetterQueue, exchange: deadLetterExchange, routingKey: "")]
     )
 
-    /// The scheduler's queue: job and instance events.
+    /// The scheduler's queue: job and instance events, and nodes gone.
     public static let scheduler = base.merging(
         Topology(
             queues: [Queue(schedulerQueue)],
             bindings: [
                 Event.jobSubmitted, Event.jobTerminationRequested, Event.jobRetryRequested,
                 Event.instanceTerminationRequested, Event.instanceStarted, Event.instanceFinished,
-                Event.instanceReports,
+                Event.instanceReports, Event.nodeGone,
             ].map {
                 Binding(queue: schedulerQueue, exchange: eventsExchange, routingKey: $0)
             }

@@ -633,8 +633,9 @@ public struct ComputeEnvStore: Sendable {
         }
     }
 
-    /// Removes a node that is gone. Its open `destroy` activity succeeds; without one (the node ended on its own),
-    /// one is recorded with `cause`. An unfinished `create` fails with `cause`.
+    /// Removes a node that is gone and tells the scheduler (``NodeGone``, through the outbox). Its open `destroy`
+    /// activity succeeds; without one (the node ended on its own), one is recorded with `cause`. An unfinished
+    /// `create` fails with `cause`.
     public func deleteNode(_ nodeID: NodeID, cause: String) async throws {
         let logger = self.logger
         try await database.transaction { connection in
@@ -653,6 +654,14 @@ public struct ComputeEnvStore: Sendable {
             guard let env else { return }
             try await connection.query(
                 "DELETE FROM compute_node_tombstones WHERE deleted_at < now() - interval '1 day'", logger: logger)
+            // The scheduler runs again what the node had not finished once it hears this, behind all it reported.
+            try await Outbox.enqueue(
+                [
+                    try OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeGone,
+                        payload: NodeGone(nodeID: nodeID, envID: EnvID(rawValue: env), cause: cause),
+                        correlationID: env)
+                ], on: connection, sealer: database.sealer, logger: logger)
             try await connection.query(
                 """
                 UPDATE compute_env_activities SET state = 'FAILED', state_reason = \(cause), end_time = now()

@@ -474,17 +474,36 @@ public struct SchedulerStore: Sendable {
         return alive
     }
 
-    /// Instances out on a node that is gone (its row removed) or silent for longer than `lostAfter`.
+    /// Instances out on a node silent for longer than `lostAfter`, or on one whose row is gone with no word of it:
+    /// removed without a tombstone, or longer than `lostAfter` ago. A node removed with a tombstone is the
+    /// ``NodeGone`` message's (``onNodes(_:on:)``): the scheduler hears it after all the node reported, while a
+    /// sweep that counted the node lost as soon as its row went would run again instances whose ends are still
+    /// queued (a node that drained reports its last ends, stops, and is removed at once).
     public func onLostNodes(lostAfter: Duration, on connection: PostgresConnection) async throws -> [Overdue] {
-        try await overdue(
+        let seconds = Int(lostAfter.components.seconds)
+        return try await overdue(
             """
             SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, 0
             FROM task_instances i
             WHERE i.dispatched AND i.node_id IS NOT NULL AND NOT EXISTS (
                 SELECT 1 FROM compute_nodes n WHERE n.node_id = i.node_id
-                    AND coalesce(n.last_heartbeat, n.created_at)
-                        > now() - \(Int(lostAfter.components.seconds)) * interval '1 s')
+                    AND coalesce(n.last_heartbeat, n.created_at) > now() - \(seconds) * interval '1 s')
+                AND NOT EXISTS (
+                    SELECT 1 FROM compute_node_tombstones t
+                    WHERE t.node_id = i.node_id AND t.deleted_at > now() - \(seconds) * interval '1 s'
+                        AND NOT EXISTS (SELECT 1 FROM compute_nodes n WHERE n.node_id = i.node_id))
             LIMIT 1000
+            """, on: connection)
+    }
+
+    /// Instances still out on `nodes`, which are gone: once the scheduler heard all they reported, what is still
+    /// out will not be finished by them.
+    public func onNodes(_ nodes: [NodeID], on connection: PostgresConnection) async throws -> [Overdue] {
+        try await overdue(
+            """
+            SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, 0
+            FROM task_instances i
+            WHERE i.dispatched AND i.node_id = ANY(\(nodes.map(\.rawValue)))
             """, on: connection)
     }
 

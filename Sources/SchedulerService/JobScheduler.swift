@@ -107,10 +107,15 @@ struct JobScheduler: Sendable {
     /// Handles a batch of deliveries in one transaction. Throws ``PoisonMessage`` for a message it cannot read.
     @Sendable func handle(_ deliveries: [Delivery]) async throws {
         var events: [JobID: [SchedulerEvent]] = [:]
+        var gone: [NodeID] = []
         for delivery in deliveries {
+            if delivery.type == NodeGone.type {
+                gone.append(try delivery.decode(NodeGone.self).payload.nodeID)
+                continue
+            }
             for (job, event) in try SchedulerEvent.decode(delivery) { events[job, default: []].append(event) }
         }
-        try await run(events)
+        try await run(events, gone: gone)
     }
 
     /// The watchdog, every second: fails or retries instances past their `Timeout` whose node never reported,
@@ -129,7 +134,9 @@ struct JobScheduler: Sendable {
         }
     }
 
-    func run(_ events: [JobID: [SchedulerEvent]]) async throws {
+    /// Applies `events`, then runs again what is still out on the `gone` nodes: a node's reports are queued before
+    /// the word that it is gone, so those of this batch are applied first and what is left will not be finished.
+    func run(_ events: [JobID: [SchedulerEvent]], gone: [NodeID] = []) async throws {
         // A claim is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
         // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
         let starting = events.values.joined().compactMap { event -> NodeID? in
@@ -141,7 +148,15 @@ struct JobScheduler: Sendable {
         let clearances = try await database.transaction { connection in
             let alive = try await store.lockScheduling(
                 andFindAlive: Set(starting), lostAfter: settings.nodeLostAfter, on: connection)
-            return try await apply(events, alive: alive, on: connection)
+            var clearances: [OutgoingMessage] = []
+            if !events.isEmpty || gone.isEmpty { clearances = try await apply(events, alive: alive, on: connection) }
+            guard !gone.isEmpty else { return clearances }
+            var lost: [JobID: [SchedulerEvent]] = [:]
+            for overdue in try await store.onNodes(gone, on: connection) {
+                lost[overdue.job, default: []].append(.nodeLost(overdue))
+            }
+            if !lost.isEmpty { clearances += try await apply(lost, alive: alive, on: connection) }
+            return clearances
         }
         // Sent once the starts are committed, outside the outbox: a node that hears nothing asks again.
         if !clearances.isEmpty {

@@ -146,6 +146,12 @@ extension NodeTests {
             try await waitUntil("the executor has stopped") { !executor.isRunning }
             #expect(await executor.wait() == 0)
             try await waitUntil("the node is gone") { try await stack.rowCount("compute_nodes") == 0 }
+            // The scheduler hears the node's last ends, then that it is gone: nothing is out on it any more.
+            try await waitUntil("the scheduler has heard the node's last word") {
+                try await stack.instances(jobID, "work").allSatisfy {
+                    !["STARTING", "RUNNING"].contains($0["TaskInstanceState"] as? String)
+                }
+            }
             let finished = try await stack.instances(jobID, "work").filter {
                 $0["TaskInstanceState"] as? String == "SUCCEED"
             }

@@ -179,6 +179,65 @@ struct DatabaseTests {
         }
     }
 
+    @Test("a removed node's instances are counted lost through node.gone, which comes after its last reports")
+    func removedNodeGoesThroughTheScheduler() async throws {
+        try await TestDatabase.withDatabase { database, _ in
+            let client = database.client
+            let user = try await UserStore(database: database).createUser(name: "gone").userID
+            let envs = ComputeEnvStore(database: database)
+            let scheduler = SchedulerStore(database: database)
+            let env = try await envs.create(
+                user: user, spec: NamedComputeEnv(envName: "e", desiredComputeNodeCount: 1), zone: nil)
+            let node = NodeID.generate()
+            try await envs.nodeCreating(node, env: env, slots: 2, host: "h", cause: "test")
+            try await envs.heartbeats([
+                NodeHeartbeat(nodeID: node, envID: env, slots: 2, freeSlots: 0, host: "h", pid: 100, at: Date())
+            ])
+            try await client.query(
+                """
+                INSERT INTO jobs (job_id, user_id, state, dependency_rule, dependences, spec_sealed)
+                VALUES ('job-gone0001', \(user.rawValue), 'RUNNING', 'PRE_TASK_SUCCEED', '[]', 'x')
+                """)
+            try await client.query(
+                """
+                INSERT INTO tasks (job_id, task_name, position, state, instance_num, max_retry_count,
+                    timeout_seconds, spec_sealed)
+                VALUES ('job-gone0001', 'work', 0, 'RUNNING', 3, 0, 60, 'x')
+                """)
+            // Instance 0 on the node, 1 on a node never heard of, 2 waiting.
+            try await client.query(
+                """
+                INSERT INTO task_instances (job_id, task_name, instance_index, state, dispatched, node_id, attempt)
+                VALUES ('job-gone0001', 'work', 0, 'RUNNING', true, \(node.rawValue), 1),
+                    ('job-gone0001', 'work', 1, 'RUNNING', true, 'node-unknown', 1),
+                    ('job-gone0001', 'work', 2, 'RUNNABLE', false, NULL, 0)
+                """)
+            func lost() async throws -> [Int] {
+                try await database.transaction { connection in
+                    try await scheduler.onLostNodes(lostAfter: .seconds(30), on: connection).map(\.key.index).sorted()
+                }
+            }
+            #expect(try await lost() == [1])
+            try await envs.deleteNode(node, cause: "the node stopped")
+            // Its row is gone, but its last ends may still be queued: the sweep leaves it to node.gone.
+            #expect(try await lost() == [1])
+            let gone = try await client.query(
+                "SELECT routing_key, correlation_id FROM outbox WHERE routing_key = 'node.gone'"
+            ).decode((String, String).self).collect()
+            #expect(gone.map(\.1) == [env.rawValue])
+            let onNode = try await database.transaction { connection in
+                try await scheduler.onNodes([node], on: connection)
+            }
+            #expect(onNode.map(\.key.index) == [0])
+            #expect(onNode.map(\.attempt) == [1])
+            // Should the word never come, the sweep counts the node lost once it has been gone for `lostAfter`.
+            try await client.query(
+                "UPDATE compute_node_tombstones SET deleted_at = now() - interval '1 minute' WHERE node_id = \(node.rawValue)"
+            )
+            #expect(try await lost() == [0, 1])
+        }
+    }
+
     func tableNames(_ database: Database) async throws -> Set<String> {
         Set(
             try await database.client.query(
