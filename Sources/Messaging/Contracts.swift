@@ -261,6 +261,17 @@ public struct NodeHeartbeat: MessageContract, Hashable {
     }
 }
 
+/// A mark the provisioner puts in its own queue. Once it has taken the mark, it has recorded every heartbeat the
+/// broker confirmed before `at`; nodes are silent only up to there. A provisioner that is behind or stopped leaves
+/// heartbeats queued, and must not make their nodes look silent (the scheduler would run their instances again
+/// while they run).
+public struct HeartbeatMark: MessageContract, Hashable {
+    public static let type = "node.heartbeat-mark"
+    public var at: Date
+
+    public init(at: Date) { self.at = at }
+}
+
 /// A node stopped on purpose (shutdown), after finishing or handing back its work.
 public struct NodeStopped: MessageContract, Hashable {
     public static let type = "node.stopped"

@@ -90,6 +90,7 @@ extension Topology {
         public static let instanceFinished = "instance.finished"
         public static let instanceReports = "instance.reports"
         public static let nodeHeartbeat = "node.heartbeat"
+        public static let heartbeatMark = "node.heartbeat-mark"
         public static let nodeStopped = "node.stopped"
         public static let nodeGone = "node.gone"
         public static let computeEnvCreated = "env.created"
@@ -142,7 +143,7 @@ extension Topology {
             queues: [Queue(provisionerQueue)],
             bindings: [
                 Event.computeEnvCreated, Event.computeEnvModified, Event.computeEnvDeletionRequested,
-                Event.nodeTerminationRequested, Event.nodeHeartbeat, Event.nodeStopped,
+                Event.nodeTerminationRequested, Event.nodeHeartbeat, Event.heartbeatMark, Event.nodeStopped,
             ].map {
                 Binding(queue: provisionerQueue, exchange: eventsExchange, routingKey: $0)
             }

@@ -464,7 +464,8 @@ public struct ComputeEnvStore: Sendable {
             """
             SELECT node_id FROM compute_nodes
             WHERE env_id = \(env.rawValue) AND state IN ('CREATING', 'CREATED', 'RUNNING')
-                AND coalesce(last_heartbeat, created_at) < now() - \(Int(silentAfter.components.seconds)) * interval '1 s'
+                AND coalesce(last_heartbeat, created_at)
+                    < heartbeats_recorded_until() - \(Int(silentAfter.components.seconds)) * interval '1 s'
             """, logger: logger)
         var nodes: [NodeID] = []
         for try await id in rows.decode(String.self) { nodes.append(NodeID(rawValue: id)) }
@@ -517,7 +518,8 @@ public struct ComputeEnvStore: Sendable {
             """
             SELECT node_id FROM compute_nodes
             WHERE env_id = \(env.rawValue) AND state = 'DELETING'
-                AND coalesce(last_heartbeat, created_at) < now() - \(Int(silentAfter.components.seconds)) * interval '1 s'
+                AND coalesce(last_heartbeat, created_at)
+                    < heartbeats_recorded_until() - \(Int(silentAfter.components.seconds)) * interval '1 s'
             """, logger: logger)
         var nodes: [NodeID] = []
         for try await id in rows.decode(String.self) { nodes.append(NodeID(rawValue: id)) }
@@ -552,12 +554,18 @@ public struct ComputeEnvStore: Sendable {
     /// Records many heartbeats in two statements (the latest of each node counts): 2,000 nodes beating every few
     /// seconds cost a few statements a second, not thousands. A beat of a process whose node was removed
     /// (``deleteNode(_:cause:)``) is dropped; a new process under the same node id joins again.
-    public func heartbeats(_ beats: [NodeHeartbeat]) async throws {
+    ///
+    /// With `recordedUntil` (the latest ``HeartbeatMark`` taken with these beats), it also records that every
+    /// heartbeat confirmed before then is in: nodes' silence counts up to there (`heartbeats_recorded_until()`).
+    public func heartbeats(_ beats: [NodeHeartbeat], recordedUntil mark: Date? = nil) async throws {
         var latest: [NodeID: NodeHeartbeat] = [:]
         for beat in beats where beat.at >= latest[beat.nodeID]?.at ?? .distantPast { latest[beat.nodeID] = beat }
-        guard !latest.isEmpty else { return }
-        let rows = latest.values.sorted { $0.nodeID.rawValue < $1.nodeID.rawValue }
         let logger = self.logger
+        guard !latest.isEmpty else {
+            if let mark { try await database.client.query(Self.recordingMark(mark), logger: logger) }
+            return
+        }
+        let rows = latest.values.sorted { $0.nodeID.rawValue < $1.nodeID.rawValue }
         try await database.transaction { connection in
             let attached = rows.filter { $0.attached == true && $0.instanceID != nil }
             if !attached.isEmpty {
@@ -599,7 +607,16 @@ public struct ComputeEnvStore: Sendable {
                 UPDATE compute_env_activities SET state = 'SUCCEED', end_time = now()
                 WHERE node_id = ANY(\(rows.map(\.nodeID.rawValue))) AND activity_type = 'create' AND end_time IS NULL
                 """, logger: logger)
+            if let mark { try await connection.query(Self.recordingMark(mark), logger: logger) }
         }
+    }
+
+    /// Moves `heartbeats_recorded` forward to `mark` (never back: marks of a batch redelivered come again).
+    private static func recordingMark(_ mark: Date) -> PostgresQuery {
+        """
+        INSERT INTO heartbeats_recorded (until) VALUES (\(mark))
+        ON CONFLICT (singleton) DO UPDATE SET until = greatest(heartbeats_recorded.until, EXCLUDED.until)
+        """
     }
 
     /// Sets a node's state (`DELETING`, `ABNORMAL`, …).

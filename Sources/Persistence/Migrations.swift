@@ -303,5 +303,23 @@ extension Migration {
                 "CREATE INDEX compute_node_tombstones_age ON compute_node_tombstones (deleted_at)",
             ]
         ),
+        Migration(
+            version: 9, name: "a node is silent only for heartbeats the provisioner has had the chance to record",
+            statements: [
+                // The provisioner has recorded every heartbeat the broker confirmed before `until` (one row).
+                """
+                CREATE TABLE heartbeats_recorded (
+                    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                    until timestamptz NOT NULL
+                )
+                """,
+                // The instant up to which nodes' silence counts: now, or where the provisioner's recording of
+                // heartbeats stands if that is earlier (it is behind, or stopped).
+                """
+                CREATE FUNCTION heartbeats_recorded_until() RETURNS timestamptz LANGUAGE sql STABLE AS
+                $$ SELECT least(now(), coalesce((SELECT until FROM heartbeats_recorded), now())) $$
+                """,
+            ]
+        ),
     ]
 }

@@ -474,7 +474,9 @@ public struct SchedulerStore: Sendable {
         return alive
     }
 
-    /// Instances out on a node silent for longer than `lostAfter`, or on one whose row is gone with no word of it:
+    /// Instances out on a node silent for longer than `lostAfter` (up to where the provisioner has recorded
+    /// heartbeats: one behind or stopped leaves beats of live nodes queued), or on one whose row is gone with no
+    /// word of it:
     /// removed without a tombstone, or longer than `lostAfter` ago. A node removed with a tombstone is the
     /// ``NodeGone`` message's (``onNodes(_:on:)``): the scheduler hears it after all the node reported, while a
     /// sweep that counted the node lost as soon as its row went would run again instances whose ends are still
@@ -487,7 +489,8 @@ public struct SchedulerStore: Sendable {
             FROM task_instances i
             WHERE i.dispatched AND i.node_id IS NOT NULL AND NOT EXISTS (
                 SELECT 1 FROM compute_nodes n WHERE n.node_id = i.node_id
-                    AND coalesce(n.last_heartbeat, n.created_at) > now() - \(seconds) * interval '1 s')
+                    AND coalesce(n.last_heartbeat, n.created_at)
+                        > heartbeats_recorded_until() - \(seconds) * interval '1 s')
                 AND NOT EXISTS (
                     SELECT 1 FROM compute_node_tombstones t
                     WHERE t.node_id = i.node_id AND t.deleted_at > now() - \(seconds) * interval '1 s'

@@ -51,23 +51,47 @@ struct Provisioner: Service {
         } catch {
             logger.warning("reconciling environments failed", metadata: ["error": "\(error)"])
         }
+        // Not awaited at shutdown: a mark waiting for the broker to come back must not hold the provisioner.
+        let marks = Task { await markHeartbeats() }
+        defer { marks.cancel() }
         try await BatchConsumer(
             amqp: amqp, queue: Topology.provisionerQueue, prefetch: 2000, maxBatch: 1000,
             tick: .init(every: interval, reconcileAll),
             stallLimit: .seconds(Environment.int("BATCH_STALL_LIMIT", default: 120)), logger: logger
         ) { deliveries in
-            // Heartbeats of the whole batch go in one statement; other events in order, one at a time.
+            // Heartbeats of the whole batch go in one statement, with the latest mark taken; other events in order,
+            // one at a time.
             var beats: [NodeHeartbeat] = []
+            var mark: Date?
             for delivery in deliveries {
-                if delivery.type == NodeHeartbeat.type {
+                switch delivery.type {
+                case NodeHeartbeat.type:
                     beats.append(try delivery.decode(NodeHeartbeat.self).payload)
-                } else {
+                case HeartbeatMark.type:
+                    mark = max(mark ?? .distantPast, try delivery.decode(HeartbeatMark.self).payload.at)
+                default:
                     try await handle(delivery)
                 }
             }
-            try await envs.heartbeats(beats)
+            try await envs.heartbeats(beats, recordedUntil: mark)
         }.run()
         await driver.shutdown()
+    }
+
+    /// Every second, puts a ``HeartbeatMark`` in the provisioner's own queue: taking it tells that every heartbeat
+    /// confirmed before it is recorded, so nodes count as silent only up to there.
+    private func markHeartbeats() async {
+        while !Task.isCancelled {
+            do {
+                try await amqp.publish(
+                    try OutgoingMessage(
+                        exchange: Topology.eventsExchange, routingKey: Topology.Event.heartbeatMark,
+                        payload: HeartbeatMark(at: Date()), persistent: false))
+            } catch {
+                logger.debug("heartbeat mark not published", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
     }
 
     /// Brings every environment of this driver to its desired node count, replaces silent nodes, and removes the

@@ -184,3 +184,32 @@ extension Stack {
         try await instances(jobID, task).filter { $0["TaskInstanceState"] as? String == "RUNNING" }.count
     }
 }
+
+extension NodeTests {
+    @Test("a provisioner stalled past the nodes' lost-after (heartbeats queued, unrecorded) counts no live node lost")
+    func stalledProvisioner() async throws {
+        let settings = ["BATCH_NODE_LOST_AFTER": "4", "BATCH_NODE_LEASE": "3", "BATCH_HEARTBEAT_INTERVAL": "1"]
+        try await Stack.run(settings: settings) { stack in
+            let env = try await stack.createEnv(nodes: 2)
+            try await waitUntil("both nodes run") { try await stack.nodes(env).count == 2 }
+            let records = try stack.recordsDirectory()
+            let jobID = try await stack.submit(
+                "stall", env: env, tasks: [recordingTask("long", instances: 1, records: records, body: "sleep 10")])
+            try await waitUntil("the instance runs") { try await stack.runningInstances(jobID, "long") == 1 }
+            // The provisioner records heartbeats; stopped, it leaves them queued while the nodes' leases hold (the
+            // broker confirms their beats). The scheduler must not take the rows' silence for the nodes'.
+            let provisioner = try unwrap(stack.processes["ProvisionerService"])
+            provisioner.signal(SIGSTOP)
+            defer { provisioner.signal(SIGCONT) }
+            try await waitUntil("no heartbeat recorded for twice the lost-after") {
+                try await stack.query(
+                    "SELECT count(*)::text FROM compute_nodes WHERE last_heartbeat > now() - interval '8 s'") == ["0"]
+            }
+            provisioner.signal(SIGCONT)
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            // It ran once, on its first node, to the end: not again elsewhere while it ran.
+            let runs = try readRecords(records)
+            #expect(runs.map(\.attempt) == [1])
+        }
+    }
+}

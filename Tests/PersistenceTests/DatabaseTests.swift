@@ -183,27 +183,12 @@ struct DatabaseTests {
     func removedNodeGoesThroughTheScheduler() async throws {
         try await TestDatabase.withDatabase { database, _ in
             let client = database.client
-            let user = try await UserStore(database: database).createUser(name: "gone").userID
             let envs = ComputeEnvStore(database: database)
             let scheduler = SchedulerStore(database: database)
-            let env = try await envs.create(
-                user: user, spec: NamedComputeEnv(envName: "e", desiredComputeNodeCount: 1), zone: nil)
-            let node = NodeID.generate()
-            try await envs.nodeCreating(node, env: env, slots: 2, host: "h", cause: "test")
+            let (env, node) = try await runningJob("job-gone0001", instances: 3, in: database)
             try await envs.heartbeats([
                 NodeHeartbeat(nodeID: node, envID: env, slots: 2, freeSlots: 0, host: "h", pid: 100, at: Date())
             ])
-            try await client.query(
-                """
-                INSERT INTO jobs (job_id, user_id, state, dependency_rule, dependences, spec_sealed)
-                VALUES ('job-gone0001', \(user.rawValue), 'RUNNING', 'PRE_TASK_SUCCEED', '[]', 'x')
-                """)
-            try await client.query(
-                """
-                INSERT INTO tasks (job_id, task_name, position, state, instance_num, max_retry_count,
-                    timeout_seconds, spec_sealed)
-                VALUES ('job-gone0001', 'work', 0, 'RUNNING', 3, 0, 60, 'x')
-                """)
             // Instance 0 on the node, 1 on a node never heard of, 2 waiting.
             try await client.query(
                 """
@@ -236,6 +221,62 @@ struct DatabaseTests {
             )
             #expect(try await lost() == [0, 1])
         }
+    }
+
+    @Test("a node is silent only up to where the provisioner has recorded heartbeats (its last mark), never back")
+    func silenceCountsUpToTheMark() async throws {
+        try await TestDatabase.withDatabase { database, _ in
+            let envs = ComputeEnvStore(database: database)
+            let scheduler = SchedulerStore(database: database)
+            let (env, node) = try await runningJob("job-silent01", instances: 1, in: database)
+            // Its last beat a minute ago; the provisioner took its last mark 50 s ago (it stopped then).
+            let beat = NodeHeartbeat(
+                nodeID: node, envID: env, slots: 2, freeSlots: 0, host: "h", pid: 100, at: Date() - 60)
+            try await envs.heartbeats([beat], recordedUntil: Date() - 50)
+            try await database.client.query(
+                """
+                INSERT INTO task_instances (job_id, task_name, instance_index, state, dispatched, node_id, attempt)
+                VALUES ('job-silent01', 'work', 0, 'RUNNING', true, \(node.rawValue), 1)
+                """)
+            func lost() async throws -> Int {
+                try await database.transaction { connection in
+                    try await scheduler.onLostNodes(lostAfter: .seconds(30), on: connection).count
+                }
+            }
+            // 10 s of silence up to the mark: neither lost to the scheduler nor silent to the provisioner.
+            #expect(try await lost() == 0)
+            #expect(try await envs.silentNodes(of: env, silentAfter: .seconds(30)).isEmpty)
+            // The provisioner catches up with no beat of the node in its queue: now it is silent.
+            try await envs.heartbeats([], recordedUntil: Date())
+            #expect(try await lost() == 1)
+            #expect(try await envs.silentNodes(of: env, silentAfter: .seconds(30)) == [node])
+            // A mark of a redelivered batch does not take it back.
+            try await envs.heartbeats([], recordedUntil: Date() - 50)
+            #expect(try await lost() == 1)
+        }
+    }
+
+    /// An environment with one node being created, and a running job `jobID` with task `work` of `instances` (its
+    /// instance rows are the test's to write).
+    func runningJob(_ jobID: String, instances: Int, in database: Database) async throws -> (EnvID, NodeID) {
+        let user = try await UserStore(database: database).createUser(name: "user-\(jobID)").userID
+        let envs = ComputeEnvStore(database: database)
+        let env = try await envs.create(
+            user: user, spec: NamedComputeEnv(envName: "e", desiredComputeNodeCount: 1), zone: nil)
+        let node = NodeID.generate()
+        try await envs.nodeCreating(node, env: env, slots: 2, host: "h", cause: "test")
+        try await database.client.query(
+            """
+            INSERT INTO jobs (job_id, user_id, state, dependency_rule, dependences, spec_sealed)
+            VALUES (\(jobID), \(user.rawValue), 'RUNNING', 'PRE_TASK_SUCCEED', '[]', 'x')
+            """)
+        try await database.client.query(
+            """
+            INSERT INTO tasks (job_id, task_name, position, state, instance_num, max_retry_count, timeout_seconds,
+                spec_sealed)
+            VALUES (\(jobID), 'work', 0, 'RUNNING', \(instances), 0, 60, 'x')
+            """)
+        return (env, node)
     }
 
     func tableNames(_ database: Database) async throws -> Set<String> {

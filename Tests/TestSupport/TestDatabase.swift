@@ -17,9 +17,22 @@ public enum TestDatabase {
         return (name, url.string!)
     }
 
+    /// Drops a test database and the connections to it. An autovacuum worker on it cannot be terminated by a role
+    /// that is not a superuser (the drop fails with "must be a member of the role whose process is being
+    /// terminated"); it ends on its own within moments, so the drop is tried again a few times.
     public static func drop(_ name: String) async throws {
-        try await withAdminClient { client in
-            try await client.query(PostgresQuery(unsafe: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"))
+        var attempt = 1
+        while true {
+            do {
+                try await withAdminClient { client in
+                    try await client.query(PostgresQuery(unsafe: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"))
+                }
+                return
+            } catch {
+                guard attempt < 20 else { throw error }
+                attempt += 1
+                try await Task.sleep(for: .milliseconds(250))
+            }
         }
     }
 
