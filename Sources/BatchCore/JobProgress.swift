@@ -3,7 +3,7 @@
 /// Task states follow from their instances (``StateCounts/rolledUp``) once the task started; before that a task is
 /// `SUBMITTED`, then `PENDING` while it waits for predecessors, `RUNNABLE` when released, or `FAILED` when a
 /// predecessor ended the way `TaskExecutionDependOn` refuses. The job's state follows from its tasks'
-/// (``jobState(of:)``).
+/// (``jobState(of:)``), except that a job once `RUNNING` stays so until it ends.
 ///
 /// Legal task transitions: `SUBMITTED → PENDING → RUNNABLE → STARTING → RUNNING → SUCCEED | FAILED |
 /// FAILED_INTERRUPTED`, `SUBMITTED | PENDING → FAILED` (blocked, or terminated), and, on `RetryJobs`, a final
@@ -193,7 +193,10 @@ public struct JobProgress: Sendable, Hashable {
     }
 
     private mutating func updateJobState() -> [Action] {
-        let next = Self.jobState(taskCounts)
+        var next = Self.jobState(taskCounts)
+        // A job that runs stays RUNNING until it ends: between one task's end and the next one's start it is not
+        // waiting to start again (and its subscribers hear JOB_RUNNING once). RetryJobs starts it over at PENDING.
+        if state == .running, !next.isFinal { next = .running }
         guard next != state else { return [] }
         state = next
         return [.setJobState(next)]

@@ -32,10 +32,20 @@ struct JobProgressTests {
         #expect(job.advance().isEmpty)
     }
 
-    @Test("a task starts when its predecessor succeeds")
+    @Test("a task starts when its predecessor succeeds, and the running job stays RUNNING until it ends")
     func releasesSuccessor() {
         var job = progress(["split": .succeed, "align": .pending, "merge": .pending], job: .running)
-        #expect(job.advance() == [.startTask("align"), .setJobState(.runnable)])
+        #expect(job.advance() == [.startTask("align")])
+        #expect(job.state == .running)
+        // Align runs and ends, merge is released: still RUNNING, until merge ends the job.
+        func jobStates(_ actions: [JobProgress.Action]) -> [ExecutionState] {
+            actions.compactMap { if case .setJobState(let state) = $0 { state } else { nil } }
+        }
+        #expect(jobStates(job.instancesChanged(task: "align", counts: StateCounts([.running: 4]))).isEmpty)
+        #expect(jobStates(job.instancesChanged(task: "align", counts: StateCounts([.succeed: 4]))).isEmpty)
+        #expect(job.task("merge")?.state == .runnable)
+        #expect(job.state == .running)
+        #expect(jobStates(job.instancesChanged(task: "merge", counts: StateCounts([.succeed: 1]))) == [.succeed])
     }
 
     @Test("a failed predecessor blocks the rest of the chain and fails the job")
