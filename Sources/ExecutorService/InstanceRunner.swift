@@ -139,14 +139,10 @@ final class InstanceRunner: Sendable {
             holdsClaim = claimPermits.takeIfFree()
             if !holdsClaim { holdsClaim = await cancelWhenGracefulShutdown { await self.claimPermits.take() } }
         }
-        /// Lets the next attempt claim: this one has its slot, or is not to run here.
-        func freeClaim() {
-            guard holdsClaim else { return }
-            holdsClaim = false
-            claimPermits.give()
-        }
-        defer { freeClaim() }
-        guard holdsClaim, !handingBack.load(ordering: .relaxed) else {
+        // Given back once this attempt has its slot (the next may claim), or is not to run here.
+        var claimPermit = Permit(slots: claimPermits, held: holdsClaim)
+        defer { claimPermit.release() }
+        guard claimPermit.held, !handingBack.load(ordering: .relaxed) else {
             seen.withLock { $0.remove(key) }
             settlement.settle(announced: false)
             return
@@ -174,27 +170,21 @@ final class InstanceRunner: Sendable {
         // Cleared: the attempt is STARTING here until a slot frees, and runs even if the node drains meanwhile (a
         // drain finishes what the node claimed). A kill, a hand-back or a cut-off broker meanwhile is in the verdict
         // the slot's release returns.
-        var holdsSlot = false
+        var slotPermit = Permit(slots: slotPermits, held: false)
         if verdict == .cleared {
-            holdsSlot = slotPermits.takeIfFree()
-            if !holdsSlot { holdsSlot = await slotPermits.take() }
+            slotPermit = Permit(slots: slotPermits, held: await slotPermits.acquire())
             // Launching before it leaves the clearances: a kill from now on finds it in one or the other.
             running.withLock { $0.launching[key] = .some(nil) }
             let released = clearances.release(key)
-            verdict = holdsSlot ? released : .stopped
+            verdict = slotPermit.held ? released : .stopped
         }
         defer {
             _ = running.withLock { $0.launching.removeValue(forKey: key) }
             _ = fenced.withLock { $0.remove(key) }
         }
-        freeClaim()
-        /// Frees the slot: once the command has ended, the next attempt may start while this one's end is reported.
-        func freeSlot() {
-            guard holdsSlot else { return }
-            holdsSlot = false
-            slotPermits.give()
-        }
-        defer { freeSlot() }
+        claimPermit.release()
+        // Given back once the command has ended: the next attempt may start while this one's end is reported.
+        defer { slotPermit.release() }
         if case .refused(let reason) = verdict {
             logger.info("instance not run: the scheduler refused it", metadata: ["reason": "\(reason)"])
             return
@@ -216,7 +206,7 @@ final class InstanceRunner: Sendable {
             stdoutTail: Self.tail(of: directory.appendingPathComponent("stdout.log")),
             stderrTail: Self.tail(of: directory.appendingPathComponent("stderr.log")),
             interrupted: result == nil ? true : nil)
-        freeSlot()
+        slotPermit.release()
         do {
             try await reporter.send(.finished(finished))
         } catch {

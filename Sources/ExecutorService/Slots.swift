@@ -26,6 +26,11 @@ final class Slots: Sendable {
         }
     }
 
+    /// Takes a free slot, waiting for one if none is; false when the task was cancelled while it waited.
+    func acquire() async -> Bool {
+        takeIfFree() ? true : await take()
+    }
+
     /// Waits for a free slot and takes it; false when the task was cancelled while it waited.
     func take() async -> Bool {
         let id = state.withLock { state in
@@ -63,6 +68,20 @@ final class Slots: Sendable {
             return state.waiters.removeFirst().continuation
         }
         waiter?.resume(returning: true)
+    }
+}
+
+/// A slot of ``Slots`` an attempt may hold, given back at most once: when the attempt no longer needs it, or at the
+/// latest when it ends (`defer { permit.release() }`).
+struct Permit {
+    let slots: Slots
+    private(set) var held: Bool
+
+    /// Gives the slot back, if held.
+    mutating func release() {
+        guard held else { return }
+        held = false
+        slots.give()
     }
 }
 
