@@ -94,9 +94,9 @@ public final class ChildProcess: Sendable {
         self.wrapper = wrapper
     }
 
-    /// Starts the child and watches for its end, on ``ProcessThread``: a child that asks to die with its parent (bwrap's --die-with-parent,
-    /// PR_SET_PDEATHSIG) dies when the thread that started it ends, and pool threads end when idle. `ending` hears
-    /// how it ended once it is reaped.
+    /// Starts the child and watches for its end, on ``ProcessThread``: a child that asks to die with its parent
+    /// (bwrap's --die-with-parent, PR_SET_PDEATHSIG) dies when the thread that started it ends, and pool threads end
+    /// when idle. `ending` hears how it ended once it is reaped.
     private static func spawnAndReap(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
         stdout: String?, stderr: String?, ending: Ending

@@ -476,9 +476,8 @@ public struct SchedulerStore: Sendable {
 
     /// Instances out on a node silent for longer than `lostAfter` (up to where the provisioner has recorded
     /// heartbeats: one behind or stopped leaves beats of live nodes queued), or on one whose row is gone with no
-    /// word of it:
-    /// removed without a tombstone, or longer than `lostAfter` ago. A node removed with a tombstone is the
-    /// ``NodeGone`` message's (``onNodes(_:on:)``): the scheduler hears it after all the node reported, while a
+    /// word of it: removed without a tombstone, or longer than `lostAfter` ago. A node removed with a tombstone is
+    /// the ``NodeGone`` message's (``onNodes(_:on:)``): the scheduler hears it after all the node reported, while a
     /// sweep that counted the node lost as soon as its row went would run again instances whose ends are still
     /// queued (a node that drained reports its last ends, stops, and is removed at once).
     public func onLostNodes(lostAfter: Duration, on connection: PostgresConnection) async throws -> [Overdue] {

@@ -134,8 +134,9 @@ struct JobScheduler: Sendable {
         }
     }
 
-    /// Applies `events`, then runs again what is still out on the `gone` nodes: a node's reports are queued before
-    /// the word that it is gone, so those of this batch are applied first and what is left will not be finished.
+    /// Applies `events`, and runs again what is still out on the `gone` nodes after them: a node's reports are
+    /// queued before the word that it is gone, so an instance this batch's reports end is no longer out on the node
+    /// when its `nodeLost` comes, and that changes nothing (``InstanceLifecycle``).
     func run(_ events: [JobID: [SchedulerEvent]], gone: [NodeID] = []) async throws {
         // A claim is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
         // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
@@ -148,15 +149,13 @@ struct JobScheduler: Sendable {
         let clearances = try await database.transaction { connection in
             let alive = try await store.lockScheduling(
                 andFindAlive: Set(starting), lostAfter: settings.nodeLostAfter, on: connection)
-            var clearances: [OutgoingMessage] = []
-            if !events.isEmpty || gone.isEmpty { clearances = try await apply(events, alive: alive, on: connection) }
-            guard !gone.isEmpty else { return clearances }
-            var lost: [JobID: [SchedulerEvent]] = [:]
-            for overdue in try await store.onNodes(gone, on: connection) {
-                lost[overdue.job, default: []].append(.nodeLost(overdue))
+            var events = events
+            if !gone.isEmpty {
+                for overdue in try await store.onNodes(gone, on: connection) {
+                    events[overdue.job, default: []].append(.nodeLost(overdue))
+                }
             }
-            if !lost.isEmpty { clearances += try await apply(lost, alive: alive, on: connection) }
-            return clearances
+            return try await apply(events, alive: alive, on: connection)
         }
         // Sent once the starts are committed, outside the outbox: a node that hears nothing asks again.
         if !clearances.isEmpty {

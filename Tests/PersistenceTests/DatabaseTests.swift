@@ -217,8 +217,10 @@ struct DatabaseTests {
             #expect(onNode.map(\.attempt) == [1])
             // Should the word never come, the sweep counts the node lost once it has been gone for `lostAfter`.
             try await client.query(
-                "UPDATE compute_node_tombstones SET deleted_at = now() - interval '1 minute' WHERE node_id = \(node.rawValue)"
-            )
+                """
+                UPDATE compute_node_tombstones SET deleted_at = now() - interval '1 minute'
+                WHERE node_id = \(node.rawValue)
+                """)
             #expect(try await lost() == [0, 1])
         }
     }
