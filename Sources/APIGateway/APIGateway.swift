@@ -69,6 +69,10 @@ struct APIGateway: AsyncParsableCommand {
     @Option(help: "Requests one user may make at once above the rate (BATCH_RATE_BURST, default twice the rate).")
     var rateBurst: Int?
 
+    /// Users (by name) who may create environments with `"Sandbox": false`: their instances run without isolation.
+    @Option(help: "Comma-separated user names allowed unsandboxed environments (BATCH_UNSANDBOXED_USERS).")
+    var unsandboxedUsers: String = Environment.value("BATCH_UNSANDBOXED_USERS", default: "")
+
     @OptionGroup var connections: ConnectionOptions
 
     func validate() throws {
@@ -99,7 +103,10 @@ struct APIGateway: AsyncParsableCommand {
             let api = BatchAPI(
                 database: database, quotas: quotas, zone: zone, maxBodySize: maxBodySize,
                 limiter: rateLimit > 0 ? RequestLimiter(rate: rateLimit, burst: max(1, burst)) : nil,
-                logFetcher: logFetcher, logger: logger)
+                logFetcher: logFetcher,
+                unsandboxedUsers: Set(
+                    unsandboxedUsers.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }),
+                logger: logger)
             let router = Router()
             router.post("/") { request, context in try await api.respond(to: request, context: context) }
             Observability.addOperationalRoutes(to: router) {

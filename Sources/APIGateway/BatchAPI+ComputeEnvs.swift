@@ -17,9 +17,24 @@ extension BatchAPI {
         let request = try context.decode(CreateComputeEnvRequest.self)
         let problems = request.computeEnv.validate()
         guard problems.isEmpty else { throw APIError(problems: problems) }
+        if request.computeEnv.sandbox == false {
+            try await checkUnsandboxedAllowed(context.user)
+        }
         let envID = try await envs.create(
             user: context.user, spec: request.computeEnv, zone: request.placement?.zone ?? zone)
         return CreateComputeEnvResponse(envId: envID)
+    }
+
+    /// Instances without a sandbox run as the node's user with the node's view of everything: only users the
+    /// operator named (`BATCH_UNSANDBOXED_USERS`) may ask for that.
+    func checkUnsandboxedAllowed(_ user: UserID) async throws {
+        let name = unsandboxedUsers.isEmpty ? nil : try await UserStore(database: database).name(of: user)
+        guard let name, unsandboxedUsers.contains(name) else {
+            throw APIError(
+                .unauthorizedOperation,
+                "ComputeEnv.Sandbox: false runs instances without isolation and is allowed only for users the operator "
+                    + "named in BATCH_UNSANDBOXED_USERS")
+        }
     }
 
     struct EnvRequest: Decodable {

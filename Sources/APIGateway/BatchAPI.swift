@@ -33,11 +33,14 @@ struct BatchAPI: Sendable {
     let logFetcher: LogFetcher?
     /// Each user's request rate (nil: no limit).
     let limiter: RequestLimiter?
+    /// The users (by name) who may create environments whose instances run without a sandbox.
+    let unsandboxedUsers: Set<String>
 
     init(
         database: Database, quotas: Quotas, zone: String, maxBodySize: Int, limiter: RequestLimiter? = nil,
-        logFetcher: LogFetcher? = nil, logger: Logger
+        logFetcher: LogFetcher? = nil, unsandboxedUsers: Set<String> = [], logger: Logger
     ) {
+        self.unsandboxedUsers = unsandboxedUsers
         self.limiter = limiter
         self.logFetcher = logFetcher
         self.database = database

@@ -70,6 +70,7 @@ public struct APIError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let computeNodeNotFound: Code = "ResourceNotFound.ComputeNode"
         public static let jobInUse: Code = "ResourceInUse.Job"
         public static let unsupportedOperation: Code = "UnsupportedOperation"
+        public static let unauthorizedOperation: Code = "UnauthorizedOperation"
         // Authentication and protocol.
         public static let authFailure: Code = "AuthFailure"
         public static let signatureFailure: Code = "AuthFailure.SignatureFailure"

@@ -10,6 +10,8 @@ public enum Limits {
     public static let timeout = 1...(7 * 86_400)
     public static let nodesPerEnv = 0...2000
     public static let tags = 10
+    /// MiB an instance may be limited to (`ComputeEnv.InstanceMemoryLimit`, ours).
+    public static let instanceMemoryLimit = 16...(4 << 20)
 }
 
 /// What `TaskExecutionDependOn` says a task waits for.
@@ -186,6 +188,14 @@ extension TaskSpec {
         if let redirect = redirectInfo {
             list.remote(redirect.stdoutRedirectPath, "\(field).RedirectInfo.StdoutRedirectPath")
             list.remote(redirect.stderrRedirectPath, "\(field).RedirectInfo.StderrRedirectPath")
+            for (name, key) in [
+                (redirect.stdoutRedirectFileName, "StdoutRedirectFileName"),
+                (redirect.stderrRedirectFileName, "StderrRedirectFileName"),
+            ] {
+                if let refusal = name.flatMap(Isolation.redirectFileNameRefusal) {
+                    list.add(.invalidParameterValue, "\(field).RedirectInfo.\(key)", refusal)
+                }
+            }
         }
         if let local = redirectLocalInfo {
             list.local(local.stdoutLocalPath, "\(field).RedirectLocalInfo.StdoutLocalPath")
@@ -260,6 +270,9 @@ extension Application {
             list.check(!docker.image.isEmpty, .missingParameter, "\(field).Docker.Image", "required")
             list.range(docker.maxRetryCount, 0...10, "\(field).Docker.MaxRetryCount")
             list.range(docker.delayOnRetry, 0...3600, "\(field).Docker.DelayOnRetry")
+            if let refusal = docker.dockerRunOption.flatMap(Isolation.dockerRunOptionRefusal) {
+                list.add(.invalidParameterValue, "\(field).Docker.DockerRunOption", refusal)
+            }
         }
         return list.problems
     }
@@ -284,6 +297,7 @@ extension NamedComputeEnv {
         list.oneOf(actionIfComputeNodeInactive, ["RECREATE", "NOTHING"], "ComputeEnv.ActionIfComputeNodeInactive")
         list.range(resourceMaxRetryCount, Limits.resourceMaxRetryCount, "ComputeEnv.ResourceMaxRetryCount")
         list.tags(tags, "ComputeEnv.Tags")
+        list.range(instanceMemoryLimit, Limits.instanceMemoryLimit, "ComputeEnv.InstanceMemoryLimit")
         return list.problems
     }
 }

@@ -314,6 +314,9 @@ public struct NamedComputeEnv: Codable, Sendable, Hashable {
     public var tags: [Tag]?
     /// Ours: run each instance in a sandbox (default true); false for trusted work where launch cost matters.
     public var sandbox: Bool?
+    /// Ours: the memory, in MiB, each instance on the environment's nodes may use (default the node's memory divided
+    /// by its slots). An instance over it is killed and ends `FAILED` saying so.
+    public var instanceMemoryLimit: Int?
 
     public init(envName: String, desiredComputeNodeCount: Int, envType: String? = "MANAGED") {
         self.envName = envName

@@ -16,6 +16,9 @@ public final class ChildProcess: Sendable {
     /// rest of its group, not to it, so that they get their grace (a sandbox that died first would take them with
     /// it at once).
     private let wrapper: Bool
+    /// Every process that belongs to the child (its cgroup's), when its processes may leave its process group (a
+    /// sandbox that gives its command a session of its own): ``terminate(grace:)`` signals these instead.
+    private let members: (@Sendable () -> [pid_t])?
 
     /// How a child ended.
     public enum Termination: Sendable, Hashable, CustomStringConvertible {
@@ -64,15 +67,17 @@ public final class ChildProcess: Sendable {
                     stdout: stdout, stderr: stderr, ending: ending)
             }
         }.get()
-        self.init(pid: pid, ending: ending, wrapper: wrapper)
+        self.init(pid: pid, ending: ending, wrapper: wrapper, members: nil)
     }
 
     /// Starts a child as ``init(executable:arguments:environment:directory:stdout:stderr:wrapper:)`` does, but the
     /// calling task waits for it to start, not its thread (a node starts hundreds of children a second on a
-    /// cooperative pool as wide as its cores).
+    /// cooperative pool as wide as its cores). `members` lists every process of the child when they may leave its
+    /// process group (its cgroup's).
     public static func start(
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
-        stdout: String? = nil, stderr: String? = nil, wrapper: Bool = false
+        stdout: String? = nil, stderr: String? = nil, wrapper: Bool = false,
+        members: (@Sendable () -> [pid_t])? = nil
     ) async throws -> ChildProcess {
         let ending = Ending()
         let pid = try await withCheckedThrowingContinuation { continuation in
@@ -85,13 +90,14 @@ public final class ChildProcess: Sendable {
                     })
             }
         }
-        return ChildProcess(pid: pid, ending: ending, wrapper: wrapper)
+        return ChildProcess(pid: pid, ending: ending, wrapper: wrapper, members: members)
     }
 
-    private init(pid: pid_t, ending: Ending, wrapper: Bool) {
+    private init(pid: pid_t, ending: Ending, wrapper: Bool, members: (@Sendable () -> [pid_t])?) {
         self.pid = pid
         self.ending = ending
         self.wrapper = wrapper
+        self.members = members
     }
 
     /// Starts the child and watches for its end, on ``ProcessThread``: a child that asks to die with its parent
@@ -196,8 +202,10 @@ public final class ChildProcess: Sendable {
         kill(-pid, signal)
     }
 
-    /// The processes of the child's group, from /proc (field 5 of `stat` is the process group).
+    /// The processes of the child: its cgroup's when it has one, else its group's, from /proc (field 5 of `stat` is
+    /// the process group).
     private func groupMembers() -> [pid_t] {
+        if let members { return members() }
         guard !ending.ended,
             let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc")
         else { return [] }
@@ -223,6 +231,7 @@ public final class ChildProcess: Sendable {
         let killer = Task {
             try await Task.sleep(for: grace)
             signalGroup(SIGKILL)
+            if let members { for member in members() { kill(member, SIGKILL) } }
         }
         let termination = await wait()
         killer.cancel()

@@ -46,8 +46,28 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Seconds the broker may be out of reach before running instances stop, 0 never (BATCH_NODE_LEASE).")
     var lease: Int = Environment.int("BATCH_NODE_LEASE", default: 20)
 
+    /// With the sandbox on (the default), a node that cannot make a sandbox or limit its instances refuses to start:
+    /// it never runs a tenant's work unisolated.
     @Option(help: "Run each instance in a bubblewrap sandbox: on, off (trusted work) (BATCH_SANDBOX, default on).")
     var sandbox: String = Environment.value("BATCH_SANDBOX", default: "on")
+
+    @Option(help: "bubblewrap's path (BATCH_BWRAP, default /usr/bin/bwrap or wherever it is found).")
+    var bwrap: String?
+
+    /// Directories of shared file systems that `file://` paths may name; none by default (no `file://` at all).
+    @Option(help: "Colon-separated directories file:// paths may be inside (BATCH_STORAGE_ROOTS, default none).")
+    var storageRoots: String = Environment.value("BATCH_STORAGE_ROOTS", default: "")
+
+    /// MiB of memory each instance may use; default the node's memory divided by its slots.
+    @Option(help: "MiB of memory each instance may use (BATCH_INSTANCE_MEMORY, default memory / slots).")
+    var instanceMemory: Int?
+
+    @Option(help: "Processes and threads each instance may have (BATCH_INSTANCE_PIDS, default 1024).")
+    var instancePids: Int = Environment.int("BATCH_INSTANCE_PIDS", default: InstanceLimits.defaultPids)
+
+    @Option(help: "MiB the largest file an instance writes may have (BATCH_INSTANCE_FILE_SIZE, default 10240).")
+    var instanceFileSize: Int = Environment.int(
+        "BATCH_INSTANCE_FILE_SIZE", default: Int(InstanceLimits.defaultFileBytes >> 20))
 
     @Option(help: "Colon-separated directories (shared file systems) sandboxed instances see (BATCH_SHARED_PATHS).")
     var sharedPaths: String = Environment.value("BATCH_SHARED_PATHS", default: "")
@@ -76,6 +96,29 @@ struct ExecutorService: AsyncParsableCommand {
         guard slots >= 1 else { throw ValidationError("--slots must be at least 1") }
         guard lease >= 0 else { throw ValidationError("--lease must be 0 (never) or a number of seconds") }
         guard ["on", "off"].contains(sandbox) else { throw ValidationError("--sandbox must be on or off") }
+        if let memory = instanceMemory ?? Environment.value("BATCH_INSTANCE_MEMORY").flatMap(Int.init), memory < 16 {
+            throw ValidationError("--instance-memory must be at least 16 (MiB)")
+        }
+        guard instancePids >= 16 else { throw ValidationError("--instance-pids must be at least 16") }
+        guard instanceFileSize >= 1 else { throw ValidationError("--instance-file-size must be at least 1 (MiB)") }
+        for root in storageRoots.split(separator: ":") where !root.hasPrefix("/") || root.contains("/..") {
+            throw ValidationError("--storage-roots: \(root) is not an absolute path")
+        }
+    }
+
+    /// Each instance's limits: the memory given, or the node's (its cgroup's limit, if lower) over its slots.
+    func instanceLimits() -> InstanceLimits {
+        let physical = Int64(ProcessInfo.processInfo.physicalMemory)
+        let limited =
+            (try? String(contentsOfFile: "/sys/fs/cgroup/memory/memory.limit_in_bytes", encoding: .utf8))
+            .flatMap { Int64($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? physical
+        var limits = InstanceLimits.defaults(nodeMemoryBytes: min(physical, limited), slots: slots)
+        if let memory = instanceMemory ?? Environment.value("BATCH_INSTANCE_MEMORY").flatMap(Int.init) {
+            limits.memoryBytes = Int64(memory) << 20
+        }
+        limits.pids = instancePids
+        limits.fileBytes = Int64(instanceFileSize) << 20
+        return limits
     }
 
     func run() async throws {
@@ -101,10 +144,31 @@ struct ExecutorService: AsyncParsableCommand {
         } catch {
             exitWithError("ExecutorService", error)
         }
-        let isolation = await Sandbox.probe(enabled: sandbox == "on")
+        let isolation = await Sandbox.probe(enabled: sandbox == "on", path: bwrap ?? Environment.value("BATCH_BWRAP"))
+        var cgroups: Cgroups?
+        let limits = instanceLimits()
         switch isolation {
         case .bubblewrap(let path):
-            logger.info("instances run in a bubblewrap sandbox", metadata: ["bwrap": "\(path)"])
+            do {
+                cgroups = try Cgroups.prepare(node: nodeID)
+            } catch {
+                exitWithError(
+                    "ExecutorService",
+                    StartupError(
+                        "this node cannot limit its instances' resources: \(error) (run it as root, or give it a "
+                            + "delegated cgroup; --sandbox off only for trusted work)"))
+            }
+            logger.info(
+                "instances run in a bubblewrap sandbox",
+                metadata: [
+                    "bwrap": "\(path)", "instance.memory": "\(limits.memoryBytes)", "instance.pids": "\(limits.pids)",
+                ])
+        case .none(let reason) where sandbox == "on":
+            exitWithError(
+                "ExecutorService",
+                StartupError(
+                    "refusing to run instances without a sandbox: \(reason) (install bubblewrap; --sandbox off only "
+                        + "for trusted work)"))
         case .none(let reason):
             logger.warning(
                 "instances run without a sandbox: \(reason); two instances that map the same path never run at once")
@@ -113,7 +177,11 @@ struct ExecutorService: AsyncParsableCommand {
         let runner = InstanceRunner(
             amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, sandbox: isolation,
             sharedPaths: sharedPaths.split(separator: ":").map(String.init), user: user, storage: .fromEnvironment(),
-            reporter: reporter, logger: logger)
+            storageRoots: StorageRoots(
+                storageRoots.split(separator: ":").map(String.init),
+                // Its work dir, and beside it other nodes' when they share a parent (`<nodes dir>/<node id>`).
+                excluding: [root.lastPathComponent == nodeId ? root.deletingLastPathComponent().path : root.path]),
+            cgroups: cgroups, limits: limits, reporter: reporter, logger: logger)
         // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval), lease: lease > 0 ? .seconds(lease) : nil,
@@ -160,6 +228,7 @@ struct ExecutorService: AsyncParsableCommand {
         interrupt.resume()
         try await group.run()
         interrupt.cancel()
+        cgroups?.remove()
     }
 }
 

@@ -25,6 +25,12 @@ final class InstanceRunner: Sendable {
     /// Who instances run as (nil: the executor's own user).
     let user: InstanceUser?
     let storage: NodeStorage
+    /// Where `file://` paths may point (the operator's storage roots, never the node's work dirs).
+    let storageRoots: StorageRoots
+    /// Each sandboxed instance's cgroup is made here (nil: the sandbox is off).
+    let cgroups: Cgroups?
+    /// What one instance may use of the node.
+    let limits: InstanceLimits
     /// Sends the starts and ends, several in one message when they come close together.
     let reporter: Reporter
     let logger: Logger
@@ -70,8 +76,12 @@ final class InstanceRunner: Sendable {
 
     init(
         amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, sandbox: Sandbox,
-        sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, reporter: Reporter, logger: Logger
+        sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, storageRoots: StorageRoots,
+        cgroups: Cgroups?, limits: InstanceLimits, reporter: Reporter, logger: Logger
     ) {
+        self.storageRoots = storageRoots
+        self.cgroups = cgroups
+        self.limits = limits
         self.reporter = reporter
         self.user = user
         self.sandbox = sandbox
@@ -234,7 +244,9 @@ final class InstanceRunner: Sendable {
     func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> Outcome? {
         let io = run.io ?? InstanceIO()
         let sandboxed = if case .bubblewrap = sandbox, io.docker == nil { true } else { false }
-        let workspace = Workspace(attempt: directory, run: run, sandboxed: sandboxed, nodeStorage: storage)
+        let workspace = Workspace(
+            attempt: directory, run: run, sandboxed: sandboxed, nodeStorage: storage, roots: storageRoots,
+            user: sandboxed ? user : nil)
         // Unsandboxed instances use the mappings' paths as they are: one at a time per path.
         let paths = sandboxed ? [] : io.inputMappings.map(\.destinationPath) + io.outputMappings.map(\.sourcePath)
         if !paths.isEmpty {
@@ -259,7 +271,8 @@ final class InstanceRunner: Sendable {
         return outcome
     }
 
-    /// Runs the command in the sandbox (or the container, or directly), enforcing the timeout.
+    /// Runs the command in the sandbox (or the container, or directly), enforcing the timeout and, in the sandbox
+    /// or the container, the instance's resource limits.
     func launch(_ run: InstanceRun, workspace: Workspace, logger: Logger) async -> Outcome? {
         let work = workspace.work
         let workPath = work.path
@@ -279,9 +292,15 @@ final class InstanceRunner: Sendable {
         environment["BATCH_NODE_ID"] = nodeID.rawValue
         environment["BATCH_WORK_DIR"] = workPath
 
+        // The launcher (bubblewrap, the container runtime) runs with the executor's own environment, never the
+        // task's: the task's variables exist only inside the sandbox.
+        var launcherEnvironment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
         let executable: String
         var arguments: [String]
         var wrapper = false
+        var cgroup: InstanceCgroup?
+        var environmentFile: URL?
+        defer { if let environmentFile { try? FileManager.default.removeItem(at: environmentFile) } }
         let mountPoints = workspace.mountPoints.map { ($0, workspace.host($0)) }
         if let docker = run.io?.docker {
             guard let runtime = ContainerRuntime.find() else {
@@ -289,24 +308,52 @@ final class InstanceRunner: Sendable {
                     code: nil,
                     reason: "the node has no container runtime (docker or podman on the PATH) to run \(docker.image)")
             }
+            if let refusal = docker.dockerRunOption.flatMap(Isolation.dockerRunOptionRefusal) {
+                return Outcome(code: nil, reason: "Docker.DockerRunOption is refused: \(refusal)")
+            }
+            do {
+                environmentFile = try writeEnvironmentFile(environment, key: workspace.attempt.lastPathComponent)
+            } catch {
+                return Outcome(code: nil, reason: "the container's environment could not be written: \(error)")
+            }
+            launcherEnvironment["HOME"] = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
             executable = runtime
             arguments = ContainerRuntime.arguments(
                 docker: docker, name: "batch-\(nodeID)-\(run.jobID)-\(run.instanceIndex)-\(run.attempt)",
-                attempt: workspace.attempt, work: work, environment: environment,
-                mounts: mountPoints, command: run.command)
+                attempt: workspace.attempt, work: work, environmentFile: environmentFile!,
+                mounts: mountPoints, command: run.command, user: user, limits: limits)
         } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
-            executable = bwrap
             wrapper = true
-            let command = ["/bin/sh", "-c", run.command]
-            arguments =
-                sandbox.arguments(
+            // No file larger than the limit (logs included), no core dumps.
+            let command = [
+                "/usr/bin/prlimit", "--fsize=\(limits.fileBytes)", "--core=0", "--", "/bin/sh", "-c", run.command,
+            ]
+            let sandboxed =
+                [bwrap]
+                + sandbox.arguments(
                     attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
-                    user: user) + (user?.command(command) ?? command)
+                    user: user, environment: environment) + (user?.command(command) ?? command)
+            if let cgroups {
+                do {
+                    cgroup = try cgroups.make(limits: limits)
+                } catch {
+                    logger.error("instance limits could not be set", metadata: ["error": "\(error)"])
+                    return Outcome(code: nil, reason: "the node could not limit the instance's resources: \(error)")
+                }
+                let joined = cgroup!.command(sandboxed)
+                executable = joined[0]
+                arguments = Array(joined.dropFirst())
+            } else {
+                executable = sandboxed[0]
+                arguments = Array(sandboxed.dropFirst())
+            }
         } else {
             try? Workspace.makeDirectory(temporary)
+            launcherEnvironment = environment
             executable = "/bin/sh"
             arguments = ["-c", run.command]
         }
+        let removeCgroup = { [cgroup] in if let cgroup { await cgroup.remove() } }
         // In the sandbox, the instance runs as the node's unprivileged user and owns its directories.
         if let user, wrapper {
             for directory in [work, workspace.root] { user.own(directory) }
@@ -317,17 +364,20 @@ final class InstanceRunner: Sendable {
         // yet but itself).
         let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         if let stopped = running.withLock({ $0.launching[key] ?? nil }) {
+            await removeCgroup()
             logger.info("instance stopped before its command started", metadata: ["reason": "\(stopped)"])
             if handingBack.load(ordering: .relaxed) || fenced.withLock({ $0.remove(key) != nil }) { return nil }
             return Outcome(code: nil, reason: "stopped before its command started: \(stopped)")
         }
         let child: ChildProcess
+        var members: (@Sendable () -> [pid_t])?
+        if let cgroup { members = { cgroup.members() } }
         do {
             child = try await ChildProcess.start(
-                executable: executable, arguments: arguments, environment: environment, directory: workPath,
-                stdout: workspace.stdout.path, stderr: workspace.stderr.path,
-                wrapper: wrapper)
+                executable: executable, arguments: arguments, environment: launcherEnvironment, directory: workPath,
+                stdout: workspace.stdout.path, stderr: workspace.stderr.path, wrapper: wrapper, members: members)
         } catch {
+            await removeCgroup()
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return Outcome(code: nil, reason: "could not start: \(error)")
         }
@@ -351,11 +401,17 @@ final class InstanceRunner: Sendable {
         // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
         let termination = await child.wait()
         timeout.cancel()
+        let killedForMemory = cgroup?.killedForMemory ?? false
+        await removeCgroup()
         let wasFenced = fenced.withLock { $0.remove(key) != nil }
         if (handingBack.load(ordering: .relaxed) || wasFenced) && !timedOut.load(ordering: .relaxed) { return nil }
         if timedOut.load(ordering: .relaxed) {
             return Outcome(
                 code: termination.code, reason: "timed out after \(run.timeoutSeconds) s")
+        }
+        if killedForMemory {
+            logger.info("instance killed for memory", metadata: ["memory.limit": "\(limits.memoryBytes)"])
+            return Outcome(code: termination == .exited(0) ? 137 : termination.code, reason: limits.memoryReason)
         }
         if run.io?.docker != nil, termination == .exited(125) {
             return Outcome(
@@ -364,6 +420,29 @@ final class InstanceRunner: Sendable {
         }
         return Outcome(
             code: termination.code, reason: termination == .exited(0) ? nil : termination.description)
+    }
+
+    /// Writes a container's environment to a file only root reads, outside every directory an instance sees; the
+    /// caller removes it once the container has ended.
+    private func writeEnvironmentFile(_ environment: [String: String], key: String) throws -> URL {
+        let directory = workRoot.appendingPathComponent(".environments", isDirectory: true)
+        if mkdir(directory.path, 0o700) != 0 && errno != EEXIST {
+            throw Workspace.Failure(description: "cannot make \(directory.path): \(String(cString: strerror(errno)))")
+        }
+        let file = directory.appendingPathComponent("\(UUID().uuidString)-\(key)")
+        // One `NAME=value` a line: a value with a line break cannot be passed this way.
+        if let broken = environment.first(where: { $0.value.contains("\n") || $0.key.contains("=") }) {
+            throw Workspace.Failure(description: "the variable \(broken.key) holds a line break")
+        }
+        let text = environment.keys.sorted().filter { $0 != "PATH" }.map { "\($0)=\(environment[$0] ?? "")" }
+            .joined(separator: "\n")
+        guard
+            FileManager.default.createFile(
+                atPath: file.path, contents: Data((text + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        else {
+            throw Workspace.Failure(description: "cannot write \(file.path)")
+        }
+        return file
     }
 
     /// Stops every running instance now, to run again elsewhere (each ends as interrupted, not counted against
@@ -438,7 +517,7 @@ final class InstanceRunner: Sendable {
             requestID: request.requestID, found: FileManager.default.fileExists(atPath: attempt.path), data: [],
             offset: 0, size: 0, running: running)
         let file = attempt.appendingPathComponent(request.stream == "stderr" ? "stderr.log" : "stdout.log")
-        if let handle = try? FileHandle(forReadingFrom: file) {
+        if let handle = Self.openWithoutFollowing(file) {
             defer { try? handle.close() }
             let size = Int(try handle.seekToEnd())
             let start = request.offset < 0 ? max(0, size + request.offset) : min(request.offset, size)
@@ -477,9 +556,22 @@ final class InstanceRunner: Sendable {
         await child.terminate(grace: .seconds(10))
     }
 
+    /// `file` opened for reading, unless it is a symbolic link (or missing): an attempt's logs are read as the
+    /// executor's user, and a link there must not lead it to a node file.
+    static func openWithoutFollowing(_ file: URL) -> FileHandle? {
+        let descriptor = open(file.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard descriptor >= 0 else { return nil }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            close(descriptor)
+            return nil
+        }
+        return FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
+    }
+
     /// The last `count` bytes of a file, or nil when it cannot be read.
     static func tail(of file: URL, count: Int = 2048) -> [UInt8]? {
-        guard let handle = try? FileHandle(forReadingFrom: file) else { return nil }
+        guard let handle = openWithoutFollowing(file) else { return nil }
         defer { try? handle.close() }
         guard let size = try? handle.seekToEnd() else { return nil }
         try? handle.seek(toOffset: size > UInt64(count) ? size - UInt64(count) : 0)

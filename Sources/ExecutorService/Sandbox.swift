@@ -7,20 +7,26 @@ import Synchronization
 ///
 /// With bubblewrap (Debian's `bubblewrap`), each instance gets a new root: the system directories read-only, a
 /// private `/tmp`, its own work dir, and each storage mapping's path bind-mounted from its work dir, so absolute
-/// paths work as on a dedicated machine and no instance sees another's files. Without it (no bwrap, no user
-/// namespaces, or turned off for trusted work), instances run directly on the node, and two instances that map the
-/// same path never run at once.
+/// paths work as on a dedicated machine and no instance sees another's files. It has its own PID, IPC, UTS and
+/// network namespaces (no network but its own loopback: the node's services, the broker and the database are out of
+/// reach) and a session of its own (no terminal of the node's to push input into). Turned off by the operator for
+/// trusted work, instances run directly on the node, and two instances that map the same path never run at once.
 enum Sandbox: Sendable, Equatable {
     case bubblewrap(path: String)
     case none(reason: String)
 
     static let bwrapCandidates = ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
 
-    /// Finds bubblewrap and checks that it can make a sandbox here (it needs user namespaces, or root).
-    static func probe(enabled: Bool) async -> Sandbox {
+    /// Finds bubblewrap and checks that it can make a sandbox here (it needs user namespaces, or root); `.none` with
+    /// why not otherwise.
+    static func probe(enabled: Bool, path: String? = nil) async -> Sandbox {
         guard enabled else { return .none(reason: "the sandbox is turned off for this node") }
-        guard let bwrap = bwrapCandidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            return .none(reason: "bubblewrap (bwrap) is not installed")
+        guard
+            let bwrap = (path.map { [$0] } ?? bwrapCandidates).first(where: {
+                FileManager.default.isExecutableFile(atPath: $0)
+            })
+        else {
+            return .none(reason: "bubblewrap (\(path ?? "bwrap")) is not installed")
         }
         let probe = FileManager.default.temporaryDirectory.appendingPathComponent("batch-sandbox-probe-\(getpid())")
         try? FileManager.default.createDirectory(at: probe, withIntermediateDirectories: true)
@@ -47,15 +53,17 @@ enum Sandbox: Sendable, Equatable {
 
     /// bwrap's arguments (before the command) for one attempt: `mounts` maps paths inside the instance to
     /// directories of its work dir. With `user`, the command may switch to that user (``InstanceUser/command(_:)``)
-    /// and `/tmp` is writable by it.
+    /// and `/tmp` is writable by it. `environment` is the command's whole environment: bubblewrap itself runs with
+    /// the executor's own (a task's `LD_PRELOAD` must not reach a process outside the sandbox).
     func arguments(
         attemptDirectory: URL, workDirectory: URL, mounts: [(inside: String, host: URL)], shared: [String] = [],
-        user: InstanceUser? = nil
+        user: InstanceUser? = nil, environment: [String: String] = [:]
     ) -> [String] {
         var arguments = [
-            "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--proc", "/proc", "--dev", "/dev",
+            "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+            "--unshare-cgroup-try", "--proc", "/proc", "--dev", "/dev", "--clearenv",
         ]
+        for name in environment.keys.sorted() { arguments += ["--setenv", name, environment[name] ?? ""] }
         if user != nil {
             arguments += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
             arguments += [
@@ -170,14 +178,20 @@ enum ContainerRuntime {
     }
 
     /// `run --rm` of the image with the attempt's directory and mappings mounted at the same paths, the task's
-    /// variables, and the command through `/bin/sh -c`. `DockerRunOption` goes before the image, split on spaces.
+    /// variables from `environmentFile` (never the runtime's own environment), and the command through `/bin/sh -c`:
+    /// no network, no capabilities, no new privileges, as `user`, within `limits`. `DockerRunOption` goes before the
+    /// image, split on spaces, once ``Isolation/dockerRunOptionRefusal(_:)`` has allowed it.
     static func arguments(
-        docker: Docker, name: String, attempt: URL, work: URL, environment: [String: String],
-        mounts: [(inside: String, host: URL)], command: String
+        docker: Docker, name: String, attempt: URL, work: URL, environmentFile: URL,
+        mounts: [(inside: String, host: URL)], command: String, user: InstanceUser?, limits: InstanceLimits
     ) -> [String] {
         var arguments = ["run", "--rm", "--name", name, "-v", "\(attempt.path):\(attempt.path)", "-w", work.path]
         for mount in mounts { arguments += ["-v", "\(mount.host.path):\(mount.inside)"] }
-        for name in environment.keys.sorted() where name != "PATH" { arguments += ["-e", name] }
+        arguments += ["--env-file", environmentFile.path, "--network", "none", "--cap-drop", "ALL"]
+        arguments += ["--security-opt", "no-new-privileges", "--memory", String(limits.memoryBytes)]
+        arguments += ["--memory-swap", String(limits.memoryBytes), "--pids-limit", String(limits.pids)]
+        arguments += ["--cpu-shares", String(limits.cpuShares)]
+        if let user { arguments += ["--user", "\(user.uid):\(user.gid)"] }
         arguments += (docker.dockerRunOption ?? "").split(separator: " ").map(String.init)
         let image = [docker.server, docker.image].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: "/")
         arguments += [image, "/bin/sh", "-c", command]

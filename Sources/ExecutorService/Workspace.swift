@@ -14,11 +14,18 @@ import Storage
 /// mappings' paths (the instance's `/data/in` is `root/data/in`, bind-mounted at `/data/in` in the sandbox), and
 /// `stdout.log`/`stderr.log` the command's output while it runs. Without a sandbox the mappings' paths are used as
 /// they are on the node.
+///
+/// `file://` paths (mappings, packages, redirects) must lie inside the operator's storage roots, as they resolve
+/// on the node, and outside the node's work dirs; in the sandbox they are copied by a process running as the
+/// instance's user (`setpriv`), so the executor's rights never read or write a file for an instance.
 struct Workspace {
     let attempt: URL
     let run: InstanceRun
     let sandboxed: Bool
     let storage: Storage
+    let roots: StorageRoots
+    /// The instance's user, who does its `file://` transfers (nil: the executor does them).
+    let user: InstanceUser?
     // Made once: a `URL` appended to is parsed again (a node's samples showed 7% in `URL.appendingPathComponent`).
     let work: URL
     let root: URL
@@ -31,7 +38,12 @@ struct Workspace {
         var description: String
     }
 
-    init(attempt: URL, run: InstanceRun, sandboxed: Bool, nodeStorage: NodeStorage) {
+    init(
+        attempt: URL, run: InstanceRun, sandboxed: Bool, nodeStorage: NodeStorage, roots: StorageRoots,
+        user: InstanceUser? = nil
+    ) {
+        self.roots = roots
+        self.user = user
         self.attempt = attempt
         work = attempt.appendingPathComponent("work", isDirectory: true)
         root = attempt.appendingPathComponent("root", isDirectory: true)
@@ -83,34 +95,39 @@ struct Workspace {
 
     private func parent(_ path: String) -> String { (path as NSString).deletingLastPathComponent }
 
-    /// Makes `directory` and any missing parents. One `mkdir` when its parent is there, as an attempt's directories'
-    /// parents are: `FileManager`'s way (a `stat` of each component first) cost a node a tenth of its CPU.
+    /// Makes `directory` and any missing parents, none writable but by their owner (an attempt's directory holds its
+    /// logs: an instance must not swap them for links). One `mkdir` when its parent is there, as an attempt's
+    /// directories' parents are: `FileManager`'s way (a `stat` of each component first) cost a node a tenth of its CPU.
     static func makeDirectory(_ directory: URL) throws {
-        if mkdir(directory.path, 0o777) == 0 { return }
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        if mkdir(directory.path, 0o755) == 0 { return }
+        try FileManager.default.createDirectory(
+            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
     }
 
     /// Makes the directories, fetches and unpacks the package, and fetches the inputs.
     func prepare() async throws {
         let files = FileManager.default
         try Self.makeDirectory(work)
+        if let user {
+            // The instance's user fetches `file://` inputs into its own directories.
+            try Self.makeDirectory(root)
+            for directory in [work, root] { lchown(directory.path, user.uid, user.gid) }
+        }
         if let packagePath = io.packagePath {
-            let package = attempt.appendingPathComponent("package.tar.gz")
-            do {
-                try await storage.fetch(try location(packagePath, "the package"), to: package)
-            } catch let error as StorageError {
-                throw Failure(description: "the package was not fetched: \(error)")
+            var package = attempt.appendingPathComponent("package.tar.gz")
+            if let user {
+                let fetched = attempt.appendingPathComponent("package", isDirectory: true)
+                try Self.makeDirectory(fetched)
+                lchown(fetched.path, user.uid, user.gid)
+                package = fetched.appendingPathComponent("package.tar.gz")
             }
+            try await fetch(try location(packagePath, "the package"), to: package, what: "the package was not fetched")
             try await unpack(package, from: packagePath)
         }
         for mapping in io.inputMappings {
-            let source = try location(mapping.sourcePath, "the input")
-            do {
-                try await storage.fetch(
-                    source, to: host(mapping.destinationPath), intoDirectory: mapping.destinationPath.hasSuffix("/"))
-            } catch let error as StorageError {
-                throw Failure(description: "input not fetched: \(error)")
-            }
+            try await fetch(
+                try location(mapping.sourcePath, "the input"), to: host(mapping.destinationPath),
+                intoDirectory: mapping.destinationPath.hasSuffix("/"), what: "input not fetched")
         }
         for point in mountPoints {
             guard point != "/" else {
@@ -178,11 +195,105 @@ struct Workspace {
     func uploadOutputs() async throws {
         for mapping in io.outputMappings {
             let destination = try location(mapping.destinationPath, "the output destination")
-            do {
-                try await storage.store(host(mapping.sourcePath), to: destination, within: attempt)
-            } catch let error as StorageError {
-                throw Failure(description: "output \(mapping.sourcePath) not uploaded: \(error)")
-            }
+            try await store(
+                host(mapping.sourcePath), to: destination, what: "output \(mapping.sourcePath) not uploaded")
+        }
+    }
+
+    /// Fetches `location` to `destination` (``Storage/fetch(_:to:intoDirectory:)``): a `file://` one only inside the
+    /// storage roots, and as the instance's user when it has one.
+    func fetch(_ location: StorageLocation, to destination: URL, intoDirectory: Bool = false, what: String)
+        async throws
+    {
+        try await transfer(location, what: what) {
+            try await storage.fetch(location, to: destination, intoDirectory: intoDirectory)
+        } asUser: { user, path in
+            let fileTarget = Storage.fileTarget(
+                destination, name: (path as NSString).lastPathComponent, intoDirectory)
+            try await copy(as: user, ["fetch", path, destination.path, fileTarget.path], source: location)
+        }
+    }
+
+    /// Stores `source` (a file or directory of the attempt's) at `location` (``Storage/store(_:to:within:)``): never
+    /// a file that is, or is reached through, a link out of the attempt's directory; a `file://` one only inside the
+    /// storage roots, and as the instance's user when it has one.
+    func store(_ source: URL, to location: StorageLocation, what: String) async throws {
+        try await transfer(location, what: what) {
+            try await storage.store(source, to: location, within: attempt)
+        } asUser: { user, path in
+            try Storage.refuseLinksOut(of: source, within: attempt)
+            let fileTarget = Storage.fileTarget(
+                URL(fileURLWithPath: path), name: source.lastPathComponent, path.hasSuffix("/"))
+            try await copy(as: user, ["store", source.path, path, fileTarget.path], source: .file(path: source.path))
+        }
+    }
+
+    /// Runs `byNode` (the executor's own transfer), unless `location` is a `file://` path: that one must be inside
+    /// the storage roots, and goes through `asUser` when the instance has a user. A storage error fails the attempt
+    /// with `what`.
+    private func transfer(
+        _ location: StorageLocation, what: String, byNode: () async throws -> Void,
+        asUser: (InstanceUser, String) async throws -> Void
+    ) async throws {
+        do {
+            guard case .file(let path) = location else { return try await byNode() }
+            try checkStoragePath(path)
+            if let user { try await asUser(user, path) } else { try await byNode() }
+        } catch let error as StorageError {
+            throw Failure(description: "\(what): \(error)")
+        }
+    }
+
+    /// Refuses a `file://` path outside the storage roots or inside the node's work dirs, as written and as it
+    /// resolves now (a link inside a root to elsewhere is followed to where it leads).
+    func checkStoragePath(_ path: String) throws {
+        for candidate in [path, Self.resolved(path)] {
+            if let refusal = roots.refusal(candidate) { throw StorageError.refused(refusal) }
+        }
+    }
+
+    /// `path` with its longest existing prefix's links resolved.
+    static func resolved(_ path: String) -> String {
+        var existing = URL(fileURLWithPath: path).standardizedFileURL
+        var rest: [String] = []
+        while !FileManager.default.fileExists(atPath: existing.path), existing.path != "/" {
+            rest.insert(existing.lastPathComponent, at: 0)
+            existing.deleteLastPathComponent()
+        }
+        var result = existing.resolvingSymlinksInPath()
+        for component in rest { result.appendPathComponent(component) }
+        return result.path
+    }
+
+    /// Copies a file or directory as `user` (`fetch SOURCE DIRECTORY FILE` or `store SOURCE DIRECTORY FILE`: a
+    /// directory's contents go into DIRECTORY, a file to FILE), so that only what that user may read is read and only
+    /// where it may write is written. Links in a fetched directory are copied as links; a stored one's are followed
+    /// (``Storage/refuseLinksOut(of:within:)`` has checked them).
+    private func copy(as user: InstanceUser, _ arguments: [String], source: StorageLocation) async throws {
+        let script = """
+            mode=$1 source=$2 directory=$3 file=$4
+            if [ "$mode" = fetch ]; then follow=-P; else follow=-L; fi
+            if [ -d "$source" ]; then
+                mkdir -p -- "$directory" && cp -R $follow --no-preserve=all -- "$source"/. "$directory"/
+            elif [ -e "$source" ]; then
+                mkdir -p -- "$(dirname -- "$file")" && cp -L --no-preserve=all -- "$source" "$file"
+            else
+                exit 3
+            fi
+            """
+        let log = attempt.appendingPathComponent("transfer.log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        let command = user.command(["/bin/sh", "-c", script, "sh"] + arguments)
+        let child = try await ChildProcess.start(
+            executable: command[0], arguments: Array(command.dropFirst()),
+            environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], stdout: log.path, stderr: log.path)
+        let termination = await child.wait()
+        if termination == .exited(3) { throw StorageError.notFound(source.description) }
+        guard termination == .exited(0) else {
+            let said = ((try? String(contentsOf: log, encoding: .utf8)) ?? "").trimmingCharacters(
+                in: .whitespacesAndNewlines)
+            throw StorageError.local(
+                path: source.description, "cannot be copied as \(user.name): \(said.prefix(500))")
         }
     }
 
@@ -207,7 +318,9 @@ struct Workspace {
                 if !FileManager.default.fileExists(atPath: file.path) {
                     FileManager.default.createFile(atPath: file.path, contents: nil)
                 }
-                try await storage.store(file, to: target, within: attempt)
+                try await store(file, to: target, what: "\(stream) log not uploaded")
+            } catch let failure as Failure {
+                problems.append(failure.description)
             } catch {
                 problems.append("\(stream) log not uploaded: \(error)")
             }

@@ -425,6 +425,8 @@ public struct ComputeEnvStore: Sendable {
         public var deleting: Bool
         /// Its nodes run instances in a sandbox.
         public var sandbox: Bool
+        /// Each instance's memory limit in MiB (nil: the node's default).
+        public var instanceMemoryLimit: Int?
     }
 
     /// Every environment, for the provisioner.
@@ -452,7 +454,7 @@ public struct ComputeEnvStore: Sendable {
             result.append(
                 Provisioned(
                     envID: EnvID(rawValue: id), desired: desired, driver: driver, deleting: next == "DELETING",
-                    sandbox: spec.sandbox ?? true))
+                    sandbox: spec.sandbox ?? true, instanceMemoryLimit: spec.instanceMemoryLimit))
         }
         return result
     }

@@ -63,6 +63,13 @@ public struct UserStore: Sendable {
         return nil
     }
 
+    /// A user's name; nil when there is no such user.
+    public func name(of user: UserID) async throws -> String? {
+        let rows = try await database.client.query(
+            "SELECT name FROM users WHERE user_id = \(user.rawValue)", logger: database.logger)
+        return try await rows.decode(String.self).first { _ in true }
+    }
+
     /// Disables (or enables again) a user and so every key pair of theirs. Returns false if there is no such user.
     public func setDisabled(name: String, _ disabled: Bool) async throws -> Bool {
         let rows = try await database.client.query(

@@ -35,6 +35,8 @@ struct NodeExit: Sendable {
 struct NodeSettings: Sendable, Hashable {
     /// Run instances in a sandbox (`Sandbox` of the environment; default on).
     var sandbox: Bool = true
+    /// Each instance's memory limit in MiB (`InstanceMemoryLimit` of the environment; nil: the node's default).
+    var instanceMemoryLimit: Int?
 }
 
 /// Nodes as ExecutorService processes on this machine, each with its own work dir and log.
@@ -63,14 +65,17 @@ actor ProcessNodeDriver: NodeDriver {
         let directory = nodesDirectory.appendingPathComponent(node.rawValue, isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var environment = ["BATCH_AMQP_URL": amqpURL, "PATH": "/usr/local/bin:/usr/bin:/bin"]
+        // What a node needs and nothing more: never the master key or the database URL.
         let passed = [
-            "BATCH_LOG_LEVEL", "BATCH_S3_ENDPOINT", "BATCH_S3_REGION", "BATCH_SANDBOX", "BATCH_SHARED_PATHS", "HOME",
-            "LANG",
+            "BATCH_LOG_LEVEL", "BATCH_S3_ENDPOINT", "BATCH_S3_REGION", "BATCH_SANDBOX", "BATCH_SHARED_PATHS",
+            "BATCH_STORAGE_ROOTS", "BATCH_INSTANCE_MEMORY", "BATCH_INSTANCE_PIDS", "BATCH_INSTANCE_FILE_SIZE",
+            "HOME", "LANG",
         ]
         for name in passed {
             if let value = ProcessInfo.processInfo.environment[name] { environment[name] = value }
         }
         if !settings.sandbox { environment["BATCH_SANDBOX"] = "off" }
+        if let memory = settings.instanceMemoryLimit { environment["BATCH_INSTANCE_MEMORY"] = String(memory) }
         let log = directory.appendingPathComponent("executor.log").path
         let process = try ChildProcess(
             executable: executable,

@@ -152,7 +152,8 @@ struct Provisioner: Service {
             node, env: env.envID, slots: nodeSlots, host: ProcessInfo.processInfo.hostName, cause: cause)
         do {
             try await driver.createNode(
-                node, env: env.envID, slots: nodeSlots, settings: NodeSettings(sandbox: env.sandbox))
+                node, env: env.envID, slots: nodeSlots,
+                settings: NodeSettings(sandbox: env.sandbox, instanceMemoryLimit: env.instanceMemoryLimit))
         } catch {
             try await envs.setNodeState(node, "CREATION_FAILED")
             try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")

@@ -14,6 +14,8 @@ public enum StorageError: Error, Sendable, CustomStringConvertible {
     case local(path: String, String)
     /// `s3://` without an endpoint to send it to.
     case noEndpoint(String)
+    /// The node does not allow the path (outside its storage roots, a link out of the instance's files).
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum StorageError: Error, Sendable, CustomStringConvertible {
             "\(target): \(operation) failed with \(status) \(code)" + (message.isEmpty ? "" : ": \(message)")
         case .unreachable(let target, let endpoint, let error): "\(target): \(endpoint) cannot be reached: \(error)"
         case .local(let path, let problem): "\(path) \(problem)"
+        case .refused(let reason): reason
         case .noEndpoint(let target):
             "\(target): no S3 endpoint is configured (give the node BATCH_S3_ENDPOINT, or the Authentication an "
                 + "Endpoint)"
@@ -118,15 +121,7 @@ public struct Storage: Sendable {
         } else {
             sources = [(source, "")]
         }
-        if let within {
-            let root = within.resolvingSymlinksInPath().standardizedFileURL.path
-            for (file, _) in sources {
-                let real = file.resolvingSymlinksInPath().standardizedFileURL.path
-                guard real == root || real.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
-                    throw StorageError.local(path: file.path, "is a link to a file outside the instance's own files")
-                }
-            }
-        }
+        if let within { try Self.refuseLinksOut(of: sources.map(\.0), within: within) }
         var total: Int64 = 0
         switch location {
         case .file(let path):
@@ -155,7 +150,27 @@ public struct Storage: Sendable {
         return total
     }
 
-    static func fileTarget(_ destination: URL, name: String, _ intoDirectory: Bool) -> URL {
+    /// Throws when `source` (a file, or a directory's files) is, or is reached through, a symbolic link to something
+    /// outside `within`.
+    public static func refuseLinksOut(of source: URL, within: URL) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory) else {
+            throw StorageError.local(path: source.path, "does not exist")
+        }
+        try refuseLinksOut(of: isDirectory.boolValue ? try filesUnder(source) : [source], within: within)
+    }
+
+    static func refuseLinksOut(of files: [URL], within: URL) throws {
+        let root = within.resolvingSymlinksInPath().standardizedFileURL.path
+        for file in files {
+            let real = file.resolvingSymlinksInPath().standardizedFileURL.path
+            guard real == root || real.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
+                throw StorageError.local(path: file.path, "is a link to a file outside the instance's own files")
+            }
+        }
+    }
+
+    public static func fileTarget(_ destination: URL, name: String, _ intoDirectory: Bool) -> URL {
         var isDirectory: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: destination.path, isDirectory: &isDirectory)
         return intoDirectory || (exists && isDirectory.boolValue)

@@ -21,11 +21,13 @@ struct ExampleTests {
     func genomics() async throws {
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 2)
-            let data = stack.directory.appendingPathComponent("genomics")
+            let data = stack.data.appendingPathComponent("genomics")
             let made = try await TestServers.run(
                 Self.examples.appendingPathComponent("genomics/make-data").path, [data.path, "--reads", "8000"],
                 environment: ["PATH": "/usr/bin:/bin"])
             #expect(made.status == 0, "\(made.stderr)")
+            // The instances' user writes the pipeline's work, logs and output there.
+            try FileManager.default.setAttributes([.posixPermissions: 0o1777], ofItemAtPath: data.path)
             let packed = try await TestServers.run(
                 "/bin/tar",
                 [
@@ -59,7 +61,7 @@ struct ExampleTests {
     func render() async throws {
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 2)
-            let data = stack.directory.appendingPathComponent("render")
+            let data = stack.data.appendingPathComponent("render")
             let submitted = try await stack.call("SubmitJob", ["Job": try job("render", data: data, env: env)])
             let jobID = try unwrap(submitted["JobId"] as? String)
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")

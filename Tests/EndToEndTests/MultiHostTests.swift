@@ -225,10 +225,12 @@ struct VirtualNetwork {
         var environment = stack.environment
         environment["BATCH_AMQP_URL"] = environment["BATCH_AMQP_URL"]?.replacingOccurrences(
             of: "@127.0.0.1:", with: "@\(bridgeAddress):")
+        // nsenter enters only the network namespace: `ip netns exec` would also mount a sysfs of its own over /sys,
+        // without the cgroup file systems the executor limits its instances with.
         return try ServiceProcess(
-            "/usr/sbin/ip",
+            "/usr/bin/nsenter",
             [
-                "netns", "exec", hosts[host].namespace,
+                "--net=/run/netns/\(hosts[host].namespace)",
                 Stack.binDirectory.appendingPathComponent("ExecutorService").path,
                 "--env-id", env, "--instance-id", hosts[host].name, "--slots", "2", "--lease", "3",
                 "--heartbeat-interval", "1", "--work-dir",

@@ -57,9 +57,12 @@ final class Stack: @unchecked Sendable {
         try await RabbitManagement.createVhost(vhost)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost)
         // The tests' "shared file system": instances (as the node's unprivileged user) write there.
-        try FileManager.default.createDirectory(
-            at: directory.appendingPathComponent("shared"), withIntermediateDirectories: true,
-            attributes: [.posixPermissions: 0o1777])
+        // The tests' storage: `file://` paths may be inside `shared` and `data` (the storage roots), nowhere else.
+        for name in ["shared", "data"] {
+            try FileManager.default.createDirectory(
+                at: directory.appendingPathComponent(name), withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o1777])
+        }
         var security = ["BATCH_INSECURE_HTTP": "1"]
         if tls {
             let certificate = directory.appendingPathComponent("gateway.pem").path
@@ -87,6 +90,8 @@ final class Stack: @unchecked Sendable {
             "BATCH_NODE_SLOTS": "2",
             // Sandboxed instances see this directory (the tests' "shared file system") and nothing else of the node.
             "BATCH_SHARED_PATHS": directory.appendingPathComponent("shared").path,
+            "BATCH_STORAGE_ROOTS": ["shared", "data"].map { directory.appendingPathComponent($0).path }
+                .joined(separator: ":"),
             "BATCH_S3_ENDPOINT": ProcessInfo.processInfo.environment["BATCH_S3_ENDPOINT"] ?? "",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
         ].merging(security) { $1 }.merging(settings) { $1 }
@@ -107,6 +112,8 @@ final class Stack: @unchecked Sendable {
     }
 
     let tls: Bool
+    /// A storage root that instances (as the node's unprivileged user) may write: `file://` data goes here.
+    var data: URL { directory.appendingPathComponent("data") }
     var certificatePath: String { directory.appendingPathComponent("gateway.pem").path }
     var endpoint: String { "127.0.0.1:\(port)" }
 

@@ -1,0 +1,204 @@
+import BatchCore
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Per-instance resource limits with Linux control groups: each attempt gets a cgroup of its own (memory with no
+/// swap beyond it, pids, CPU weight) under a directory of the node's, inside the executor's own cgroup. cgroup v1
+/// (one hierarchy per controller: `memory`, `pids`, `cpu`) and v2 (one unified hierarchy) are both supported.
+///
+/// An instance's processes are put in its cgroup before bubblewrap starts (a shell writes its own pid into the
+/// `cgroup.procs` files, then execs), so nothing it starts escapes; and the cgroup is how its processes are
+/// signalled, since the sandbox gives them a session of their own.
+final class Cgroups: Sendable {
+    enum Layout: Sendable, Equatable {
+        /// One node directory per controller.
+        case v1(memory: String, pids: String, cpu: String)
+        case v2(String)
+    }
+
+    let layout: Layout
+    private let sequence = Atomic<Int>(0)
+
+    struct Unusable: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Makes the node's directories (`batch-<node id>`) in the executor's own cgroups and checks that limits can be
+    /// set there. Throws when this node cannot limit its instances (no cgroup file system, or no right to write it).
+    static func prepare(node: NodeID, root: String = "/sys/fs/cgroup") throws -> Cgroups {
+        let files = FileManager.default
+        let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        /// The executor's cgroup in the hierarchy of `controller` ("" for v2's), as that hierarchy is mounted here.
+        func ownPath(_ controller: String, mount: String) -> String {
+            for line in own.split(separator: "\n") {
+                let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+                guard fields.count == 3 else { continue }
+                let controllers = fields[1].split(separator: ",").map(String.init)
+                guard controller.isEmpty ? fields[1].isEmpty : controllers.contains(controller) else { continue }
+                let path = mount + String(fields[2])
+                // A container sees its own cgroup as the root of the mount.
+                return files.fileExists(atPath: path) ? path : mount
+            }
+            return mount
+        }
+        let directory = "batch-\(node.rawValue)"
+        let layout: Layout
+        if files.fileExists(atPath: "\(root)/cgroup.controllers") {
+            let parent = ownPath("", mount: root)
+            let available = ((try? String(contentsOfFile: "\(parent)/cgroup.controllers", encoding: .utf8)) ?? "")
+                .split(whereSeparator: \.isWhitespace)
+            for controller in ["memory", "pids", "cpu"] where !available.contains(Substring(controller)) {
+                throw Unusable(description: "the cgroup v2 controller \(controller) is not available in \(parent)")
+            }
+            let enabled = ((try? String(contentsOfFile: "\(parent)/cgroup.subtree_control", encoding: .utf8)) ?? "")
+                .split(whereSeparator: \.isWhitespace)
+            if !["memory", "pids", "cpu"].allSatisfy({ enabled.contains(Substring($0)) }) {
+                do {
+                    try write("+memory +pids +cpu", to: "\(parent)/cgroup.subtree_control")
+                } catch {
+                    throw Unusable(
+                        description: "cannot delegate the memory, pids and cpu controllers below \(parent) (\(error)); "
+                            + "run the executor in a cgroup of its own with them delegated (systemd: Delegate=yes)")
+                }
+            }
+            let nodePath = "\(parent)/\(directory)"
+            try makeDirectory(nodePath)
+            try write("+memory +pids +cpu", to: "\(nodePath)/cgroup.subtree_control")
+            layout = .v2(nodePath)
+        } else {
+            var paths: [String] = []
+            for controller in ["memory", "pids", "cpu"] {
+                let mount = "\(root)/\(controller)"
+                guard files.fileExists(atPath: "\(mount)/cgroup.procs") else {
+                    throw Unusable(description: "no cgroup v1 \(controller) hierarchy at \(mount)")
+                }
+                let path = "\(ownPath(controller, mount: mount))/\(directory)"
+                try makeDirectory(path)
+                paths.append(path)
+            }
+            layout = .v1(memory: paths[0], pids: paths[1], cpu: paths[2])
+        }
+        return Cgroups(layout: layout)
+    }
+
+    private init(layout: Layout) { self.layout = layout }
+
+    /// The node's directories.
+    var nodeDirectories: [String] {
+        switch layout {
+        case .v1(let memory, let pids, let cpu): [memory, pids, cpu]
+        case .v2(let path): [path]
+        }
+    }
+
+    /// A new cgroup for one attempt, with `limits` set.
+    func make(limits: InstanceLimits) throws -> InstanceCgroup {
+        let name = "i\(sequence.add(1, ordering: .relaxed).newValue)"
+        let directories = nodeDirectories.map { "\($0)/\(name)" }
+        do {
+            for directory in directories { try Self.makeDirectory(directory) }
+            switch layout {
+            case .v1:
+                let (memory, pids, cpu) = (directories[0], directories[1], directories[2])
+                try Self.write(String(limits.memoryBytes), to: "\(memory)/memory.limit_in_bytes")
+                // Swap counts too where the kernel accounts for it (memsw must not be below the limit above).
+                if FileManager.default.fileExists(atPath: "\(memory)/memory.memsw.limit_in_bytes") {
+                    try Self.write(String(limits.memoryBytes), to: "\(memory)/memory.memsw.limit_in_bytes")
+                }
+                try Self.write(String(limits.pids), to: "\(pids)/pids.max")
+                try Self.write(String(limits.cpuShares), to: "\(cpu)/cpu.shares")
+            case .v2:
+                let path = directories[0]
+                try Self.write(String(limits.memoryBytes), to: "\(path)/memory.max")
+                if FileManager.default.fileExists(atPath: "\(path)/memory.swap.max") {
+                    try Self.write("0", to: "\(path)/memory.swap.max")
+                }
+                try Self.write(String(limits.pids), to: "\(path)/pids.max")
+                try Self.write(String(limits.cpuWeight), to: "\(path)/cpu.weight")
+            }
+        } catch {
+            for directory in directories { rmdir(directory) }
+            throw error
+        }
+        return InstanceCgroup(directories: directories, version2: { if case .v2 = layout { true } else { false } }())
+    }
+
+    /// Removes the node's directories (once its instances are gone).
+    func remove() {
+        for directory in nodeDirectories { rmdir(directory) }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+            throw Unusable(description: "cannot make the cgroup \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    static func write(_ value: String, to file: String) throws {
+        let descriptor = open(file, O_WRONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw Unusable(description: "cannot open \(file): \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        let written = value.withCString { Glibc.write(descriptor, $0, strlen($0)) }
+        guard written >= 0 else {
+            throw Unusable(description: "cannot write \(value) to \(file): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// One attempt's cgroup: where its processes go, how they are signalled, whether the kernel killed one for memory.
+struct InstanceCgroup: Sendable {
+    let directories: [String]
+    let version2: Bool
+
+    /// The `cgroup.procs` files a process joins (one per hierarchy).
+    var procsFiles: [String] { directories.map { "\($0)/cgroup.procs" } }
+
+    /// `command` started so that its first process joins this cgroup before it execs: nothing it starts is outside.
+    func command(_ command: [String]) -> [String] {
+        let joins = procsFiles.indices.map { "echo $$ > \"$\($0 + 1)\"" }.joined(separator: " && ")
+        return ["/bin/sh", "-c", "\(joins) && shift \(procsFiles.count) && exec \"$@\"", "sh"] + procsFiles + command
+    }
+
+    /// The processes in the cgroup now.
+    func members() -> [pid_t] {
+        var pids: Set<pid_t> = []
+        for file in procsFiles {
+            let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n") { if let pid = pid_t(line) { pids.insert(pid) } }
+        }
+        return Array(pids)
+    }
+
+    /// Sends `signal` to every process in the cgroup but `except`.
+    func signal(_ signal: Int32, except: pid_t? = nil) {
+        for member in members() where member != except { kill(member, signal) }
+    }
+
+    /// True when the kernel killed a process of this cgroup for going over its memory limit.
+    var killedForMemory: Bool {
+        let memory = directories[0]
+        let file = version2 ? "\(memory)/memory.events" : "\(memory)/memory.oom_control"
+        let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+        for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
+            return (Int(line.dropFirst("oom_kill ".count)) ?? 0) > 0
+        }
+        return false
+    }
+
+    /// Kills whatever is left in the cgroup and removes it.
+    func remove() async {
+        for _ in 0..<50 {
+            let left = members()
+            if left.isEmpty { break }
+            for member in left { kill(member, SIGKILL) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for directory in directories { rmdir(directory) }
+    }
+}

@@ -1,0 +1,382 @@
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A hostile tenant's job against the node that runs it and the control plane beside it, through the real stack:
+/// every probe must fail, and the node must go on running other work to the end (docs/security.md).
+@Suite("Isolation: a hostile tenant's job reaches nothing but its own work", .serialized, .timeLimit(.minutes(5)))
+struct IsolationTests {
+    /// The stdout of each instance of a task, by index.
+    func stdout(_ stack: Stack, _ jobID: String, _ task: String) async throws -> [Int: String] {
+        let logs = try await stack.call("DescribeTaskLogs", ["JobId": jobID, "TaskName": task])
+        var result: [Int: String] = [:]
+        for instance in try unwrap(logs["TaskInstanceLogSet"] as? [[String: Any]]) {
+            let index = instance["TaskInstanceIndex"] as? Int ?? -1
+            result[index] =
+                (instance["StdoutLog"] as? String).flatMap { Data(base64Encoded: $0) }.map {
+                    String(decoding: $0, as: UTF8.self)
+                } ?? ""
+        }
+        return result
+    }
+
+    func port(_ url: String?) -> Int? { url.flatMap { URLComponents(string: $0)?.port } }
+
+    @Test(
+        "no network to the node's services, no secret in reach, no launcher running the task's LD_PRELOAD, no sibling or executor to signal"
+    )
+    func networkEnvironmentAndProcesses() async throws {
+        try await Stack.run { stack in
+            let shared = stack.directory.appendingPathComponent("shared")
+            // A library whose constructor leaves a mark naming the user and network namespace of whatever loads it.
+            let marks = shared.appendingPathComponent("preload")
+            try FileManager.default.createDirectory(
+                at: marks, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o1777])
+            let source = stack.directory.appendingPathComponent("probe.c")
+            try Data(
+                """
+                #include <stdio.h>
+                #include <unistd.h>
+                __attribute__((constructor)) static void probe(void) {
+                    char ns[64] = "";
+                    ssize_t n = readlink("/proc/self/ns/net", ns, sizeof ns - 1);
+                    if (n > 0) ns[n] = 0;
+                    char path[4096];
+                    snprintf(path, sizeof path, "%s/%u %s %d", MARKS, getuid(), ns, getpid());
+                    FILE *f = fopen(path, "w");
+                    if (f) fclose(f);
+                }
+                """.utf8
+            ).write(to: source)
+            let library = shared.appendingPathComponent("probe.so")
+            let compiled = try await TestServers.run(
+                "/usr/bin/gcc",
+                ["-shared", "-fPIC", "-DMARKS=\"\(marks.path)\"", "-o", library.path, source.path],
+                environment: ["PATH": "/usr/bin:/bin"])
+            try #require(compiled.status == 0, "gcc (Debian's gcc) must build the probe: \(compiled.stderr)")
+            let hostNetwork = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+
+            let ports = [
+                port(stack.environment["BATCH_AMQP_URL"]), port(stack.environment["BATCH_DATABASE_URL"]),
+                stack.port, port(stack.environment["BATCH_S3_ENDPOINT"]),
+                port(ProcessInfo.processInfo.environment["BATCH_RABBITMQ_MANAGEMENT_URL"]) ?? 15672,
+            ].compactMap { $0 }
+            #expect(ports.count == 5)
+            let env = try await stack.createEnv(nodes: 1)
+            try await waitUntil("the node runs") {
+                try await processes(matching: "ExecutorService.*\(stack.directory.path)/nodes").count == 1
+            }
+            let executor = try unwrap(
+                try await processes(matching: "ExecutorService.*\(stack.directory.path)/nodes").first)
+            let probe = """
+                import os, socket, sys
+                for port in sys.argv[1:]:
+                    s = socket.socket(); s.settimeout(3)
+                    try:
+                        s.connect(("127.0.0.1", int(port))); print(port, "reached")
+                    except OSError:
+                        print(port, "unreachable")
+                seen = 0
+                for pid in os.listdir("/proc"):
+                    try:
+                        text = open(f"/proc/{pid}/environ", "rb").read()
+                    except OSError:
+                        continue
+                    seen += sum(text.count(k) for k in (b"BATCH_MASTER_KEY", b"BATCH_DATABASE_URL", b"BATCH_AMQP_URL"))
+                print("secrets seen:", seen)
+                """
+            let gate = shared.appendingPathComponent("gate").path
+            let jobID = try await stack.submit(
+                "hostile-network", env: env,
+                tasks: [
+                    [
+                        "TaskName": "probe",
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command": "python3 -c '\(probe)' \(ports.map(String.init).joined(separator: " "))",
+                        ],
+                        "EnvVars": [["Name": "LD_PRELOAD", "Value": library.path]],
+                    ],
+                    [
+                        // Index 0 waits while index 1 looks for it, signals it, and signals the executor.
+                        "TaskName": "pair", "TaskInstanceNum": 2,
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command": """
+                            if [ "$BATCH_TASK_INSTANCE_INDEX" = 0 ]; then \
+                              sleep $((7 * 11111)) & touch \(gate).up; i=0; \
+                              while [ ! -e \(gate).done ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+                              kill $! && echo "waited to the end"; \
+                            else \
+                              i=0; while [ ! -e \(gate).up ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+                              found=$(for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null \
+                                | grep -c "slee[p] $((7 * 11111))"); \
+                              echo "sibling seen: $found"; \
+                              kill -KILL \(executor) 2>/dev/null && echo "executor: signalled" || echo "executor: out of reach"; \
+                              kill -KILL -1 2>/dev/null; touch \(gate).done; echo done; \
+                            fi
+                            """,
+                        ],
+                    ],
+                ])
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            let said = try await stdout(stack, jobID, "probe")[0] ?? ""
+            #expect(
+                said == ports.map { "\($0) unreachable\n" }.joined() + "secrets seen: 0\n", "\(said)")
+            let pair = try await stdout(stack, jobID, "pair")
+            #expect(pair[0] == "waited to the end\n", "\(pair)")
+            #expect(pair[1] == "sibling seen: 0\nexecutor: out of reach\ndone\n", "\(pair)")
+            // The task's LD_PRELOAD was loaded only inside the sandbox (its own network), never by the launcher.
+            let loaded = try FileManager.default.contentsOfDirectory(atPath: marks.path)
+            #expect(!loaded.isEmpty)
+            #expect(loaded.allSatisfy { !$0.contains(hostNetwork) }, "\(loaded) (host: \(hostNetwork))")
+            // The node is the same process, and still takes work.
+            #expect(try await processes(matching: "ExecutorService.*\(stack.directory.path)/nodes") == [executor])
+            let after = try await stack.submit(
+                "after", env: env,
+                tasks: [["TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "echo alive"]]])
+            #expect(try await stack.waitForJob(after)["JobState"] as? String == "SUCCEED")
+        }
+    }
+
+    @Test(
+        "file:// only inside the storage roots and as the instance's user; no unsandboxed environment, host option or log name that climbs out"
+    )
+    func storageAndChoices() async throws {
+        try await Stack.run { stack in
+            let shared = stack.directory.appendingPathComponent("shared")
+            // The node's own secret (as .batch/master.key is to the quick start's nodes), outside every root.
+            let secret = stack.directory.appendingPathComponent("master.key")
+            try Data("k1:the master key".utf8).write(to: secret)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: secret.path)
+            let rootOnly = shared.appendingPathComponent("root-only.txt")
+            try Data("root's".utf8).write(to: rootOnly)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: rootOnly.path)
+            let link = shared.appendingPathComponent("innocent.txt")
+            try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: secret.path)
+            let input = stack.data.appendingPathComponent("in.txt")
+            try Data("the tenant's own input".utf8).write(to: input)
+            let underRoot = "/root/batch-isolation-\(UUID().uuidString.prefix(8))"
+
+            // The sandbox is not a tenant's choice.
+            let envsBefore = try await stack.rowCount("compute_envs")
+            await #expect {
+                try await stack.call(
+                    "CreateComputeEnv",
+                    ["ComputeEnv": ["EnvName": "bare", "DesiredComputeNodeCount": 1, "Sandbox": false]])
+            } throws: { error in
+                let error = error as? APICallError
+                return error?.code == "UnauthorizedOperation"
+                    && error?.message.contains("ComputeEnv.Sandbox") == true
+            }
+            #expect(try await stack.rowCount("compute_envs") == envsBefore)
+            let env = try await stack.createEnv(nodes: 1)
+
+            // Host options for the container runtime and log names that climb out are refused, naming the field.
+            let jobsBefore = try await stack.rowCount("jobs")
+            for (task, field, word) in [
+                (
+                    [
+                        "TaskName": "privileged",
+                        "Application": [
+                            "DeliveryForm": "LOCAL", "Command": "true",
+                            "Docker": ["Image": "debian", "DockerRunOption": "--privileged -v /:/host"],
+                        ],
+                    ] as [String: Any], "Job.Tasks[0].Application.Docker.DockerRunOption", "--privileged"
+                ),
+                (
+                    [
+                        "TaskName": "climb",
+                        "Application": ["DeliveryForm": "LOCAL", "Command": "true"],
+                        "RedirectInfo": [
+                            "StdoutRedirectPath": "file://\(stack.data.path)/logs/",
+                            "StdoutRedirectFileName": "../../escaped",
+                        ],
+                    ], "Job.Tasks[0].RedirectInfo.StdoutRedirectFileName", "/",
+                ),
+            ] {
+                await #expect {
+                    _ = try await stack.submit("refused", env: env, tasks: [task])
+                } throws: { error in
+                    let error = error as? APICallError
+                    return error?.code == "InvalidParameterValue" && error?.message.contains(field) == true
+                        && error?.message.contains(word) == true
+                }
+            }
+            #expect(try await stack.rowCount("jobs") == jobsBefore)
+
+            func reading(_ name: String, _ source: String) -> [String: Any] {
+                [
+                    "TaskName": name,
+                    "Application": ["DeliveryForm": "LOCAL", "Command": "cat /data/in/*"],
+                    "InputMappings": [["SourcePath": source, "DestinationPath": "/data/in/"]],
+                ]
+            }
+            let jobID = try await stack.submit(
+                "hostile-storage", env: env,
+                tasks: [
+                    reading("master-key", "file://\(secret.path)"),
+                    reading("root-only", "file://\(rootOnly.path)"),
+                    reading("link-out", "file://\(link.path)"),
+                    [
+                        "TaskName": "write-root",
+                        "Application": [
+                            "DeliveryForm": "LOCAL", "Command": "mkdir -p /data/out && echo x > /data/out/x",
+                        ],
+                        "OutputMappings": [["SourcePath": "/data/out/", "DestinationPath": "file://\(underRoot)/"]],
+                    ],
+                    [
+                        "TaskName": "log-link",
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command": """
+                            ln -sf /etc/shadow "$BATCH_WORK_DIR/../stdout.log" 2>/dev/null && echo linked || \
+                            echo "own output"
+                            """,
+                        ],
+                    ],
+                    reading("own", "file://\(input.path)").merging([
+                        "OutputMappings": [
+                            ["SourcePath": "/data/in/", "DestinationPath": "file://\(stack.data.path)/copied/"]
+                        ]
+                    ]) { $1 },
+                ], extra: ["TaskExecutionDependOn": "PRE_TASK_FINISHED"])
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "FAILED")
+            let expected = [
+                "master-key": "outside the node's storage roots",
+                "root-only": "cannot be copied as nobody",
+                "link-out": "outside the node's storage roots",
+                "write-root": "outside the node's storage roots",
+            ]
+            for (task, reason) in expected {
+                let instance = try unwrap(try await stack.instances(jobID, task).first)
+                let said = instance["StateReason"] as? String ?? ""
+                #expect(instance["TaskInstanceState"] as? String == "FAILED", "\(task)")
+                #expect(said.contains(reason), "\(task): \(said)")
+                #expect(!said.contains("the master key") && !said.contains("root's"), "\(task): \(said)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: underRoot))
+            // Its logs are its own output, read through no link.
+            let log = try await stack.call(
+                "GetTaskInstanceLog", ["JobId": jobID, "TaskName": "log-link", "TaskInstanceIndex": 0])
+            let text = (log["Log"] as? String).flatMap { Data(base64Encoded: $0) }.map {
+                String(decoding: $0, as: UTF8.self)
+            }
+            #expect(text == "own output\n", "\(log)")
+            #expect(try await stdout(stack, jobID, "own")[0] == "the tenant's own input")
+            let copied = stack.data.appendingPathComponent("copied/in.txt")
+            #expect(try String(contentsOf: copied, encoding: .utf8) == "the tenant's own input")
+            var status = stat()
+            #expect(stat(copied.path, &status) == 0 && status.st_uid == 65534, "written as nobody")
+        }
+    }
+
+    @Test("memory, processes and file sizes are limited per instance; the node runs other work to the end")
+    func limits() async throws {
+        try await Stack.run(settings: ["BATCH_INSTANCE_FILE_SIZE": "64"]) { stack in
+            let response = try await stack.call(
+                "CreateComputeEnv",
+                ["ComputeEnv": ["EnvName": "small", "DesiredComputeNodeCount": 1, "InstanceMemoryLimit": 256]])
+            let env = try unwrap(response["EnvId"] as? String)
+            let jobID = try await stack.submit(
+                "hostile-limits", env: env,
+                tasks: [
+                    [
+                        "TaskName": "hog",
+                        "Application": [
+                            "DeliveryForm": "LOCAL", "Command": "python3 -c 'b = bytearray(4 << 30); print(len(b))'",
+                        ],
+                    ],
+                    [
+                        "TaskName": "bomb",
+                        "Application": ["DeliveryForm": "LOCAL", "Command": "bomb() { bomb | bomb & }; bomb"],
+                    ],
+                    [
+                        // Processes that stay, forked until no more can be (in a subshell: dash exits when it cannot
+                        // fork), then counted with a glob, which needs no fork.
+                        "TaskName": "flood",
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command": """
+                            (i=0; while [ $i -lt 5000 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; \
+                                set -- /proc/[0-9]*; echo "processes: $#"; exit 3
+                            """,
+                        ],
+                    ],
+                    [
+                        "TaskName": "filler",
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command": """
+                            dd if=/dev/zero of=big bs=1M count=200 2>/dev/null; echo "dd: $?"; stat -c %s big
+                            """,
+                        ],
+                    ],
+                    ["TaskName": "after", "Application": ["DeliveryForm": "LOCAL", "Command": "echo alive"]],
+                ], dependences: [("hog", "after"), ("bomb", "after"), ("flood", "after"), ("filler", "after")],
+                extra: ["TaskExecutionDependOn": "PRE_TASK_FINISHED"])
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "FAILED")
+            let hog = try unwrap(try await stack.instances(jobID, "hog").first)
+            #expect(hog["TaskInstanceState"] as? String == "FAILED")
+            #expect(
+                (hog["StateReason"] as? String)?.contains("more than its memory limit of 256 MiB") == true, "\(hog)")
+            // The bomb ends however its last fork went; the flood stopped at the limit (it forks until it cannot).
+            let bomb = try unwrap(try await stack.instances(jobID, "bomb").first)
+            #expect(["SUCCEED", "FAILED"].contains(bomb["TaskInstanceState"] as? String ?? ""), "\(bomb)")
+            let flood = try unwrap(try await stack.instances(jobID, "flood").first)
+            #expect(flood["ExitCode"] as? Int == 3, "\(flood)")
+            let counted = try await stdout(stack, jobID, "flood")[0] ?? ""
+            let seen = Int(counted.dropFirst("processes: ".count).dropLast()) ?? -1
+            #expect(seen > 512 && seen <= 1024, "\(counted)")
+            // dd is stopped by SIGXFSZ (128 + 25) at the 64 MiB limit.
+            #expect(try await stdout(stack, jobID, "filler")[0] == "dd: 153\n\(64 << 20)\n")
+            let after = try unwrap(try await stack.instances(jobID, "after").first)
+            #expect(after["TaskInstanceState"] as? String == "SUCCEED", "\(after)")
+            #expect(after["ComputeNodeId"] as? String == hog["ComputeNodeId"] as? String)
+            #expect(try await stdout(stack, jobID, "after")[0] == "alive\n")
+            // Nothing of the bomb is left on the node.
+            #expect(try await processes(matching: "bomb \\| bomb").isEmpty)
+        }
+    }
+
+    @Test("the servers scripts/servers starts have no known password: no guest on the broker, no batch:batch")
+    func noKnownPasswords() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let database = try unwrap(environment["BATCH_DATABASE_URL"].flatMap { URLComponents(string: $0) })
+        let management = try unwrap(environment["BATCH_RABBITMQ_MANAGEMENT_URL"].flatMap { URLComponents(string: $0) })
+        #expect(database.password != nil && database.password != "batch")
+        #expect(management.user != "guest")
+        for (user, password) in [("guest", "guest"), ("batch", "batch")] {
+            let broker = try await TestServers.run(
+                "/usr/bin/curl",
+                [
+                    "-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", "\(user):\(password)",
+                    "http://127.0.0.1:\(management.port ?? 15672)/api/overview",
+                ], environment: nil)
+            #expect(broker.stdout == "401", "\(user): \(broker.stdout)")
+            let sql = try await TestServers.run(
+                "/usr/bin/psql",
+                ["postgres://\(user):\(password)@127.0.0.1:\(database.port ?? 5432)/batch", "-Atc", "SELECT 1"],
+                environment: ["PATH": "/usr/bin:/bin"])
+            #expect(sql.status != 0 && sql.stderr.contains("password authentication failed"), "\(sql.stderr)")
+        }
+    }
+
+    @Test("a node that cannot make a sandbox refuses to start instead of running instances unsandboxed")
+    func noSandboxNoNode() async throws {
+        let result = try await TestServers.run(
+            Stack.binDirectory.appendingPathComponent("ExecutorService").path,
+            ["--env-id", "env-00000000", "--work-dir", FileManager.default.temporaryDirectory.path + "/no-sandbox"],
+            environment: [
+                "PATH": "/usr/bin:/bin", "BATCH_BWRAP": "/nonexistent/bwrap",
+                "BATCH_AMQP_URL": "amqp://127.0.0.1:1/",
+            ])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("refusing to run instances without a sandbox"), "\(result.stderr)")
+        #expect(result.stderr.contains("bubblewrap (/nonexistent/bwrap) is not installed"), "\(result.stderr)")
+    }
+}
