@@ -457,19 +457,19 @@ public struct SchedulerStore: Sendable {
     /// Takes the scheduling lock for the rest of the transaction: one scheduler transaction at a time, even with
     /// several scheduler processes, since dispatch reads capacity and writes instances of many jobs and must neither
     /// double-book a slot nor deadlock with another. In the same round trip, returns which of `nodes` have been
-    /// heard from within `lostAfter` (the others are, or are about to be, counted lost).
+    /// heard from within `lostAfter` (the others are, or are about to be, counted lost), with their environments.
     public func lockScheduling(
         andFindAlive nodes: Set<NodeID>, lostAfter: Duration, on connection: PostgresConnection
-    ) async throws -> Set<NodeID> {
-        var alive: Set<NodeID> = []
+    ) async throws -> [NodeID: EnvID] {
+        var alive: [NodeID: EnvID] = [:]
         for try await row in try await connection.execute(
             Statements.LockScheduling(
                 nodes: nodes.map(\.rawValue), lostAfterSeconds: Int(lostAfter.components.seconds)),
             logger: logger)
         {
-            let id = try row.decode(String.self)
+            let (id, env) = try row.decode((String, String).self)
             guard !id.isEmpty else { continue }
-            alive.insert(NodeID(rawValue: id))
+            alive[NodeID(rawValue: id)] = EnvID(rawValue: env)
         }
         return alive
     }

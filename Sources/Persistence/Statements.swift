@@ -102,9 +102,9 @@ enum Statements {
     /// Takes the scheduling lock; returns '' and then those of `nodes` heard from within the last seconds given.
     struct LockScheduling: Bound {
         static let sql = """
-            SELECT '' FROM (SELECT pg_advisory_xact_lock(7482001)) l
+            SELECT '', '' FROM (SELECT pg_advisory_xact_lock(7482001)) l
             UNION ALL
-            SELECT node_id FROM compute_nodes WHERE node_id = ANY($1::text[])
+            SELECT node_id, env_id FROM compute_nodes WHERE node_id = ANY($1::text[])
                 AND coalesce(last_heartbeat, created_at) > now() - $2 * interval '1 s'
             """
         let bindings: PostgresBindings

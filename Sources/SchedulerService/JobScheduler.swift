@@ -32,6 +32,14 @@ enum SchedulerEvent: Sendable {
     }
 
     /// Whether the event may free a slot or make instances runnable (all but a claim or a start).
+    /// A node's claim or start of an attempt.
+    var report: InstanceStarted? {
+        switch self {
+        case .accepted(let report), .started(let report): report
+        default: nil
+        }
+    }
+
     var mayFreeSlots: Bool {
         switch self {
         case .accepted, .started: false
@@ -130,7 +138,7 @@ struct JobScheduler: Sendable {
             for lost in try await store.onLostNodes(lostAfter: settings.nodeLostAfter, on: connection) {
                 events[lost.job, default: []].append(.nodeLost(lost))
             }
-            _ = try await apply(events, alive: [], exactPositions: true, on: connection)
+            _ = try await apply(events, alive: [:], exactPositions: true, on: connection)
         }
     }
 
@@ -140,12 +148,7 @@ struct JobScheduler: Sendable {
     func run(_ events: [JobID: [SchedulerEvent]], gone: [NodeID] = []) async throws {
         // A claim is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
         // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
-        let starting = events.values.joined().compactMap { event -> NodeID? in
-            switch event {
-            case .accepted(let claim), .started(let claim): claim.nodeID
-            default: nil
-            }
-        }
+        let starting = events.values.joined().compactMap { $0.report?.nodeID }
         let clearances = try await database.transaction { connection in
             let alive = try await store.lockScheduling(
                 andFindAlive: Set(starting), lostAfter: settings.nodeLostAfter, on: connection)
@@ -176,7 +179,7 @@ struct JobScheduler: Sendable {
     /// Applies the events and writes the messages they cause to the outbox; returns the clearances of the starts
     /// it recorded (on the `alive` nodes only), for the caller to send once the transaction commits.
     private func apply(
-        _ events: [JobID: [SchedulerEvent]], alive: Set<NodeID>, exactPositions: Bool = false,
+        _ events: [JobID: [SchedulerEvent]], alive: [NodeID: EnvID], exactPositions: Bool = false,
         on connection: PostgresConnection
     ) async throws -> [OutgoingMessage] {
         var messages: [OutgoingMessage] = []
@@ -209,7 +212,7 @@ struct JobScheduler: Sendable {
 
     /// Applies one job's events in order, holding its row lock; returns the messages they cause.
     private func handle(
-        _ jobID: JobID, _ events: [SchedulerEvent], alive: Set<NodeID>, on connection: PostgresConnection
+        _ jobID: JobID, _ events: [SchedulerEvent], alive: [NodeID: EnvID], on connection: PostgresConnection
     ) async throws
         -> (outbox: [OutgoingMessage], clearances: [Effects.Clearance])
     {
@@ -280,6 +283,22 @@ struct JobScheduler: Sendable {
                 continue
             }
             let now = Date()
+            // A node runs only its own environment's work: a claim or start from a node of another is refused (it
+            // can only come from a run message that node should never have been able to take).
+            if let report = event.report, let nodeEnv = effects.alive[report.nodeID], let taskEnv = config.env,
+                nodeEnv != taskEnv
+            {
+                logger.warning(
+                    "claim from a node outside the task's environment refused",
+                    metadata: [
+                        "job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(report.nodeID)",
+                        "env.id": "\(nodeEnv)", "task.env.id": "\(taskEnv)",
+                    ])
+                effects.kill(
+                    node: report.nodeID, task: key.task, index: key.index, attempt: report.attempt,
+                    reason: "the node is not in the task's environment")
+                continue
+            }
             let transition: InstanceLifecycle.Transition
             switch event {
             case .accepted(let claim):
@@ -559,8 +578,8 @@ struct Effects {
         var state: ExecutionState
         var reason: String?
     }
-    /// The nodes heard from lately: only their starts are cleared.
-    let alive: Set<NodeID>
+    /// The nodes heard from lately, with their environments: only their starts are cleared.
+    let alive: [NodeID: EnvID]
     var kills: [Kill] = []
     /// Starts recorded: the nodes may run these attempts (``InstanceCleared``, sent once the transaction commits).
     var clearances: [Clearance] = []
@@ -574,7 +593,7 @@ struct Effects {
 
     /// Clears a start, unless its node is not heard from (it asks again; if it stays silent, it is lost).
     mutating func clear(node: NodeID, task: String, index: Int, attempt: Int) {
-        guard alive.contains(node) else { return }
+        guard alive[node] != nil else { return }
         clearances.append(Clearance(node: node, task: task, index: index, attempt: attempt))
     }
 

@@ -1,4 +1,6 @@
+import BatchCore
 import Foundation
+import Messaging
 import TestSupport
 import Testing
 
@@ -336,10 +338,64 @@ struct IsolationTests {
             #expect(try await stdout(stack, jobID, "filler")[0] == "dd: 153\n\(64 << 20)\n")
             let after = try unwrap(try await stack.instances(jobID, "after").first)
             #expect(after["TaskInstanceState"] as? String == "SUCCEED", "\(after)")
-            #expect(after["ComputeNodeId"] as? String == hog["ComputeNodeId"] as? String)
+            // One node ran them all, the attack and the work after it.
+            #expect(
+                try await stack.query("SELECT DISTINCT node_id FROM task_instances WHERE job_id = '\(jobID)'").count
+                    == 1)
             #expect(try await stdout(stack, jobID, "after")[0] == "alive\n")
             // Nothing of the bomb is left on the node.
             #expect(try await processes(matching: "bomb \\| bomb").isEmpty)
+        }
+    }
+
+    @Test("a claim from a node of another environment is refused; the attempt runs on its own environment's node")
+    func claimFromAnotherEnvironment() async throws {
+        try await Stack.run { stack in
+            func create(_ name: String) async throws -> String {
+                let response = try await stack.call(
+                    "CreateComputeEnv", ["ComputeEnv": ["EnvName": name, "DesiredComputeNodeCount": 1]])
+                return try unwrap(response["EnvId"] as? String)
+            }
+            let (envA, envB) = (try await create("a"), try await create("b"))
+            func node(of env: String) async throws -> String {
+                try await stack.query(
+                    "SELECT node_id FROM compute_nodes WHERE env_id = '\(env)' AND state = 'RUNNING'"
+                ).first ?? ""
+            }
+            try await waitUntil("both environments have a running node") {
+                let (a, b) = (try await node(of: envA), try await node(of: envB))
+                return !a.isEmpty && !b.isEmpty
+            }
+            let (nodeA, nodeB) = (try await node(of: envA), try await node(of: envB))
+            // Node A is stopped, so its run message waits for it in A's queue while a node of B claims the attempt.
+            let executorA = try unwrap(
+                Int32(try unwrap(try await processes(matching: "ExecutorService.*\(nodeA)").first)))
+            kill(executorA, SIGSTOP)
+            defer { kill(executorA, SIGCONT) }
+            let jobID = try await stack.submit(
+                "misrouted", env: envA,
+                tasks: [["TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "echo ran"]]])
+            try await waitUntil("the instance is sent to A's nodes") {
+                try await stack.query("SELECT attempt::text FROM task_instances WHERE dispatched") == ["1"]
+            }
+            let claim = InstanceStarted(
+                jobID: JobID(rawValue: jobID), taskName: "t", instanceIndex: 0, attempt: 1,
+                nodeID: NodeID(rawValue: nodeB), startedAt: Date())
+            let body = String(decoding: try Envelope(InstanceReports(accepted: [claim])).encoded(), as: UTF8.self)
+            #expect(
+                try await RabbitManagement.publish(
+                    vhost: stack.vhost, exchange: Topology.eventsExchange, routingKey: Topology.Event.instanceReports,
+                    type: InstanceReports.type, body: body))
+            try await waitUntil("the scheduler refuses the claim") {
+                let log = stack.directory.appendingPathComponent("SchedulerService.log")
+                return (try? String(contentsOf: log, encoding: .utf8))?.contains(
+                    "claim from a node outside the task's environment refused") == true
+            }
+            #expect(try await stack.query("SELECT coalesce(node_id, '') FROM task_instances") != [nodeB])
+            kill(executorA, SIGCONT)
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            #expect(try await stack.query("SELECT node_id FROM task_instances") == [nodeA])
+            #expect(try await stdout(stack, jobID, "t")[0] == "ran\n")
         }
     }
 
