@@ -6,13 +6,15 @@ import Synchronization
     import Glibc
 #endif
 
-/// Per-instance resource limits with Linux control groups: each attempt gets a cgroup of its own (memory with no
-/// swap beyond it, pids, CPU weight) under a directory of the node's, inside the executor's own cgroup. cgroup v1
+/// Per-instance resource limits with Linux control groups: each running instance has a cgroup to itself (memory with
+/// no swap beyond it, pids, CPU weight) under a directory of the node's, inside the executor's own cgroup. cgroup v1
 /// (one hierarchy per controller: `memory`, `pids`, `cpu`) and v2 (one unified hierarchy) are both supported.
 ///
-/// An instance's processes are put in its cgroup before bubblewrap starts (a shell writes its own pid into the
-/// `cgroup.procs` files, then execs), so nothing it starts escapes; and the cgroup is how its processes are
-/// signalled, since the sandbox gives them a session of their own.
+/// The node makes one cgroup per slot when it starts and hands them out again and again: making and removing one
+/// costs more than the launch itself (16 ms for the three v1 hierarchies on the bench machine). One is given back
+/// only once no process is left in it. An instance's processes are put in its cgroup before bubblewrap starts (a
+/// shell writes its own pid into the `cgroup.procs` files, then execs), so nothing it starts escapes; and the cgroup
+/// is how its processes are signalled, since the sandbox gives them a session of their own.
 final class Cgroups: Sendable {
     enum Layout: Sendable, Equatable {
         /// One node directory per controller.
@@ -21,15 +23,21 @@ final class Cgroups: Sendable {
     }
 
     let layout: Layout
+    let limits: InstanceLimits
     private let sequence = Atomic<Int>(0)
+    /// The cgroups no instance runs in.
+    private let free = Mutex<[InstanceCgroup]>([])
 
     struct Unusable: Error, CustomStringConvertible {
         var description: String
     }
 
-    /// Makes the node's directories (`batch-<node id>`) in the executor's own cgroups and checks that limits can be
-    /// set there. Throws when this node cannot limit its instances (no cgroup file system, or no right to write it).
-    static func prepare(node: NodeID, root: String = "/sys/fs/cgroup") throws -> Cgroups {
+    /// Makes the node's directories (`batch-<node id>`) in the executor's own cgroups and one cgroup per slot with
+    /// `limits` set. Throws when this node cannot limit its instances (no cgroup file system, or no right to write
+    /// it).
+    static func prepare(node: NodeID, slots: Int, limits: InstanceLimits, root: String = "/sys/fs/cgroup") throws
+        -> Cgroups
+    {
         let files = FileManager.default
         let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
         /// The executor's cgroup in the hierarchy of `controller` ("" for v2's), as that hierarchy is mounted here.
@@ -45,7 +53,9 @@ final class Cgroups: Sendable {
             }
             return mount
         }
-        let directory = "batch-\(node.rawValue)"
+        // Named with the executor's pid, so that a later node can tell (and remove) those of executors gone without
+        // removing their own (killed).
+        let directory = "batch-\(getpid())-\(node.rawValue)"
         let layout: Layout
         if files.fileExists(atPath: "\(root)/cgroup.controllers") {
             let parent = ownPath("", mount: root)
@@ -66,6 +76,7 @@ final class Cgroups: Sendable {
                 }
             }
             let nodePath = "\(parent)/\(directory)"
+            removeAbandoned(in: parent)
             try makeDirectory(nodePath)
             try write("+memory +pids +cpu", to: "\(nodePath)/cgroup.subtree_control")
             layout = .v2(nodePath)
@@ -77,15 +88,52 @@ final class Cgroups: Sendable {
                     throw Unusable(description: "no cgroup v1 \(controller) hierarchy at \(mount)")
                 }
                 let path = "\(ownPath(controller, mount: mount))/\(directory)"
+                removeAbandoned(in: (path as NSString).deletingLastPathComponent)
                 try makeDirectory(path)
                 paths.append(path)
             }
             layout = .v1(memory: paths[0], pids: paths[1], cpu: paths[2])
         }
-        return Cgroups(layout: layout)
+        let cgroups = Cgroups(layout: layout, limits: limits)
+        let made = try (0..<slots).map { _ in try cgroups.make() }
+        cgroups.free.withLock { $0 = made }
+        return cgroups
     }
 
-    private init(layout: Layout) { self.layout = layout }
+    /// Removes the empty cgroups of nodes whose executors are gone (`batch-<pid>-<node id>` with no such process).
+    private static func removeAbandoned(in parent: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where name.hasPrefix("batch-")
+        {
+            let fields = name.split(separator: "-", maxSplits: 2)
+            guard fields.count == 3, let pid = pid_t(fields[1]), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            let directory = "\(parent)/\(name)"
+            for child in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+                rmdir("\(directory)/\(child)")
+            }
+            rmdir(directory)
+        }
+    }
+
+    private init(layout: Layout, limits: InstanceLimits) {
+        self.layout = layout
+        self.limits = limits
+    }
+
+    /// A cgroup no instance runs in (a new one when all are taken, which the slots prevent).
+    func take() throws -> InstanceCgroup {
+        if let cgroup = free.withLock({ $0.popLast() }) { return cgroup }
+        return try make()
+    }
+
+    /// Kills whatever is left in `cgroup` and keeps it for the next instance.
+    func giveBack(_ cgroup: InstanceCgroup) async {
+        if await cgroup.empty() {
+            free.withLock { $0.append(cgroup) }
+        } else {
+            // Processes that will not die (in uninterruptible sleep): this cgroup stays theirs.
+            cgroup.signal(SIGKILL)
+        }
+    }
 
     /// The node's directories.
     var nodeDirectories: [String] {
@@ -95,8 +143,8 @@ final class Cgroups: Sendable {
         }
     }
 
-    /// A new cgroup for one attempt, with `limits` set.
-    func make(limits: InstanceLimits) throws -> InstanceCgroup {
+    /// A new cgroup with the limits set.
+    private func make() throws -> InstanceCgroup {
         let name = "i\(sequence.add(1, ordering: .relaxed).newValue)"
         let directories = nodeDirectories.map { "\($0)/\(name)" }
         do {
@@ -127,8 +175,11 @@ final class Cgroups: Sendable {
         return InstanceCgroup(directories: directories, version2: { if case .v2 = layout { true } else { false } }())
     }
 
-    /// Removes the node's directories (once its instances are gone).
+    /// Removes the node's cgroups (once its instances are gone).
     func remove() {
+        for cgroup in free.withLock({ $0 }) {
+            for directory in cgroup.directories { rmdir(directory) }
+        }
         for directory in nodeDirectories { rmdir(directory) }
     }
 
@@ -159,10 +210,13 @@ struct InstanceCgroup: Sendable {
     /// The `cgroup.procs` files a process joins (one per hierarchy).
     var procsFiles: [String] { directories.map { "\($0)/cgroup.procs" } }
 
-    /// `command` started so that its first process joins this cgroup before it execs: nothing it starts is outside.
-    func command(_ command: [String]) -> [String] {
+    /// `command` started so that its first process joins this cgroup before it execs, with no file larger than
+    /// `fileBytes` and no core dumps (`ulimit`, without an exec of its own): nothing it starts is outside.
+    func command(_ command: [String], fileBytes: Int64) -> [String] {
         let joins = procsFiles.indices.map { "echo $$ > \"$\($0 + 1)\"" }.joined(separator: " && ")
-        return ["/bin/sh", "-c", "\(joins) && shift \(procsFiles.count) && exec \"$@\"", "sh"] + procsFiles + command
+        let limits = "ulimit -f \(max(1, fileBytes / 512)) && ulimit -c 0"
+        return ["/bin/sh", "-c", "\(limits) && \(joins) && shift \(procsFiles.count) && exec \"$@\"", "sh"]
+            + procsFiles + command
     }
 
     /// The processes in the cgroup now.
@@ -180,25 +234,26 @@ struct InstanceCgroup: Sendable {
         for member in members() where member != except { kill(member, signal) }
     }
 
-    /// True when the kernel killed a process of this cgroup for going over its memory limit.
-    var killedForMemory: Bool {
+    /// How many times the kernel has killed a process of this cgroup for going over its memory limit, ever: an
+    /// instance was killed for memory when the count grew while it ran.
+    func memoryKills() -> Int {
         let memory = directories[0]
         let file = version2 ? "\(memory)/memory.events" : "\(memory)/memory.oom_control"
         let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
         for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
-            return (Int(line.dropFirst("oom_kill ".count)) ?? 0) > 0
+            return Int(line.dropFirst("oom_kill ".count)) ?? 0
         }
-        return false
+        return 0
     }
 
-    /// Kills whatever is left in the cgroup and removes it.
-    func remove() async {
+    /// Kills whatever is left in the cgroup; true once it is empty.
+    func empty() async -> Bool {
         for _ in 0..<50 {
             let left = members()
-            if left.isEmpty { break }
+            if left.isEmpty { return true }
             for member in left { kill(member, SIGKILL) }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        for directory in directories { rmdir(directory) }
+        return members().isEmpty
     }
 }

@@ -150,7 +150,7 @@ struct ExecutorService: AsyncParsableCommand {
         switch isolation {
         case .bubblewrap(let path):
             do {
-                cgroups = try Cgroups.prepare(node: nodeID)
+                cgroups = try Cgroups.prepare(node: nodeID, slots: slots, limits: limits)
             } catch {
                 exitWithError(
                     "ExecutorService",

@@ -27,7 +27,7 @@ final class InstanceRunner: Sendable {
     let storage: NodeStorage
     /// Where `file://` paths may point (the operator's storage roots, never the node's work dirs).
     let storageRoots: StorageRoots
-    /// Each sandboxed instance's cgroup is made here (nil: the sandbox is off).
+    /// Each sandboxed instance's cgroup comes from here (nil: the sandbox is off).
     let cgroups: Cgroups?
     /// What one instance may use of the node.
     let limits: InstanceLimits
@@ -324,36 +324,34 @@ final class InstanceRunner: Sendable {
                 mounts: mountPoints, command: run.command, user: user, limits: limits)
         } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
             wrapper = true
-            // No file larger than the limit (logs included), no core dumps.
-            let command = [
-                "/usr/bin/prlimit", "--fsize=\(limits.fileBytes)", "--core=0", "--", "/bin/sh", "-c", run.command,
-            ]
+            let command = ["/bin/sh", "-c", run.command]
             let sandboxed =
                 [bwrap]
                 + sandbox.arguments(
                     attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
                     user: user, environment: environment) + (user?.command(command) ?? command)
-            if let cgroups {
-                do {
-                    cgroup = try cgroups.make(limits: limits)
-                } catch {
-                    logger.error("instance limits could not be set", metadata: ["error": "\(error)"])
-                    return Outcome(code: nil, reason: "the node could not limit the instance's resources: \(error)")
-                }
-                let joined = cgroup!.command(sandboxed)
-                executable = joined[0]
-                arguments = Array(joined.dropFirst())
-            } else {
-                executable = sandboxed[0]
-                arguments = Array(sandboxed.dropFirst())
+            // A sandboxed node always has its cgroups (it does not start without them).
+            let slot: InstanceCgroup
+            do {
+                guard let cgroups else { throw Cgroups.Unusable(description: "the node has no cgroups") }
+                slot = try cgroups.take()
+            } catch {
+                logger.error("instance limits could not be set", metadata: ["error": "\(error)"])
+                return Outcome(code: nil, reason: "the node could not limit the instance's resources: \(error)")
             }
+            cgroup = slot
+            // No file larger than the limit (logs included), no core dumps.
+            let joined = slot.command(sandboxed, fileBytes: limits.fileBytes)
+            executable = joined[0]
+            arguments = Array(joined.dropFirst())
         } else {
             try? Workspace.makeDirectory(temporary)
             launcherEnvironment = environment
             executable = "/bin/sh"
             arguments = ["-c", run.command]
         }
-        let removeCgroup = { [cgroup] in if let cgroup { await cgroup.remove() } }
+        let removeCgroup = { [cgroup, cgroups] in if let cgroup { await cgroups?.giveBack(cgroup) } }
+        let memoryKills = cgroup?.memoryKills() ?? 0
         // In the sandbox, the instance runs as the node's unprivileged user and owns its directories.
         if let user, wrapper {
             for directory in [work, workspace.root] { user.own(directory) }
@@ -401,7 +399,7 @@ final class InstanceRunner: Sendable {
         // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
         let termination = await child.wait()
         timeout.cancel()
-        let killedForMemory = cgroup?.killedForMemory ?? false
+        let killedForMemory = (cgroup?.memoryKills() ?? 0) > memoryKills
         await removeCgroup()
         let wasFenced = fenced.withLock { $0.remove(key) != nil }
         if (handingBack.load(ordering: .relaxed) || wasFenced) && !timedOut.load(ordering: .relaxed) { return nil }
