@@ -192,6 +192,44 @@ public final class ChildProcess: Sendable {
                 symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
         }()
 
+    /// Gives every child started from now on a network namespace of its own, shared by them all: the thread that
+    /// starts them leaves the process's (`unshare(CLONE_NEWNET)` applies to the calling thread), and its loopback is
+    /// brought up. Nothing started after it reaches the host's network, its loopback included; the calling process's
+    /// own sockets are untouched. Needs `CAP_SYS_ADMIN`.
+    public static func isolateNetwork() throws {
+        guard let unshare = Self.unshare else {
+            throw SpawnError(description: "this C library has no unshare(2)")
+        }
+        let failure = ProcessThread.shared.run { () -> Int32 in unshare(Self.newNetworkNamespace) == 0 ? 0 : errno }
+        guard failure == 0 else {
+            throw SpawnError(description: "cannot make a network namespace: \(String(cString: strerror(failure)))")
+        }
+        let up = ProcessThread.shared.run { () -> Bool in
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var request = ifreq()
+            withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { name in
+                for (index, byte) in "lo".utf8.enumerated() { name[index] = byte }
+            }
+            guard ioctl(fd, UInt(SIOCGIFFLAGS), &request) == 0 else { return false }
+            request.ifr_ifru.ifru_flags |= Int16(IFF_UP)
+            return ioctl(fd, UInt(SIOCSIFFLAGS), &request) == 0
+        }
+        guard up else {
+            throw SpawnError(description: "cannot bring up the loopback of the instances' network namespace")
+        }
+    }
+
+    /// `CLONE_NEWNET`, which glibc's headers hide from Swift.
+    private static let newNetworkNamespace: Int32 = 0x4000_0000
+
+    /// glibc's `unshare`, which its headers hide from Swift.
+    private static let unshare: (@convention(c) (Int32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "unshare") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Int32).self)
+    }()
+
     /// Waits for the child to end.
     public func wait() async -> Termination { await ending.wait() }
 

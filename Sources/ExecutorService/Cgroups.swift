@@ -119,20 +119,24 @@ final class Cgroups: Sendable {
         self.limits = limits
     }
 
-    /// A cgroup no instance runs in (a new one when all are taken, which the slots prevent).
+    /// A cgroup no process is in: a free one that has emptied (what is left in the others is killed), or a new one
+    /// when none has yet.
     func take() throws -> InstanceCgroup {
-        if let cgroup = free.withLock({ $0.popLast() }) { return cgroup }
-        return try make()
+        let found = free.withLock { free -> InstanceCgroup? in
+            for index in free.indices.reversed() {
+                if free[index].members().isEmpty { return free.remove(at: index) }
+                free[index].signal(SIGKILL)
+            }
+            return nil
+        }
+        return try found ?? make()
     }
 
-    /// Kills whatever is left in `cgroup` and keeps it for the next instance.
-    func giveBack(_ cgroup: InstanceCgroup) async {
-        if await cgroup.empty() {
-            free.withLock { $0.append(cgroup) }
-        } else {
-            // Processes that will not die (in uninterruptible sleep): this cgroup stays theirs.
-            cgroup.signal(SIGKILL)
-        }
+    /// Keeps `cgroup` for the next instance once its instance has ended; what is left in it is killed (the sandbox's
+    /// last processes are still leaving as its first ends, and take no time to wait for).
+    func giveBack(_ cgroup: InstanceCgroup) {
+        cgroup.signal(SIGKILL)
+        free.withLock { $0.append(cgroup) }
     }
 
     /// The node's directories.
@@ -246,14 +250,4 @@ struct InstanceCgroup: Sendable {
         return 0
     }
 
-    /// Kills whatever is left in the cgroup; true once it is empty.
-    func empty() async -> Bool {
-        for _ in 0..<50 {
-            let left = members()
-            if left.isEmpty { return true }
-            for member in left { kill(member, SIGKILL) }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return members().isEmpty
-    }
 }

@@ -350,7 +350,7 @@ final class InstanceRunner: Sendable {
             executable = "/bin/sh"
             arguments = ["-c", run.command]
         }
-        let removeCgroup = { [cgroup, cgroups] in if let cgroup { await cgroups?.giveBack(cgroup) } }
+        let removeCgroup = { [cgroup, cgroups] in if let cgroup { cgroups?.giveBack(cgroup) } }
         let memoryKills = cgroup?.memoryKills() ?? 0
         // In the sandbox, the instance runs as the node's unprivileged user and owns its directories.
         if let user, wrapper {
@@ -362,7 +362,7 @@ final class InstanceRunner: Sendable {
         // yet but itself).
         let key = Self.key(run.jobID, run.taskName, run.instanceIndex, run.attempt)
         if let stopped = running.withLock({ $0.launching[key] ?? nil }) {
-            await removeCgroup()
+            removeCgroup()
             logger.info("instance stopped before its command started", metadata: ["reason": "\(stopped)"])
             if handingBack.load(ordering: .relaxed) || fenced.withLock({ $0.remove(key) != nil }) { return nil }
             return Outcome(code: nil, reason: "stopped before its command started: \(stopped)")
@@ -375,7 +375,7 @@ final class InstanceRunner: Sendable {
                 executable: executable, arguments: arguments, environment: launcherEnvironment, directory: workPath,
                 stdout: workspace.stdout.path, stderr: workspace.stderr.path, wrapper: wrapper, members: members)
         } catch {
-            await removeCgroup()
+            removeCgroup()
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return Outcome(code: nil, reason: "could not start: \(error)")
         }
@@ -400,7 +400,7 @@ final class InstanceRunner: Sendable {
         let termination = await child.wait()
         timeout.cancel()
         let killedForMemory = (cgroup?.memoryKills() ?? 0) > memoryKills
-        await removeCgroup()
+        removeCgroup()
         let wasFenced = fenced.withLock { $0.remove(key) != nil }
         if (handingBack.load(ordering: .relaxed) || wasFenced) && !timedOut.load(ordering: .relaxed) { return nil }
         if timedOut.load(ordering: .relaxed) {

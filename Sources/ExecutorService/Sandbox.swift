@@ -7,9 +7,10 @@ import Synchronization
 ///
 /// With bubblewrap (Debian's `bubblewrap`), each instance gets a new root: the system directories read-only, a
 /// private `/tmp`, its own work dir, and each storage mapping's path bind-mounted from its work dir, so absolute
-/// paths work as on a dedicated machine and no instance sees another's files. It has its own PID, IPC, UTS and
-/// network namespaces (no network but its own loopback: the node's services, the broker and the database are out of
-/// reach) and a session of its own (no terminal of the node's to push input into). Turned off by the operator for
+/// paths work as on a dedicated machine and no instance sees another's files. It has its own PID, IPC and UTS
+/// namespaces, the network namespace the node made for its instances (no network but a loopback of theirs: the
+/// node's services, the broker and the database are out of reach; ``ChildProcess/isolateNetwork()``) and a session of
+/// its own (no terminal of the node's to push input into). Turned off by the operator for
 /// trusted work, instances run directly on the node, and two instances that map the same path never run at once.
 enum Sandbox: Sendable, Equatable {
     case bubblewrap(path: String)
@@ -60,7 +61,7 @@ enum Sandbox: Sendable, Equatable {
         user: InstanceUser? = nil, environment: [String: String] = [:]
     ) -> [String] {
         var arguments = [
-            "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+            "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--proc", "/proc", "--dev", "/dev", "--clearenv",
         ]
         for name in environment.keys.sorted() { arguments += ["--setenv", name, environment[name] ?? ""] }

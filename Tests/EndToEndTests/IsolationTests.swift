@@ -34,7 +34,7 @@ struct IsolationTests {
     func networkEnvironmentAndProcesses() async throws {
         try await Stack.run { stack in
             let shared = stack.directory.appendingPathComponent("shared")
-            // A library whose constructor leaves a mark naming the user and network namespace of whatever loads it.
+            // A library whose constructor leaves a mark naming the user and PID namespace of whatever loads it.
             let marks = shared.appendingPathComponent("preload")
             try FileManager.default.createDirectory(
                 at: marks, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o1777])
@@ -45,7 +45,7 @@ struct IsolationTests {
                 #include <unistd.h>
                 __attribute__((constructor)) static void probe(void) {
                     char ns[64] = "";
-                    ssize_t n = readlink("/proc/self/ns/net", ns, sizeof ns - 1);
+                    ssize_t n = readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
                     if (n > 0) ns[n] = 0;
                     char path[4096];
                     snprintf(path, sizeof path, "%s/%u %s %d", MARKS, getuid(), ns, getpid());
@@ -60,7 +60,7 @@ struct IsolationTests {
                 ["-shared", "-fPIC", "-DMARKS=\"\(marks.path)\"", "-o", library.path, source.path],
                 environment: ["PATH": "/usr/bin:/bin"])
             try #require(compiled.status == 0, "gcc (Debian's gcc) must build the probe: \(compiled.stderr)")
-            let hostNetwork = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+            let hostProcesses = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/pid")
 
             let ports = [
                 port(stack.environment["BATCH_AMQP_URL"]), port(stack.environment["BATCH_DATABASE_URL"]),
@@ -132,10 +132,10 @@ struct IsolationTests {
             let pair = try await stdout(stack, jobID, "pair")
             #expect(pair[0] == "waited to the end\n", "\(pair)")
             #expect(pair[1] == "sibling seen: 0\nexecutor: out of reach\ndone\n", "\(pair)")
-            // The task's LD_PRELOAD was loaded only inside the sandbox (its own network), never by the launcher.
+            // The task's LD_PRELOAD was loaded only inside the sandbox (its own PID namespace), never by the launcher.
             let loaded = try FileManager.default.contentsOfDirectory(atPath: marks.path)
             #expect(!loaded.isEmpty)
-            #expect(loaded.allSatisfy { !$0.contains(hostNetwork) }, "\(loaded) (host: \(hostNetwork))")
+            #expect(loaded.allSatisfy { !$0.contains(hostProcesses) }, "\(loaded) (host: \(hostProcesses))")
             // The node is the same process, and still takes work.
             #expect(try await processes(matching: "ExecutorService.*\(stack.directory.path)/nodes") == [executor])
             let after = try await stack.submit(
