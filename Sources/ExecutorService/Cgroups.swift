@@ -123,7 +123,8 @@ final class Cgroups: Sendable {
     /// when none has yet.
     func take() throws -> InstanceCgroup {
         let found = free.withLock { free -> InstanceCgroup? in
-            for index in free.indices.reversed() {
+            // Oldest given back first: the newest is the likeliest to hold its sandbox's last processes still.
+            for index in free.indices {
                 if free[index].members().isEmpty { return free.remove(at: index) }
                 free[index].signal(SIGKILL)
             }
