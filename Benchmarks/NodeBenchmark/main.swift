@@ -8,7 +8,10 @@ import Messaging
 // for `--seconds` seconds (default 60). The provisioner records them; scripts/bench measures its CPU and memory
 // meanwhile and checks the nodes it tracks.
 //
-//   node-bench --env-id env-ab12cd34 [--nodes 2000] [--interval 3] [--seconds 60]   (BATCH_AMQP_URL: the broker)
+//   node-bench --env-id env-ab12cd34 [--nodes 2000] [--interval 3] [--seconds 60]
+//
+// BATCH_AMQP_URL: the broker; BATCH_NODE_KEY: the environment's node key (`batchctl admin node-key`), which every
+// heartbeat proves.
 
 func option(_ name: String) -> String? {
     let arguments = CommandLine.arguments
@@ -18,6 +21,11 @@ func option(_ name: String) -> String? {
 
 guard let envID = option("--env-id").flatMap(EnvID.init(validating:)) else {
     FileHandle.standardError.write(Data("node-bench: --env-id must be an environment id such as env-ab12cd34\n".utf8))
+    exit(2)
+}
+guard let nodeKey = try? NodeKey(base64: ProcessInfo.processInfo.environment["BATCH_NODE_KEY"] ?? "") else {
+    FileHandle.standardError.write(
+        Data("node-bench: BATCH_NODE_KEY must be the environment's node key (batchctl admin node-key)\n".utf8))
     exit(2)
 }
 let count = Int(option("--nodes") ?? "") ?? 2000
@@ -32,6 +40,7 @@ amqp.start()
 try await amqp.declare(.base)
 
 let nodes = (0..<count).map { NodeID(rawValue: String(format: "node-b%07d", $0)) }
+let proofs = nodes.map { nodeKey.proof(node: $0) }
 let start = ContinuousClock.now
 let end = start + .milliseconds(Int(seconds * 1000))
 let tick = Duration.milliseconds(100)
@@ -46,6 +55,7 @@ while ContinuousClock.now < end {
     var batch: [OutgoingMessage] = []
     while owed >= 1 {
         let node = nodes[next % count]
+        let proof = proofs[next % count]
         next += 1
         owed -= 1
         batch.append(
@@ -53,7 +63,7 @@ while ContinuousClock.now < end {
                 exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeHeartbeat,
                 payload: NodeHeartbeat(
                     nodeID: node, envID: envID, slots: 4, freeSlots: 4, host: "sim-\(node.rawValue)", pid: 1,
-                    at: Date()),
+                    at: Date(), proof: proof),
                 persistent: false))
     }
     failed += await amqp.publish(batch).filter { $0 != nil }.count

@@ -83,6 +83,10 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_EXECUTOR_OPS_PORT).")
     var opsPort: Int = Environment.int("BATCH_EXECUTOR_OPS_PORT", default: 0)
 
+    @Option(
+        help: "File holding the environment's node key (else BATCH_NODE_KEY; `batchctl admin node-key` prints it).")
+    var nodeKeyFile: String?
+
     @Flag(help: "Exit when the parent process (the provisioner that started this node) exits.")
     var exitWithParent = false
 
@@ -121,12 +125,39 @@ struct ExecutorService: AsyncParsableCommand {
         return limits
     }
 
+    /// The environment's key, from `--node-key-file` or `BATCH_NODE_KEY`; the variable is cleared once read, so
+    /// that no process the node starts inherits it.
+    func readNodeKey() throws -> NodeKey {
+        defer { unsetenv("BATCH_NODE_KEY") }
+        if let nodeKeyFile {
+            let text: String
+            do {
+                text = try String(contentsOfFile: nodeKeyFile, encoding: .utf8)
+            } catch {
+                throw StartupError("--node-key-file \(nodeKeyFile) cannot be read: \(error.localizedDescription)")
+            }
+            return try NodeKey(base64: text)
+        }
+        guard let value = Environment.value("BATCH_NODE_KEY"), !value.isEmpty else {
+            throw StartupError(
+                "BATCH_NODE_KEY is not set: a node proves its environment with the key `batchctl admin node-key "
+                    + "--env-id \(envId)` prints (the provisioner gives it to the nodes it starts)")
+        }
+        return try NodeKey(base64: value)
+    }
+
     func run() async throws {
         var logger = Observability.bootstrap(service: "executor")
         logger[metadataKey: "node.id"] = "\(nodeId)"
         let envID = EnvID(rawValue: envId)
         let nodeID = NodeID(rawValue: nodeId)
         let root = URL(fileURLWithPath: workDir ?? ".batch/nodes/\(nodeId)", isDirectory: true).standardizedFileURL
+        let nodeKey: NodeKey
+        do {
+            nodeKey = try readNodeKey()
+        } catch {
+            exitWithError("ExecutorService", error)
+        }
         let amqp: AMQPClient
         do {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
@@ -182,9 +213,10 @@ struct ExecutorService: AsyncParsableCommand {
             logger.warning(
                 "instances run without a sandbox: \(reason); two instances that map the same path never run at once")
         }
-        let reporter = Reporter(amqp: amqp)
+        let reporter = Reporter(amqp: amqp, node: nodeID, env: envID, key: nodeKey)
         let runner = InstanceRunner(
-            amqp: amqp, nodeID: nodeID, envID: envID, slots: slots, workRoot: root, sandbox: isolation,
+            amqp: amqp, nodeID: nodeID, envID: envID, nodeKey: nodeKey, slots: slots, workRoot: root,
+            sandbox: isolation,
             sharedPaths: sharedPaths.split(separator: ":").map(String.init), user: user, storage: .fromEnvironment(),
             storageRoots: StorageRoots(
                 storageRoots.split(separator: ":").map(String.init),
@@ -266,11 +298,14 @@ struct Heartbeat: Service {
         try? await amqp.publish(
             try OutgoingMessage(
                 exchange: Topology.eventsExchange, routingKey: Topology.Event.nodeStopped,
-                payload: NodeStopped(nodeID: runner.nodeID, envID: runner.envID, at: Date())))
+                payload: NodeStopped(
+                    nodeID: runner.nodeID, envID: runner.envID, at: Date(),
+                    proof: runner.nodeKey.proof(node: runner.nodeID))))
     }
 
     private func beat(confirmed: Confirmed) async {
         let host = ProcessInfo.processInfo.hostName
+        let proof = runner.nodeKey.proof(node: runner.nodeID)
         var next = ContinuousClock.now
         var orphaned = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -289,7 +324,7 @@ struct Heartbeat: Service {
                 let beat = NodeHeartbeat(
                     nodeID: runner.nodeID, envID: runner.envID, slots: runner.slots, freeSlots: runner.freeSlots,
                     host: host, pid: getpid(), at: Date(), instanceID: parent == nil ? instanceID : nil,
-                    attached: parent == nil)
+                    attached: parent == nil, proof: proof)
                 do {
                     // Returns once the broker confirmed it: across a lost connection, only after reconnecting.
                     try await amqp.publish(

@@ -17,6 +17,8 @@ final class InstanceRunner: Sendable {
     let amqp: AMQPClient
     let nodeID: NodeID
     let envID: EnvID
+    /// The environment's key: it opens run messages and proves this node's reports.
+    let nodeKey: NodeKey
     let slots: Int
     let workRoot: URL
     let sandbox: Sandbox
@@ -75,7 +77,7 @@ final class InstanceRunner: Sendable {
     }
 
     init(
-        amqp: AMQPClient, nodeID: NodeID, envID: EnvID, slots: Int, workRoot: URL, sandbox: Sandbox,
+        amqp: AMQPClient, nodeID: NodeID, envID: EnvID, nodeKey: NodeKey, slots: Int, workRoot: URL, sandbox: Sandbox,
         sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, storageRoots: StorageRoots,
         cgroups: Cgroups?, limits: InstanceLimits, reporter: Reporter, logger: Logger
     ) {
@@ -90,6 +92,7 @@ final class InstanceRunner: Sendable {
         self.amqp = amqp
         self.nodeID = nodeID
         self.envID = envID
+        self.nodeKey = nodeKey
         self.slots = slots
         self.slotPermits = Slots(slots)
         self.claimPermits = Slots(slots)
@@ -99,16 +102,33 @@ final class InstanceRunner: Sendable {
 
     var freeSlots: Int { slotPermits.free }
 
-    /// Runs an `instance.run` or `instance.runs` message. Each of its attempts publishes its claim, waits for the
-    /// scheduler to clear it, takes a slot as one frees, runs the command and publishes its start and end. The
-    /// message is acked once every attempt's claim is confirmed (or the attempt is not to run here); when one could
-    /// not be announced (the node drains, the client is shutting down) it goes back to the queue, and those claimed
-    /// stay here: the scheduler refuses their copies elsewhere. Throws only when the message does not decode.
+    /// Runs an `instance.runs` message, sealed for this environment's nodes. Each of its attempts publishes its
+    /// claim, waits for the scheduler to clear it, takes a slot as one frees, runs the command and publishes its
+    /// start and end. The message is acked once every attempt's claim is confirmed (or the attempt is not to run
+    /// here); when one could not be announced (the node drains, the client is shutting down) it goes back to the
+    /// queue, and those claimed stay here: the scheduler refuses their copies elsewhere. Throws only when the message
+    /// does not decode, or is not sealed. One that does not open with this node's key goes back to the queue, and
+    /// the node stops: its key is not its environment's (or is older than the master key).
     @Sendable func run(_ delivery: Delivery) async throws {
-        // A single `instance.run` is what schedulers before `instance.runs` sent; one may still wait in a queue.
-        let runs =
-            delivery.type == InstanceRuns.type
-            ? try delivery.decode(InstanceRuns.self).payload.runs : [try delivery.decode(InstanceRun.self).payload]
+        guard delivery.type == InstanceRuns.type else {
+            throw PoisonMessage(
+                "the executor runs only sealed instance.runs messages, not \(delivery.type ?? "(none)")")
+        }
+        let message = try delivery.decode(InstanceRuns.self).payload
+        guard message.sealed != nil else {
+            throw PoisonMessage("an instance.runs message that is not sealed is refused")
+        }
+        let runs: [InstanceRun]
+        do {
+            runs = try message.opening(with: nodeKey).runs
+        } catch {
+            logger.critical(
+                "a run message does not open with this node's key (BATCH_NODE_KEY): it goes back to the queue and the node stops",
+                metadata: ["job.id": "\(message.jobID)", "error": "\(error)"])
+            delivery.nack(requeue: true)
+            requestStop()
+            return
+        }
         let settlement = Settlement(count: runs.count) { [logger] allAnnounced in
             if allAnnounced {
                 delivery.ack()

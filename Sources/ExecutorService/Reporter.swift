@@ -1,3 +1,4 @@
+import BatchCore
 import Messaging
 import ServiceLifecycle
 import Synchronization
@@ -33,8 +34,16 @@ final class Reporter: Service, Sendable {
     private let wakes: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
-    init(amqp: AMQPClient, maxBatch: Int = 32) {
+    /// Who reports: every message carries the node, its environment and its proof.
+    let node: NodeID
+    let env: EnvID
+    let proof: String
+
+    init(amqp: AMQPClient, node: NodeID, env: EnvID, key: NodeKey, maxBatch: Int = 32) {
         self.amqp = amqp
+        self.node = node
+        self.env = env
+        self.proof = key.proof(node: node)
         self.maxBatch = maxBatch
         (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
@@ -83,7 +92,7 @@ final class Reporter: Service, Sendable {
                 return batch
             }
             guard !batch.isEmpty else { return }
-            var reports = InstanceReports()
+            var reports = InstanceReports(nodeID: node, envID: env, proof: proof)
             for (report, _) in batch {
                 switch report {
                 case .accepted(let accepted): reports.accepted = (reports.accepted ?? []) + [accepted]

@@ -60,6 +60,16 @@ public struct InstanceRuns: MessageContract, Hashable {
     public var timeoutSeconds: Int
     public var io: InstanceIO?
     public var attempts: [Attempt]
+    /// `command`, `environment` and `io` sealed with the environment's ``NodeKey`` (``sealing(with:)``); those
+    /// fields are then empty, and only the environment's nodes read them (``opening(with:)``).
+    public var sealed: String?
+
+    /// What a run message keeps secret.
+    struct Secrets: Codable {
+        var command: String
+        var environment: [EnvVar]
+        var io: InstanceIO?
+    }
 
     /// One instance and its attempt.
     public struct Attempt: Codable, Sendable, Hashable {
@@ -85,6 +95,31 @@ public struct InstanceRuns: MessageContract, Hashable {
         self.timeoutSeconds = timeoutSeconds
         self.io = io
         self.attempts = attempts
+    }
+
+    /// What the secrets of a task's run messages are sealed with, beside the key: they open for that task only.
+    public static func sealingContext(job: JobID, task: String) -> String { "instance.runs:\(job.rawValue)/\(task)" }
+
+    /// This message with its command, variables and storage parts sealed for the environment's nodes.
+    public func sealing(with key: NodeKey) throws -> InstanceRuns {
+        var sealed = self
+        sealed.sealed = try key.seal(
+            Secrets(command: command, environment: environment, io: io),
+            context: Self.sealingContext(job: jobID, task: taskName))
+        (sealed.command, sealed.environment, sealed.io) = ("", [], nil)
+        return sealed
+    }
+
+    /// The same message with a sealed one's secrets in place; throws for a message that is not sealed or that
+    /// does not open with `key` (another environment's).
+    public func opening(with key: NodeKey) throws -> InstanceRuns {
+        guard let sealed else { throw NodeKeyError("the run message is not sealed: refused") }
+        let secrets = try key.open(Secrets.self, from: sealed, context: Self.sealingContext(job: jobID, task: taskName))
+        var opened = self
+        (opened.command, opened.environment, opened.io, opened.sealed) = (
+            secrets.command, secrets.environment, secrets.io, nil
+        )
+        return opened
     }
 
     /// The runs, one for each attempt.
@@ -211,13 +246,22 @@ public struct InstanceReports: MessageContract, Hashable {
     public var accepted: [InstanceStarted]?
     public var started: [InstanceStarted]
     public var finished: [InstanceFinished]
+    /// The node that reports, the environment it serves, and its ``NodeKey/proof(node:)``: the scheduler takes
+    /// only reports about this node from a node that proves its environment.
+    public var nodeID: NodeID?
+    public var envID: EnvID?
+    public var proof: String?
 
     public init(
-        accepted: [InstanceStarted]? = nil, started: [InstanceStarted] = [], finished: [InstanceFinished] = []
+        accepted: [InstanceStarted]? = nil, started: [InstanceStarted] = [], finished: [InstanceFinished] = [],
+        nodeID: NodeID? = nil, envID: EnvID? = nil, proof: String? = nil
     ) {
         self.accepted = accepted
         self.started = started
         self.finished = finished
+        self.nodeID = nodeID
+        self.envID = envID
+        self.proof = proof
     }
 }
 
@@ -244,13 +288,16 @@ public struct NodeHeartbeat: MessageContract, Hashable {
     /// True for an executor started outside the provisioner (by hand, by `docker compose --scale`): it joined the
     /// environment on its own and is shown as `USER_ATTACHED`.
     public var attached: Bool?
+    /// The node's ``NodeKey/proof(node:)`` for `envID`: a beat without a valid one is ignored.
+    public var proof: String?
 
     public init(
         nodeID: NodeID, envID: EnvID, slots: Int, freeSlots: Int, host: String, pid: Int32, at: Date,
-        instanceID: String? = nil, attached: Bool? = nil
+        instanceID: String? = nil, attached: Bool? = nil, proof: String? = nil
     ) {
         self.instanceID = instanceID
         self.attached = attached
+        self.proof = proof
         self.nodeID = nodeID
         self.envID = envID
         self.slots = slots
@@ -278,11 +325,14 @@ public struct NodeStopped: MessageContract, Hashable {
     public var nodeID: NodeID
     public var envID: EnvID
     public var at: Date
+    /// The node's ``NodeKey/proof(node:)`` for `envID`: without a valid one, the node is not removed.
+    public var proof: String?
 
-    public init(nodeID: NodeID, envID: EnvID, at: Date) {
+    public init(nodeID: NodeID, envID: EnvID, at: Date, proof: String? = nil) {
         self.nodeID = nodeID
         self.envID = envID
         self.at = at
+        self.proof = proof
     }
 }
 

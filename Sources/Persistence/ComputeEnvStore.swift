@@ -555,7 +555,7 @@ public struct ComputeEnvStore: Sendable {
 
     /// Records many heartbeats in two statements (the latest of each node counts): 2,000 nodes beating every few
     /// seconds cost a few statements a second, not thousands. A beat of a process whose node was removed
-    /// (``deleteNode(_:cause:)``) is dropped; a new process under the same node id joins again.
+    /// (``deleteNode(_:in:cause:)``) is dropped; a new process under the same node id joins again.
     ///
     /// With `recordedUntil` (the latest ``HeartbeatMark`` taken with these beats), it also records that every
     /// heartbeat confirmed before then is in: nodes' silence counts up to there (`heartbeats_recorded_until()`).
@@ -603,6 +603,7 @@ public struct ComputeEnvStore: Sendable {
                     slots = EXCLUDED.slots, free_slots = EXCLUDED.free_slots, pid = EXCLUDED.pid,
                     last_heartbeat = greatest(compute_nodes.last_heartbeat, EXCLUDED.last_heartbeat),
                     updated_at = now()
+                WHERE compute_nodes.env_id = EXCLUDED.env_id
                 """, logger: logger)
             try await connection.query(
                 """
@@ -654,15 +655,18 @@ public struct ComputeEnvStore: Sendable {
 
     /// Removes a node that is gone and tells the scheduler (``NodeGone``, through the outbox). Its open `destroy`
     /// activity succeeds; without one (the node ended on its own), one is recorded with `cause`. An unfinished
-    /// `create` fails with `cause`.
-    public func deleteNode(_ nodeID: NodeID, cause: String) async throws {
+    /// `create` fails with `cause`. With `only`, a node of another environment stays.
+    public func deleteNode(_ nodeID: NodeID, in only: EnvID? = nil, cause: String) async throws {
         let logger = self.logger
         try await database.transaction { connection in
             // The row goes, and a tombstone stays for a day: the node's last heartbeats may still be queued behind
             // its end, and must not bring it back as a node that runs.
             let env = try await connection.query(
                 """
-                WITH gone AS (DELETE FROM compute_nodes WHERE node_id = \(nodeID.rawValue) RETURNING env_id, pid),
+                WITH gone AS (
+                    DELETE FROM compute_nodes WHERE node_id = \(nodeID.rawValue)
+                        AND env_id = coalesce(\(only?.rawValue)::text, env_id)
+                    RETURNING env_id, pid),
                 tombstone AS (
                     INSERT INTO compute_node_tombstones (node_id, pid) SELECT \(nodeID.rawValue), pid FROM gone
                     ON CONFLICT (node_id) DO UPDATE SET pid = EXCLUDED.pid, deleted_at = now()

@@ -1,3 +1,4 @@
+import BatchCore
 import Crypto
 import Foundation
 
@@ -69,6 +70,10 @@ public struct Sealer: Sendable {
     }
 
     public var keyIDs: [String] { keys.keys.sorted() }
+
+    /// The key `env`'s nodes hold, derived from the current master key (nodes started before a rotation are
+    /// replaced: their proofs and seals no longer match).
+    public func nodeKey(env: EnvID) -> NodeKey { NodeKey.derive(master: current.key, env: env) }
 
     public func seal(_ plaintext: String, context: String) throws -> String {
         try seal(Array(plaintext.utf8), context: context)

@@ -37,6 +37,8 @@ struct NodeSettings: Sendable, Hashable {
     var sandbox: Bool = true
     /// Each instance's memory limit in MiB (`InstanceMemoryLimit` of the environment; nil: the node's default).
     var instanceMemoryLimit: Int?
+    /// The environment's ``NodeKey`` in base64, for the node alone (`BATCH_NODE_KEY`, never an argument).
+    var nodeKey: String
 }
 
 /// Nodes as ExecutorService processes on this machine, each with its own work dir and log.
@@ -76,6 +78,7 @@ actor ProcessNodeDriver: NodeDriver {
         }
         if !settings.sandbox { environment["BATCH_SANDBOX"] = "off" }
         if let memory = settings.instanceMemoryLimit { environment["BATCH_INSTANCE_MEMORY"] = String(memory) }
+        environment["BATCH_NODE_KEY"] = settings.nodeKey
         let log = directory.appendingPathComponent("executor.log").path
         let process = try ChildProcess(
             executable: executable,

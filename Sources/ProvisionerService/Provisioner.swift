@@ -31,6 +31,16 @@ struct Provisioner: Service {
         self.logger = logger
     }
 
+    /// Whether a node's message comes from a holder of its environment's key; one that does not is ignored and
+    /// logged (a node cannot join, or speak for, an environment it was not given).
+    func proven(_ node: NodeID, _ env: EnvID, _ proof: String?, _ what: String) -> Bool {
+        if database.sealer.nodeKey(env: env).verifies(proof, node: node) { return true }
+        logger.warning(
+            "\(what) of a node without its environment's key ignored",
+            metadata: ["node.id": "\(node)", "env.id": "\(env)"])
+        return false
+    }
+
     /// Reconciles every environment, then consumes the provisioner's queue with the periodic reconciliation in the
     /// same loop, one thing at a time: two reconciliations of an environment never interleave (both would see it
     /// short of nodes and start them). Stops the nodes on shutdown.
@@ -66,7 +76,8 @@ struct Provisioner: Service {
             for delivery in deliveries {
                 switch delivery.type {
                 case NodeHeartbeat.type:
-                    beats.append(try delivery.decode(NodeHeartbeat.self).payload)
+                    let beat = try delivery.decode(NodeHeartbeat.self).payload
+                    if proven(beat.nodeID, beat.envID, beat.proof, "heartbeat") { beats.append(beat) }
                 case HeartbeatMark.type:
                     mark = max(mark ?? .distantPast, try delivery.decode(HeartbeatMark.self).payload.at)
                 default:
@@ -153,7 +164,9 @@ struct Provisioner: Service {
         do {
             try await driver.createNode(
                 node, env: env.envID, slots: nodeSlots,
-                settings: NodeSettings(sandbox: env.sandbox, instanceMemoryLimit: env.instanceMemoryLimit))
+                settings: NodeSettings(
+                    sandbox: env.sandbox, instanceMemoryLimit: env.instanceMemoryLimit,
+                    nodeKey: database.sealer.nodeKey(env: env.envID).base64))
         } catch {
             try await envs.setNodeState(node, "CREATION_FAILED")
             try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")
@@ -198,9 +211,13 @@ struct Provisioner: Service {
                 }
             }
         case NodeHeartbeat.type:
-            try await envs.heartbeats([try delivery.decode(NodeHeartbeat.self).payload])
+            let beat = try delivery.decode(NodeHeartbeat.self).payload
+            if proven(beat.nodeID, beat.envID, beat.proof, "heartbeat") { try await envs.heartbeats([beat]) }
         case NodeStopped.type:
-            try await envs.deleteNode(try delivery.decode(NodeStopped.self).payload.nodeID, cause: "the node stopped")
+            let stopped = try delivery.decode(NodeStopped.self).payload
+            if proven(stopped.nodeID, stopped.envID, stopped.proof, "stop") {
+                try await envs.deleteNode(stopped.nodeID, in: stopped.envID, cause: "the node stopped")
+            }
         default:
             throw PoisonMessage("the provisioner does not handle messages of type \(delivery.type ?? "(none)")")
         }

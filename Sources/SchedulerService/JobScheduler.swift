@@ -31,6 +31,15 @@ enum SchedulerEvent: Sendable {
         }
     }
 
+    /// The node a claim, start or end comes from.
+    var reportingNode: NodeID? {
+        switch self {
+        case .accepted(let report), .started(let report): report.nodeID
+        case .finished(let report): report.nodeID
+        default: nil
+        }
+    }
+
     /// Whether the event may free a slot or make instances runnable (all but a claim or a start).
     /// A node's claim or start of an attempt.
     var report: InstanceStarted? {
@@ -47,22 +56,28 @@ enum SchedulerEvent: Sendable {
         }
     }
 
-    /// Decodes a delivery into the events it carries, each with its job (a node's ``InstanceReports`` carries
-    /// several); a message of another type is poison.
+    /// The claims, starts and ends a node's ``InstanceReports`` carries, each with its job, and the environment the
+    /// node proved it serves; nil when the node does not hold its environment's key. Reports about other nodes are
+    /// dropped.
+    static func decode(reports: InstanceReports, keys: (EnvID) -> NodeKey) -> (
+        node: NodeID, env: EnvID, events: [(JobID, SchedulerEvent)]
+    )? {
+        guard let node = reports.nodeID, let env = reports.envID, keys(env).verifies(reports.proof, node: node) else {
+            return nil
+        }
+        let events: [(JobID, SchedulerEvent)] =
+            (reports.accepted ?? []).filter { $0.nodeID == node }.map { ($0.jobID, .accepted($0)) }
+            + reports.started.filter { $0.nodeID == node }.map { ($0.jobID, .started($0)) }
+            + reports.finished.filter { $0.nodeID == node }.map { ($0.jobID, .finished($0)) }
+        return (node, env, events)
+    }
+
+    /// Decodes a delivery from the control plane into the event it carries, with its job; a message of another
+    /// type is poison (a node's reports go through ``decode(reports:keys:)``).
     static func decode(_ delivery: Delivery) throws -> [(JobID, SchedulerEvent)] {
         switch delivery.type {
         case JobSubmitted.type:
             return [(try delivery.decode(JobSubmitted.self).payload.jobID, .submitted)]
-        case InstanceReports.type:
-            let reports = try delivery.decode(InstanceReports.self).payload
-            return (reports.accepted ?? []).map { ($0.jobID, .accepted($0)) }
-                + reports.started.map { ($0.jobID, .started($0)) } + reports.finished.map { ($0.jobID, .finished($0)) }
-        case InstanceStarted.type:
-            let event = try delivery.decode(InstanceStarted.self).payload
-            return [(event.jobID, .started(event))]
-        case InstanceFinished.type:
-            let event = try delivery.decode(InstanceFinished.self).payload
-            return [(event.jobID, .finished(event))]
         case JobTerminationRequested.type:
             let event = try delivery.decode(JobTerminationRequested.self).payload
             return [(event.jobID, .terminateJob(reason: event.reason))]
@@ -101,6 +116,7 @@ struct JobScheduler: Sendable {
     let logger: Logger
     private let cache = ConfigCache()
     private let created = CreatedInstances()
+    private let keys = NodeKeys()
     /// Most events in one notification message (an instance's event is about 300 bytes).
     static let eventsPerNotification = 100
 
@@ -116,15 +132,35 @@ struct JobScheduler: Sendable {
     @Sendable func handle(_ deliveries: [Delivery]) async throws {
         var events: [JobID: [SchedulerEvent]] = [:]
         var gone: [NodeID] = []
+        var proven: [NodeID: EnvID] = [:]
         for delivery in deliveries {
-            if delivery.type == NodeGone.type {
+            switch delivery.type {
+            case NodeGone.type:
                 gone.append(try delivery.decode(NodeGone.self).payload.nodeID)
-                continue
+            case InstanceReports.type:
+                let reports = try delivery.decode(InstanceReports.self).payload
+                guard let (node, env, reported) = SchedulerEvent.decode(reports: reports, keys: nodeKey),
+                    proven[node, default: env] == env
+                else {
+                    logger.warning(
+                        "reports of a node without its environment's key ignored",
+                        metadata: [
+                            "node.id": "\(reports.nodeID?.rawValue ?? "(none)")",
+                            "env.id": "\(reports.envID?.rawValue ?? "(none)")",
+                        ])
+                    continue
+                }
+                proven[node] = env
+                for (job, event) in reported { events[job, default: []].append(event) }
+            default:
+                for (job, event) in try SchedulerEvent.decode(delivery) { events[job, default: []].append(event) }
             }
-            for (job, event) in try SchedulerEvent.decode(delivery) { events[job, default: []].append(event) }
         }
-        try await run(events, gone: gone)
+        try await run(events, gone: gone, proven: proven)
     }
+
+    /// The key `env`'s nodes hold (derived once per environment).
+    private func nodeKey(_ env: EnvID) -> NodeKey { keys.key(env) { database.sealer.nodeKey(env: $0) } }
 
     /// The watchdog, every second: fails or retries instances past their `Timeout` whose node never reported,
     /// runs again the instances of lost nodes, and dispatches what waited (back-offs that ended, nodes that joined).
@@ -145,7 +181,7 @@ struct JobScheduler: Sendable {
     /// Applies `events`, and runs again what is still out on the `gone` nodes after them: a node's reports are
     /// queued before the word that it is gone, so an instance this batch's reports end is no longer out on the node
     /// when its `nodeLost` comes, and that changes nothing (``InstanceLifecycle``).
-    func run(_ events: [JobID: [SchedulerEvent]], gone: [NodeID] = []) async throws {
+    func run(_ events: [JobID: [SchedulerEvent]], gone: [NodeID] = [], proven: [NodeID: EnvID] = [:]) async throws {
         // A claim is cleared only on a node heard from within `nodeLostAfter`: one counted lost (its instances run
         // again elsewhere) may be back, but must not run what it takes until its heartbeats are recorded again.
         let starting = events.values.joined().compactMap { $0.report?.nodeID }
@@ -158,7 +194,7 @@ struct JobScheduler: Sendable {
                     events[overdue.job, default: []].append(.nodeLost(overdue))
                 }
             }
-            return try await apply(events, alive: alive, on: connection)
+            return try await apply(events, alive: alive, proven: proven, on: connection)
         }
         // Sent once the starts are committed, outside the outbox: a node that hears nothing asks again.
         if !clearances.isEmpty {
@@ -179,13 +215,13 @@ struct JobScheduler: Sendable {
     /// Applies the events and writes the messages they cause to the outbox; returns the clearances of the starts
     /// it recorded (on the `alive` nodes only), for the caller to send once the transaction commits.
     private func apply(
-        _ events: [JobID: [SchedulerEvent]], alive: [NodeID: EnvID], exactPositions: Bool = false,
-        on connection: PostgresConnection
+        _ events: [JobID: [SchedulerEvent]], alive: [NodeID: EnvID], proven: [NodeID: EnvID] = [:],
+        exactPositions: Bool = false, on connection: PostgresConnection
     ) async throws -> [OutgoingMessage] {
         var messages: [OutgoingMessage] = []
         var clearances: [NodeID: [InstanceCleared.Attempt]] = [:]
         for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
-            let effects = try await handle(job, events[job]!, alive: alive, on: connection)
+            let effects = try await handle(job, events[job]!, alive: alive, proven: proven, on: connection)
             messages += effects.outbox
             for clearance in effects.clearances {
                 clearances[clearance.node, default: []].append(
@@ -212,7 +248,8 @@ struct JobScheduler: Sendable {
 
     /// Applies one job's events in order, holding its row lock; returns the messages they cause.
     private func handle(
-        _ jobID: JobID, _ events: [SchedulerEvent], alive: [NodeID: EnvID], on connection: PostgresConnection
+        _ jobID: JobID, _ events: [SchedulerEvent], alive: [NodeID: EnvID], proven: [NodeID: EnvID],
+        on connection: PostgresConnection
     ) async throws
         -> (outbox: [OutgoingMessage], clearances: [Effects.Clearance])
     {
@@ -222,7 +259,7 @@ struct JobScheduler: Sendable {
             return ([], [])
         }
         if let loaded = job.notifications { cache.remember(loaded, of: jobID) } else { job.notifications = known }
-        var effects = Effects(alive: alive)
+        var effects = Effects(alive: alive, proven: proven)
         var segment: [SchedulerEvent] = []
         var touched: Set<String> = []
         var advance = false
@@ -283,20 +320,24 @@ struct JobScheduler: Sendable {
                 continue
             }
             let now = Date()
-            // A node runs only its own environment's work: a claim or start from a node of another is refused (it
-            // can only come from a run message that node should never have been able to take).
-            if let report = event.report, let nodeEnv = effects.alive[report.nodeID], let taskEnv = config.env,
-                nodeEnv != taskEnv
-            {
+            // A node runs only its own environment's work: a claim, start or end from a node that did not prove
+            // the task's environment is refused (it can only come from a run message that node should never have
+            // been able to take, or from a node speaking for another).
+            if let node = event.reportingNode, let taskEnv = config.env, effects.proven[node] != taskEnv {
+                let nodeEnv = effects.proven[node]?.rawValue ?? "(none)"
                 logger.warning(
-                    "claim from a node outside the task's environment refused",
+                    "\(event.report == nil ? "end" : "claim") from a node outside the task's environment refused",
                     metadata: [
-                        "job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(report.nodeID)",
+                        "job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(node)",
                         "env.id": "\(nodeEnv)", "task.env.id": "\(taskEnv)",
                     ])
-                effects.kill(
-                    node: report.nodeID, task: key.task, index: key.index, attempt: report.attempt,
-                    reason: "the node is not in the task's environment")
+                // The node is told to stop it only when it is the node it says (its row's environment is the one
+                // it proved): a node speaking for another must not get that one's attempts killed.
+                if let report = event.report, let proven = effects.proven[node], effects.alive[node] == proven {
+                    effects.kill(
+                        node: report.nodeID, task: key.task, index: key.index, attempt: report.attempt,
+                        reason: "the node is not in the task's environment")
+                }
                 continue
             }
             let transition: InstanceLifecycle.Transition
@@ -493,10 +534,12 @@ struct JobScheduler: Sendable {
                         try OutgoingMessage(
                             exchange: Topology.commandsExchange,
                             routingKey: Topology.workRoutingKey(env: task.env.rawValue),
+                            // Sealed for the environment's nodes: the broker keeps no secret in plain text.
                             payload: InstanceRuns(
                                 jobID: task.job, taskName: task.task, instanceCount: config.instanceCount,
                                 envID: task.env, command: config.command, environment: config.environment,
-                                timeoutSeconds: config.timeoutSeconds, io: config.io, attempts: attempts),
+                                timeoutSeconds: config.timeoutSeconds, io: config.io, attempts: attempts
+                            ).sealing(with: nodeKey(task.env)),
                             correlationID: task.job.rawValue, mandatory: true))
                 }
             }
@@ -580,6 +623,8 @@ struct Effects {
     }
     /// The nodes heard from lately, with their environments: only their starts are cleared.
     let alive: [NodeID: EnvID]
+    /// The environments the reporting nodes proved they serve (``NodeKey``): only their reports count.
+    let proven: [NodeID: EnvID]
     var kills: [Kill] = []
     /// Starts recorded: the nodes may run these attempts (``InstanceCleared``, sent once the transaction commits).
     var clearances: [Clearance] = []
@@ -691,4 +736,18 @@ final class CreatedInstances: Sendable {
 
     /// The count so far, reset to zero.
     func take() -> Int { count.exchange(0, ordering: .relaxed) }
+}
+
+/// Each environment's ``NodeKey``, derived once.
+final class NodeKeys: Sendable {
+    private let keys = Mutex<[EnvID: NodeKey]>([:])
+
+    func key(_ env: EnvID, derive: (EnvID) -> NodeKey) -> NodeKey {
+        keys.withLock { keys in
+            if let key = keys[env] { return key }
+            let key = derive(env)
+            keys[env] = key
+            return key
+        }
+    }
 }

@@ -41,9 +41,9 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 struct Admin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage users and key pairs (talks to PostgreSQL directly; needs BATCH_MASTER_KEY).",
+        abstract: "Manage users, key pairs and node keys (talks to PostgreSQL directly; needs BATCH_MASTER_KEY).",
         discussion: "Example: batchctl admin create-user alice --output json",
-        subcommands: [CreateUser.self, DisableUser.self, EnableUser.self])
+        subcommands: [CreateUser.self, DisableUser.self, EnableUser.self, NodeKeyCommand.self])
 
     struct DatabaseOptions: ParsableArguments {
         @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
@@ -105,6 +105,34 @@ struct Admin: AsyncParsableCommand {
                 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             }
+        }
+    }
+
+    struct NodeKeyCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "node-key",
+            abstract: "Print the key an environment's nodes hold: what an executor started by hand needs.",
+            discussion: """
+                Example: batchctl admin node-key env-ab12cd34 > node.key
+                         ExecutorService --env-id env-ab12cd34 --node-key-file node.key
+                Keep it like a password: it lets a machine take the environment's work and read its run messages.
+                """)
+
+        @Argument(help: "The compute environment's id.")
+        var envId: String
+
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            guard let env = EnvID(validating: envId) else {
+                Batchctl.fail("env-id must be an environment id such as env-ab12cd34")
+            }
+            let key = try await database.withDatabase { database in
+                try await ComputeEnvStore(database: database).find(env) == nil
+                    ? nil : database.sealer.nodeKey(env: env).base64
+            }
+            guard let key else { Batchctl.fail("no compute environment \(envId)") }
+            print(key)
         }
     }
 

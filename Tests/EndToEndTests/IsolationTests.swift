@@ -378,24 +378,111 @@ struct IsolationTests {
             try await waitUntil("the instance is sent to A's nodes") {
                 try await stack.query("SELECT attempt::text FROM task_instances WHERE dispatched") == ["1"]
             }
-            let claim = InstanceStarted(
-                jobID: JobID(rawValue: jobID), taskName: "t", instanceIndex: 0, attempt: 1,
-                nodeID: NodeID(rawValue: nodeB), startedAt: Date())
-            let body = String(decoding: try Envelope(InstanceReports(accepted: [claim])).encoded(), as: UTF8.self)
-            #expect(
-                try await RabbitManagement.publish(
-                    vhost: stack.vhost, exchange: Topology.eventsExchange, routingKey: Topology.Event.instanceReports,
-                    type: InstanceReports.type, body: body))
-            try await waitUntil("the scheduler refuses the claim") {
-                let log = stack.directory.appendingPathComponent("SchedulerService.log")
-                return (try? String(contentsOf: log, encoding: .utf8))?.contains(
-                    "claim from a node outside the task's environment refused") == true
+            // Node B claims it with B's key; then a holder of B's key claims it speaking as node A; then one with
+            // no key at all.
+            func claim(as node: String, proving env: String, key: String?) async throws {
+                let claim = InstanceStarted(
+                    jobID: JobID(rawValue: jobID), taskName: "t", instanceIndex: 0, attempt: 1,
+                    nodeID: NodeID(rawValue: node), startedAt: Date())
+                let reports = InstanceReports(
+                    accepted: [claim], nodeID: NodeID(rawValue: node), envID: EnvID(rawValue: env),
+                    proof: try key.map { try stack.nodeKey($0).proof(node: NodeID(rawValue: node)) })
+                let body = String(decoding: try Envelope(reports).encoded(), as: UTF8.self)
+                #expect(
+                    try await RabbitManagement.publish(
+                        vhost: stack.vhost, exchange: Topology.eventsExchange,
+                        routingKey: Topology.Event.instanceReports, type: InstanceReports.type, body: body))
             }
+            let log = stack.directory.appendingPathComponent("SchedulerService.log")
+            func logged(_ line: String) -> Int {
+                ((try? String(contentsOf: log, encoding: .utf8)) ?? "").components(separatedBy: line).count - 1
+            }
+            try await claim(as: nodeB, proving: envB, key: envB)
+            try await waitUntil("the scheduler refuses the claim") {
+                logged("claim from a node outside the task's environment refused") == 1
+            }
+            try await claim(as: nodeA, proving: envB, key: envB)
+            try await waitUntil("the scheduler refuses the claim made in A's name") {
+                logged("claim from a node outside the task's environment refused") == 2
+            }
+            try await claim(as: nodeA, proving: envA, key: nil)
+            try await waitUntil("the scheduler ignores the claim without a key") {
+                logged("reports of a node without its environment's key ignored") == 1
+            }
+            // Only the first claim was B's own and got a kill (to B). A was not told to kill the attempt (a node
+            // told to kill one never runs it): it runs it below.
             #expect(try await stack.query("SELECT coalesce(node_id, '') FROM task_instances") != [nodeB])
             kill(executorA, SIGCONT)
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
             #expect(try await stack.query("SELECT node_id FROM task_instances") == [nodeA])
             #expect(try await stdout(stack, jobID, "t")[0] == "ran\n")
+        }
+    }
+
+    @Test("a node without its environment's key joins nothing and stops no node; run messages hold no secret")
+    func nodeKeys() async throws {
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            var node = ""
+            try await waitUntil("the environment's node runs") {
+                node =
+                    try await stack.query(
+                        "SELECT node_id FROM compute_nodes WHERE env_id = '\(env)' AND state = 'RUNNING'"
+                    ).first ?? ""
+                return !node.isEmpty
+            }
+            let log = stack.directory.appendingPathComponent("ProvisionerService.log")
+            func ignored(_ what: String) -> Int {
+                ((try? String(contentsOf: log, encoding: .utf8)) ?? "")
+                    .components(separatedBy: "\(what) of a node without its environment's key ignored").count - 1
+            }
+            func publish(_ payload: some MessageContract, _ routingKey: String) async throws {
+                let body = String(decoding: try Envelope(payload).encoded(), as: UTF8.self)
+                #expect(
+                    try await RabbitManagement.publish(
+                        vhost: stack.vhost, exchange: Topology.eventsExchange, routingKey: routingKey,
+                        type: type(of: payload).type, body: body))
+            }
+            // A stranger's heartbeats, without a proof and with another environment's, do not make a node.
+            let stranger = NodeID(rawValue: "node-0badc0de")
+            for proof in [nil, try stack.nodeKey("env-00000000").proof(node: stranger)] {
+                try await publish(
+                    NodeHeartbeat(
+                        nodeID: stranger, envID: EnvID(rawValue: env), slots: 64, freeSlots: 64, host: "evil",
+                        pid: 1, at: Date(), proof: proof), Topology.Event.nodeHeartbeat)
+            }
+            // Nor does a word that the environment's node stopped remove it.
+            try await publish(
+                NodeStopped(nodeID: NodeID(rawValue: node), envID: EnvID(rawValue: env), at: Date()),
+                Topology.Event.nodeStopped)
+            try await waitUntil("the provisioner ignores all three") {
+                ignored("heartbeat") == 2 && ignored("stop") == 1
+            }
+            #expect(try await stack.query("SELECT node_id FROM compute_nodes WHERE env_id = '\(env)'") == [node])
+
+            // A copy of what the environment's work queue receives: the variable and the command are not in it.
+            let copy = "isolation-copy-\(UUID().uuidString.prefix(8))"
+            try await RabbitManagement.bindQueue(
+                vhost: stack.vhost, queue: copy, exchange: Topology.commandsExchange,
+                routingKey: Topology.workRoutingKey(env: env))
+            let secret = "s3cret-\(UUID().uuidString)"
+            let jobID = try await stack.submit(
+                "sealed", env: env,
+                tasks: [
+                    [
+                        "TaskName": "t",
+                        "Application": ["DeliveryForm": "LOCAL", "Command": "echo \"$TOKEN\" marker-of-the-command"],
+                        "EnvVars": [["Name": "TOKEN", "Value": secret]],
+                    ]
+                ])
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            #expect(try await stdout(stack, jobID, "t")[0] == "\(secret) marker-of-the-command\n")
+            let bodies = try await RabbitManagement.peek(vhost: stack.vhost, queue: copy)
+            #expect(bodies.count == 1)
+            for body in bodies {
+                #expect(body.contains("\"sealed\""))
+                #expect(!body.contains(secret) && !body.contains("marker-of-the-command") && !body.contains("TOKEN"))
+            }
         }
     }
 
@@ -429,7 +516,7 @@ struct IsolationTests {
             ["--env-id", "env-00000000", "--work-dir", FileManager.default.temporaryDirectory.path + "/no-sandbox"],
             environment: [
                 "PATH": "/usr/bin:/bin", "BATCH_BWRAP": "/nonexistent/bwrap",
-                "BATCH_AMQP_URL": "amqp://127.0.0.1:1/",
+                "BATCH_AMQP_URL": "amqp://127.0.0.1:1/", "BATCH_NODE_KEY": Data(count: 32).base64EncodedString(),
             ])
         #expect(result.status != 0)
         #expect(result.stderr.contains("refusing to run instances without a sandbox"), "\(result.stderr)")

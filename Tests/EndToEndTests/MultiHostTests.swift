@@ -222,7 +222,7 @@ struct VirtualNetwork {
     /// Starts an executor in the host's namespace that joins `env` on its own (as `AttachInstances` machines do),
     /// reaching the broker at the bridge's address.
     func startExecutor(on host: Int, env: String, stack: Stack) throws -> ServiceProcess {
-        var environment = stack.environment
+        var environment = try stack.executorEnvironment(env)
         environment["BATCH_AMQP_URL"] = environment["BATCH_AMQP_URL"]?.replacingOccurrences(
             of: "@127.0.0.1:", with: "@\(bridgeAddress):")
         // nsenter enters only the network namespace: `ip netns exec` would also mount a sysfs of its own over /sys,

@@ -123,7 +123,8 @@ extension NodeTests {
                     "--env-id", env, "--instance-id", "my-box", "--slots", "2", "--work-dir",
                     stack.directory.appendingPathComponent("my-box").path,
                 ],
-                environment: stack.environment, log: stack.directory.appendingPathComponent("my-box.log").path)
+                environment: try stack.executorEnvironment(env),
+                log: stack.directory.appendingPathComponent("my-box.log").path)
             defer { executor.signal(SIGKILL) }
             var node = ""
             try await waitUntil("the machine's executor runs as the attached node") {

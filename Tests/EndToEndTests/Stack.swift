@@ -25,6 +25,19 @@ final class Stack: @unchecked Sendable {
     private(set) var secretID = ""
     private(set) var secretKey = ""
 
+    /// The key `env`'s nodes hold: what an executor started by hand gets as `BATCH_NODE_KEY`.
+    func nodeKey(_ env: String) throws -> NodeKey {
+        try Sealer(configuration: environment["BATCH_MASTER_KEY"]).nodeKey(env: EnvID(rawValue: env))
+    }
+
+    /// The stack's environment for an executor started by hand in `env`: its broker and node key, never the master
+    /// key or the database.
+    func executorEnvironment(_ env: String) throws -> [String: String] {
+        var executor = environment.filter { !["BATCH_MASTER_KEY", "BATCH_DATABASE_URL"].contains($0.key) }
+        executor["BATCH_NODE_KEY"] = try nodeKey(env).base64
+        return executor
+    }
+
     static var binDirectory: URL {
         if let path = ProcessInfo.processInfo.environment["BATCH_BIN_DIR"] {
             return URL(fileURLWithPath: path)
