@@ -94,7 +94,7 @@ struct APIGateway: AsyncParsableCommand {
         quotas.computeEnvsPerUser = quotaEnvs
         let replyID = "gateway-\(UUID().uuidString.prefix(8).lowercased())"
         let bootstrap = ServiceBootstrap(
-            service: "APIGateway", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
+            service: "APIGateway", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL(role: "GATEWAY"),
             topology: LogFetcher.topology(id: replyID), logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {

@@ -16,8 +16,11 @@ public enum Environment {
         value(name).flatMap(Int.init) ?? fallback
     }
 
-    /// The broker URL: `BATCH_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/`.
-    public static var amqpURL: String { value("BATCH_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/") }
+    /// The broker URL of a service: `BATCH_<ROLE>_AMQP_URL` (its own broker user: `GATEWAY`, `SCHEDULER`,
+    /// `PROVISIONER`, `EXECUTOR`), else `BATCH_AMQP_URL`, default `amqp://127.0.0.1:5672/`.
+    public static func amqpURL(role: String) -> String {
+        value("BATCH_\(role)_AMQP_URL") ?? value("BATCH_AMQP_URL", default: "amqp://127.0.0.1:5672/")
+    }
     /// The database URL: `BATCH_DATABASE_URL`, default `postgres://batch:batch@127.0.0.1:55432/batch`.
     public static var databaseURL: String {
         value("BATCH_DATABASE_URL", default: "postgres://batch:batch@127.0.0.1:55432/batch")
@@ -39,11 +42,14 @@ public func exitWithError(_ service: String, _ error: any Error) -> Never {
 
 /// Where the broker and the database are: options every stateful service takes.
 public struct ConnectionOptions: ParsableArguments, Sendable {
-    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
-    public var amqpURL: String = Environment.amqpURL
+    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (BATCH_<SERVICE>_AMQP_URL, else BATCH_AMQP_URL).")
+    public var givenAMQPURL: String?
 
     @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
     public var databaseURL: String = Environment.databaseURL
 
     public init() {}
+
+    /// The broker URL of the service whose broker user is `role` (``Environment/amqpURL(role:)``).
+    public func amqpURL(role: String) -> String { givenAMQPURL ?? Environment.amqpURL(role: role) }
 }

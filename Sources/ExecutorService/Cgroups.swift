@@ -231,7 +231,8 @@ struct InstanceCgroup: Sendable {
             let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
             for line in text.split(separator: "\n") { if let pid = pid_t(line) { pids.insert(pid) } }
         }
-        return Array(pids)
+        // Oldest first, as a process group's are signalled: a shell hears of a stop before the child it waits for.
+        return pids.sorted()
     }
 
     /// Sends `signal` to every process in the cgroup but `except`.

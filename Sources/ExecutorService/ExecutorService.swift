@@ -35,8 +35,8 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Where instances' work dirs and logs go (BATCH_WORK_DIR, default .batch/nodes/<node id>).")
     var workDir: String?
 
-    @Option(help: "RabbitMQ URL (BATCH_AMQP_URL).")
-    var amqpURL: String = Environment.amqpURL
+    @Option(help: "RabbitMQ URL (BATCH_EXECUTOR_AMQP_URL, else BATCH_AMQP_URL).")
+    var amqpURL: String = Environment.amqpURL(role: "EXECUTOR")
 
     @Option(help: "Seconds between heartbeats.")
     var heartbeatInterval: Int = Environment.int("BATCH_HEARTBEAT_INTERVAL", default: 3)
@@ -163,8 +163,8 @@ struct ExecutorService: AsyncParsableCommand {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             amqp = AMQPClient(
                 configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-executor-\(nodeId)"),
-                topology: Topology.services.merging(.workQueue(forEnv: envID.rawValue))
-                    .merging(.nodeQueue(forNode: nodeId)),
+                // Its own queue only: the control plane declares the rest (the node's broker user may not).
+                topology: .nodeQueue(forNode: nodeId),
                 logger: logger)
         } catch {
             exitWithError("ExecutorService", error)

@@ -547,7 +547,7 @@ final class InstanceRunner: Sendable {
         }
         try await amqp.publish(
             try OutgoingMessage(
-                exchange: Topology.commandsExchange, routingKey: request.replyTo, payload: chunk, persistent: false))
+                exchange: Topology.repliesExchange, routingKey: request.replyTo, payload: chunk, persistent: false))
     }
 
     /// `instance.kill`: stops the attempt's whole process group if it runs here (SIGTERM, SIGKILL after 10 s), or

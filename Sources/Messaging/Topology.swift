@@ -3,6 +3,7 @@
 /// - `batch.events` (topic): facts that happened (`job.submitted`, `instance.finished`, `node.heartbeat`, …);
 ///   services bind their own queue to the keys they care about, and users may bind theirs.
 /// - `batch.commands` (direct): work for one compute environment (`env.<EnvId>` → queue `batch.env.<EnvId>`).
+/// - `batch.replies` (direct): answers to one process's requests (`reply.<id>` → queue `batch.reply.<id>`).
 /// - `batch.dead-letter` (fanout) → queue `batch.dead-letter`: messages a consumer rejected as poison.
 ///
 /// Every durable queue dead-letters into `batch.dead-letter`.
@@ -75,6 +76,7 @@ extension Topology {
 
     public static let eventsExchange = "batch.events"
     public static let commandsExchange = "batch.commands"
+    public static let repliesExchange = "batch.replies"
     public static let deadLetterExchange = "batch.dead-letter"
     public static let deadLetterQueue = "batch.dead-letter"
     public static let schedulerQueue = "batch.scheduler"
@@ -117,6 +119,7 @@ extension Topology {
         exchanges: [
             Exchange(eventsExchange, .topic),
             Exchange(commandsExchange, .direct),
+            Exchange(repliesExchange, .direct),
             Exchange(deadLetterExchange, .fanout),
         ],
         queues: [Queue(deadLetterQueue, deadLetterExchange: nil)],
@@ -160,30 +163,28 @@ extension Topology {
     /// The routing key on `batch.commands` that reaches one node.
     public static func nodeRoutingKey(node: String) -> String { "node.\(node)" }
 
-    /// A node's own queue, bound to `batch.commands`.
+    /// A node's own queue, bound to `batch.commands`: all a node declares (its broker user may configure nothing
+    /// else; the control plane declares the exchanges and the environment's work queue).
     public static func nodeQueue(forNode node: String) -> Topology {
-        base.merging(
-            Topology(
-                queues: [Queue(nodeQueue(node: node), durable: false)],
-                bindings: [
-                    Binding(
-                        queue: nodeQueue(node: node), exchange: commandsExchange, routingKey: nodeRoutingKey(node: node)
-                    )
-                ]
-            )
+        Topology(
+            queues: [Queue(nodeQueue(node: node), durable: false)],
+            bindings: [
+                Binding(
+                    queue: nodeQueue(node: node), exchange: commandsExchange, routingKey: nodeRoutingKey(node: node))
+            ]
         )
     }
 
-    /// The routing key on `batch.commands` of one process's reply queue.
+    /// The routing key on `batch.replies` of one process's reply queue.
     public static func replyRoutingKey(_ id: String) -> String { "reply.\(id)" }
     public static func replyQueue(_ id: String) -> String { "batch.reply.\(id)" }
 
-    /// A process's own reply queue (answers to its requests), bound to `batch.commands`; it goes with the process.
+    /// A process's own reply queue (answers to its requests), bound to `batch.replies`; it goes with the process.
     public static func replyQueue(for id: String) -> Topology {
         base.merging(
             Topology(
                 queues: [Queue(replyQueue(id), durable: false, deadLetterExchange: nil)],
-                bindings: [Binding(queue: replyQueue(id), exchange: commandsExchange, routingKey: replyRoutingKey(id))]
+                bindings: [Binding(queue: replyQueue(id), exchange: repliesExchange, routingKey: replyRoutingKey(id))]
             )
         )
     }
@@ -200,4 +201,46 @@ extension Topology {
             )
         )
     }
+}
+
+extension Topology {
+    /// A broker user's permissions: regular expressions over the names of the exchanges and queues it may declare
+    /// (`configure`), publish to or bind to (`write`), and consume from or bind from (`read`); and the routing keys
+    /// it may publish on `batch.events` (a topic permission; nil for any).
+    public struct Role: Sendable, Hashable {
+        public var user: String
+        public var configure: String
+        public var write: String
+        public var read: String
+        public var eventsWrite: String?
+    }
+
+    /// One broker user per service. The gateway, scheduler and provisioner relay the same outbox, so each may
+    /// publish any of the control plane's messages, and each declares the services' queues (declaring a queue that
+    /// dead-letters takes read on it). A node declares only its own queue, consumes only its environment's and its
+    /// own, and publishes only its reports, heartbeats, stop and log replies (and its own poison, dead-lettered). `scripts/servers`, compose and the tests make these users; `BrokerRoleTests` checks that the broker
+    /// holds exactly these.
+    public static let roles: [Role] = [
+        Role(
+            user: "batch-gateway",
+            configure: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner|reply\..+)$"#,
+            write: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner|reply\..+)$"#,
+            read: #"^batch\.(events|replies|dead-letter|scheduler|provisioner|reply\..+)$"#),
+        Role(
+            user: "batch-scheduler",
+            configure: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner)$"#,
+            write: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner)$"#,
+            read: #"^batch\.(events|dead-letter|scheduler|provisioner)$"#),
+        Role(
+            user: "batch-provisioner",
+            configure: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner|env\..+)$"#,
+            write: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner|env\..+)$"#,
+            read: #"^batch\.(events|commands|dead-letter|scheduler|provisioner|env\..+)$"#),
+        Role(
+            user: "batch-executor",
+            configure: #"^batch\.node\.node-[0-9A-Za-z_-]+$"#,
+            write: #"^batch\.(events|replies|dead-letter|node\.node-[0-9A-Za-z_-]+)$"#,
+            read: #"^batch\.(commands|env\.env-[0-9A-Za-z_-]+|node\.node-[0-9A-Za-z_-]+)$"#,
+            eventsWrite: #"^(instance\.reports|node\.heartbeat|node\.stopped)$"#),
+    ]
 }

@@ -45,14 +45,24 @@ struct ProvisionerService: AsyncParsableCommand {
                 StartupError("no ExecutorService binary at \(executorPath); set BATCH_EXECUTOR_PATH"))
         }
         let bootstrap = ServiceBootstrap(
-            service: "ProvisionerService", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
+            service: "ProvisionerService", databaseURL: connections.databaseURL,
+            amqpURL: connections.amqpURL(role: "PROVISIONER"),
             topology: .services,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
+            // Nodes connect as the executors' broker user; the provisioner's own is for the control plane.
+            let executorURL = Environment.value("BATCH_EXECUTOR_AMQP_URL")
+            if executorURL == nil {
+                logger.warning(
+                    """
+                    BATCH_EXECUTOR_AMQP_URL is not set: nodes connect with the provisioner's broker user, which may do \
+                    more than a node needs
+                    """)
+            }
             let driver = ProcessNodeDriver(
                 executable: executorPath, nodesDirectory: URL(fileURLWithPath: nodesDir).standardizedFileURL,
-                amqpURL: connections.amqpURL, logger: logger)
+                amqpURL: executorURL ?? connections.amqpURL(role: "PROVISIONER"), logger: logger)
             let provisioner = Provisioner(
                 database: database, amqp: amqp, driver: driver, nodeSlots: nodeSlots, logger: logger)
             var services: [any Service] = [

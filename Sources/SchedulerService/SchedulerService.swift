@@ -48,7 +48,8 @@ struct SchedulerService: AsyncParsableCommand {
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
-            service: "SchedulerService", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL,
+            service: "SchedulerService", databaseURL: connections.databaseURL,
+            amqpURL: connections.amqpURL(role: "SCHEDULER"),
             topology: .services,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)

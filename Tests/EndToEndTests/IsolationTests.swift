@@ -486,6 +486,47 @@ struct IsolationTests {
         }
     }
 
+    @Test("each service is its own broker user; a node's user publishes only its reports and consumes only its queues")
+    func brokerRoles() async throws {
+        // scripts/servers gave the users of the default vhost the permissions the code declares.
+        for role in Topology.roles {
+            let held = try await RabbitManagement.permissions(of: role.user, vhost: "/")
+            #expect(held?.configure == role.configure && held?.write == role.write && held?.read == role.read)
+            #expect(held?.eventsWrite == role.eventsWrite, "\(role.user)")
+        }
+        let python = try TestServers.pythonTool("BATCH_PYTHON", name: "python")
+        try await Stack.run { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            let jobID = try await stack.submit(
+                "roles", env: env,
+                tasks: [["TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "true"]]])
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            // Every service of the stack, nodes included, connected as its own user.
+            // (The management API lists connections a few seconds after they open.)
+            try await waitUntil("the broker lists each service's connection under its own user") {
+                try await RabbitManagement.connectionUsers(vhost: stack.vhost) == Set(Topology.roles.map(\.user))
+            }
+
+            let script = TestServers.repositoryRoot.appendingPathComponent("Tests/EndToEndTests/Python/broker_roles.py")
+            let result = try await TestServers.run(
+                python, [script.path, try unwrap(stack.environment["BATCH_EXECUTOR_AMQP_URL"])],
+                environment: ["PATH": "/usr/bin:/bin"])
+            #expect(result.status == 0, "\(result.stderr)")
+            let outcome = try unwrap(
+                try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String])
+            for refused in [
+                "publish job.submitted", "publish env.deletion-requested", "publish a kill to another node",
+                "publish a run to an environment", "consume the scheduler's queue", "consume the dead-letter queue",
+                "declare an exchange", "declare a queue of its own",
+            ] {
+                #expect(outcome[refused] == "refused 403", "\(refused): \(outcome[refused] ?? "-")")
+            }
+            for allowed in ["publish node.heartbeat", "publish a log reply"] {
+                #expect(outcome[allowed] == "allowed", "\(allowed): \(outcome[allowed] ?? "-")")
+            }
+        }
+    }
+
     @Test("the servers scripts/servers starts have no known password: no guest on the broker, no batch:batch")
     func noKnownPasswords() async throws {
         let environment = ProcessInfo.processInfo.environment

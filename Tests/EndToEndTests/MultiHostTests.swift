@@ -95,13 +95,15 @@ struct MultiHostTests {
 }
 
 /// A task whose instances sleep `seconds` and record their run (node, start, end, and whether it completed or was
-/// stopped by SIGTERM) in `records`.
+/// stopped by SIGTERM) in `records`, in one line whichever of the shell and its sleep hears the SIGTERM first: the
+/// shell passes it on to the sleep, and the run completed only when the sleep did.
 func fencedTask(_ name: String, instances: Int, seconds: Int, records: URL) -> [String: Any] {
     let command = """
         f="\(records.path)/$BATCH_TASK_NAME.$BATCH_TASK_INSTANCE_INDEX.$BATCH_TASK_ATTEMPT"; s=$(date +%s%N); \
-        trap 'echo "$BATCH_TASK_NAME $BATCH_TASK_INSTANCE_INDEX $BATCH_NODE_ID $s $(date +%s%N) stopped" >> "$f"; exit 143' TERM; \
-        sleep \(seconds) & wait $!; \
-        echo "$BATCH_TASK_NAME $BATCH_TASK_INSTANCE_INDEX $BATCH_NODE_ID $s $(date +%s%N) completed" >> "$f"
+        trap 'kill $p 2>/dev/null' TERM; sleep \(seconds) & p=$!; wait $p; r=$?; \
+        if [ $r -gt 128 ] && kill -0 $p 2>/dev/null; then wait $p; r=$?; fi; \
+        if [ $r = 0 ]; then how=completed; else how=stopped; fi; \
+        echo "$BATCH_TASK_NAME $BATCH_TASK_INSTANCE_INDEX $BATCH_NODE_ID $s $(date +%s%N) $how" >> "$f"; exit $r
         """
     return [
         "TaskName": name, "TaskInstanceNum": instances, "Application": ["DeliveryForm": "LOCAL", "Command": command],

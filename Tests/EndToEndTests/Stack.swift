@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import BatchCore
 import Foundation
+import Messaging
 import NIOCore
 import NIOFoundationCompat
 import NIOSSL
@@ -33,7 +34,10 @@ final class Stack: @unchecked Sendable {
     /// The stack's environment for an executor started by hand in `env`: its broker and node key, never the master
     /// key or the database.
     func executorEnvironment(_ env: String) throws -> [String: String] {
-        var executor = environment.filter { !["BATCH_MASTER_KEY", "BATCH_DATABASE_URL"].contains($0.key) }
+        var executor = environment.filter {
+            !["BATCH_MASTER_KEY", "BATCH_DATABASE_URL"].contains($0.key) && !$0.key.hasSuffix("_AMQP_URL")
+        }
+        executor["BATCH_AMQP_URL"] = environment["BATCH_EXECUTOR_AMQP_URL"]
         executor["BATCH_NODE_KEY"] = try nodeKey(env).base64
         return executor
     }
@@ -90,7 +94,18 @@ final class Stack: @unchecked Sendable {
             security = ["BATCH_TLS_CERTIFICATE": certificate, "BATCH_TLS_KEY": key]
         }
         let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        // Each service connects as its own broker user, as `scripts/servers env` sets them up, on this vhost.
+        try await RabbitManagement.grantRoles(vhost: vhost)
+        var roles: [String: String] = [:]
+        for role in ["GATEWAY", "SCHEDULER", "PROVISIONER", "EXECUTOR"] {
+            let name = "BATCH_\(role)_AMQP_URL"
+            guard let url = ProcessInfo.processInfo.environment[name].flatMap({ try? AMQPURL($0) }) else {
+                throw StackError("\(name) is not set: run eval \"$(scripts/servers env)\" first")
+            }
+            roles[name] = "amqp://\(url.user):\(url.password)@\(url.host):\(url.port)/\(encodedVhost)"
+        }
         let environment = [
+            // What the services fall back to, and the tests' own connections: the broker's administrator.
             "BATCH_AMQP_URL": "amqp://\(amqp.user):\(amqp.password)@\(amqp.host):\(amqp.port)/\(encodedVhost)",
             "BATCH_DATABASE_URL": databaseURL,
             "BATCH_MASTER_KEY": Sealer.Key.generate(id: "e2e").configurationString,
@@ -107,7 +122,7 @@ final class Stack: @unchecked Sendable {
                 .joined(separator: ":"),
             "BATCH_S3_ENDPOINT": ProcessInfo.processInfo.environment["BATCH_S3_ENDPOINT"] ?? "",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-        ].merging(security) { $1 }.merging(settings) { $1 }
+        ].merging(roles) { $1 }.merging(security) { $1 }.merging(settings) { $1 }
         let stack = Stack(
             directory: directory, databaseName: databaseName, vhost: vhost, environment: environment,
             tls: tls)

@@ -161,6 +161,60 @@ public enum RabbitManagement {
         }
     }
 
+    /// Gives each service's broker user (``Topology/roles``, made by `scripts/servers`) its permissions on `vhost`.
+    public static func grantRoles(vhost: String) async throws {
+        let encoded = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        for role in Topology.roles {
+            let status = try await put(
+                "api/permissions/\(encoded)/\(role.user)",
+                ["configure": role.configure, "write": role.write, "read": role.read])
+            guard status < 300 else {
+                throw TestServers.Missing(
+                    description: "cannot give \(role.user) its permissions on vhost \(vhost) (HTTP \(status)): "
+                        + "scripts/servers start makes the services' broker users")
+            }
+            guard let events = role.eventsWrite else { continue }
+            let topic = try await put(
+                "api/topic-permissions/\(encoded)/\(role.user)",
+                ["exchange": Topology.eventsExchange, "write": events, "read": "^$"])
+            guard topic < 300 else {
+                throw TestServers.Missing(description: "cannot set \(role.user)'s topic permissions: HTTP \(topic)")
+            }
+        }
+    }
+
+    /// PUTs `object` as JSON to the management API's `path`; returns the answer's status.
+    static func put(_ path: String, _ object: [String: String]) async throws -> UInt {
+        var request = try request(path)
+        request.method = .PUT
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: object)))
+        return try await send(request).status.code
+    }
+
+    /// The permissions the broker holds for `user` on `vhost`: configure, write, read, and its topic permission's
+    /// write on `batch.events` (nil for none).
+    public static func permissions(of user: String, vhost: String) async throws -> (
+        configure: String, write: String, read: String, eventsWrite: String?
+    )? {
+        let encoded = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let permissions: [String: String]? = try? await get("api/permissions/\(encoded)/\(user)")
+        guard let permissions else { return nil }
+        let topics: [[String: String]] = (try? await get("api/topic-permissions/\(encoded)/\(user)")) ?? []
+        return (
+            permissions["configure"] ?? "", permissions["write"] ?? "", permissions["read"] ?? "",
+            topics.first { $0["exchange"] == Topology.eventsExchange }?["write"]
+        )
+    }
+
+    /// The users of the connections open to `vhost`.
+    public static func connectionUsers(vhost: String) async throws -> Set<String> {
+        let encoded = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        struct Connection: Decodable { var user: String }
+        let connections: [Connection] = try await get("api/vhosts/\(encoded)/connections")
+        return Set(connections.map(\.user))
+    }
+
     public static func deleteVhost(_ name: String) async throws {
         let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         var request = try request("api/vhosts/\(encoded)")
