@@ -73,10 +73,11 @@ public final class ChildProcess: Sendable {
     /// Starts a child as ``init(executable:arguments:environment:directory:stdout:stderr:wrapper:)`` does, but the
     /// calling task waits for it to start, not its thread (a node starts hundreds of children a second on a
     /// cooperative pool as wide as its cores). `members` lists every process of the child when they may leave its
-    /// process group (its cgroup's).
+    /// process group (its cgroup's). `descriptor3`: what the child reads from descriptor 3 (a memory file), for what
+    /// must not be on its command line, which every process of the machine may read.
     public static func start(
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
-        stdout: String? = nil, stderr: String? = nil, wrapper: Bool = false,
+        stdout: String? = nil, stderr: String? = nil, descriptor3: [UInt8]? = nil, wrapper: Bool = false,
         members: (@Sendable () -> [pid_t])? = nil
     ) async throws -> ChildProcess {
         let ending = Ending()
@@ -86,7 +87,8 @@ public final class ChildProcess: Sendable {
                     with: Result {
                         try Self.spawnAndReap(
                             executable: executable, arguments: arguments, environment: environment,
-                            directory: directory, stdout: stdout, stderr: stderr, ending: ending)
+                            directory: directory, stdout: stdout, stderr: stderr, descriptor3: descriptor3,
+                            ending: ending)
                     })
             }
         }
@@ -105,18 +107,18 @@ public final class ChildProcess: Sendable {
     /// when idle. `ending` hears how it ended once it is reaped.
     private static func spawnAndReap(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
-        stdout: String?, stderr: String?, ending: Ending
+        stdout: String?, stderr: String?, descriptor3: [UInt8]? = nil, ending: Ending
     ) throws -> pid_t {
         let pid = try spawn(
             executable: executable, arguments: arguments, environment: environment, directory: directory,
-            stdout: stdout, stderr: stderr)
+            stdout: stdout, stderr: stderr, descriptor3: descriptor3)
         ProcessThread.shared.reap(pid) { ending.end(Termination(status: $0)) }
         return pid
     }
 
     private static func spawn(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
-        stdout: String?, stderr: String?
+        stdout: String?, stderr: String?, descriptor3: [UInt8]?
     ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -128,12 +130,32 @@ public final class ChildProcess: Sendable {
         if let stderr {
             posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         }
-        // Nothing of the parent's beyond stdin, stdout and stderr: its sockets (the broker, the database) and files
-        // are no business of an instance.
+        // Descriptor 3, when given: a memory file (no name on any file system) read from its start. The parent's
+        // copy goes once the child has it.
+        var memory: Int32 = -1
+        defer { if memory >= 0 { close(memory) } }
+        if let descriptor3 {
+            memory = Self.memfdCreate?("batch-child", 0) ?? -1
+            guard memory >= 0 else {
+                throw SpawnError(description: "cannot make a memory file: \(String(cString: strerror(errno)))")
+            }
+            var written = 0
+            while written < descriptor3.count {
+                let count = descriptor3[written...].withUnsafeBytes { write(memory, $0.baseAddress, $0.count) }
+                guard count > 0 else {
+                    throw SpawnError(description: "cannot fill a memory file: \(String(cString: strerror(errno)))")
+                }
+                written += count
+            }
+            lseek(memory, 0, SEEK_SET)
+            posix_spawn_file_actions_adddup2(&actions, memory, 3)
+        }
+        // Nothing of the parent's beyond stdin, stdout and stderr (and descriptor 3 when given): its sockets (the
+        // broker, the database) and files are no business of an instance.
         guard let addCloseFrom = Self.addCloseFrom else {
             throw SpawnError(description: "this C library cannot close a child's inherited descriptors")
         }
-        _ = addCloseFrom(&actions, 3)
+        _ = addCloseFrom(&actions, descriptor3 == nil ? 3 : 4)
         if let directory {
             guard let addChdir = Self.addChdir else {
                 throw SpawnError(description: "this C library cannot set a child's working directory")
@@ -167,6 +189,12 @@ public final class ChildProcess: Sendable {
         }
         return pid
     }
+
+    /// glibc's `memfd_create` (2.27+), which its headers hide from Swift.
+    private static let memfdCreate: (@convention(c) (UnsafePointer<CChar>, UInt32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "memfd_create") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafePointer<CChar>, UInt32) -> Int32).self)
+    }()
 
     /// glibc's `posix_spawn_file_actions_addchdir_np` (2.29+), which its headers hide from Swift.
     private static let addChdir:

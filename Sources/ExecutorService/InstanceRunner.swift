@@ -318,6 +318,7 @@ final class InstanceRunner: Sendable {
         let executable: String
         var arguments: [String]
         var wrapper = false
+        var descriptor3: [UInt8]?
         var cgroup: InstanceCgroup?
         var environmentFile: URL?
         defer { if let environmentFile { try? FileManager.default.removeItem(at: environmentFile) } }
@@ -345,11 +346,13 @@ final class InstanceRunner: Sendable {
         } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
             wrapper = true
             let command = ["/bin/sh", "-c", run.command]
-            let sandboxed =
-                [bwrap]
-                + sandbox.arguments(
-                    attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
-                    user: user, environment: environment) + (user?.command(command) ?? command)
+            // The sandbox's options, the task's variables among them, go through descriptor 3 (`--args`), not the
+            // command line, which every process of the node may read.
+            let options = sandbox.arguments(
+                attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
+                user: user, environment: environment)
+            descriptor3 = options.flatMap { Array($0.utf8) + [0] }
+            let sandboxed = [bwrap, "--args", "3", "--"] + (user?.command(command) ?? command)
             // A sandboxed node always has its cgroups (it does not start without them).
             let slot: InstanceCgroup
             do {
@@ -393,7 +396,8 @@ final class InstanceRunner: Sendable {
         do {
             child = try await ChildProcess.start(
                 executable: executable, arguments: arguments, environment: launcherEnvironment, directory: workPath,
-                stdout: workspace.stdout.path, stderr: workspace.stderr.path, wrapper: wrapper, members: members)
+                stdout: workspace.stdout.path, stderr: workspace.stderr.path, descriptor3: descriptor3,
+                wrapper: wrapper, members: members)
         } catch {
             removeCgroup()
             logger.warning("instance could not start", metadata: ["error": "\(error)"])

@@ -36,7 +36,7 @@ enum Sandbox: Sendable, Equatable {
         do {
             let arguments =
                 Sandbox.bubblewrap(path: bwrap).arguments(
-                    attemptDirectory: probe, workDirectory: probe, mounts: []) + ["/bin/true"]
+                    attemptDirectory: probe, workDirectory: probe, mounts: []) + ["--", "/bin/true"]
             let child = try ChildProcess(
                 executable: bwrap, arguments: arguments, environment: ["PATH": "/usr/bin:/bin"], stdout: log,
                 stderr: log)
@@ -52,7 +52,7 @@ enum Sandbox: Sendable, Equatable {
         return .bubblewrap(path: bwrap)
     }
 
-    /// bwrap's arguments (before the command) for one attempt: `mounts` maps paths inside the instance to
+    /// bwrap's options (before `--` and the command) for one attempt: `mounts` maps paths inside the instance to
     /// directories of its work dir. With `user`, the command may switch to that user (``InstanceUser/command(_:)``)
     /// and `/tmp` is writable by it. `environment` is the command's whole environment: bubblewrap itself runs with
     /// the executor's own (a task's `LD_PRELOAD` must not reach a process outside the sandbox).
@@ -108,7 +108,7 @@ enum Sandbox: Sendable, Equatable {
         for path in sharedPaths { arguments += ["--bind", path, path] }
         arguments += ["--bind", attemptDirectory.path, attemptDirectory.path]
         for mount in mounts { arguments += ["--bind", mount.host.path, mount.inside] }
-        arguments += ["--chdir", workDirectory.path, "--"]
+        arguments += ["--chdir", workDirectory.path]
         return arguments
     }
 }

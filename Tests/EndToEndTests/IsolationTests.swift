@@ -419,7 +419,9 @@ struct IsolationTests {
         }
     }
 
-    @Test("a node without its environment's key joins nothing and stops no node; run messages hold no secret")
+    @Test(
+        "a node without its environment's key joins nothing and stops no node; run messages and command lines hold no secret"
+    )
     func nodeKeys() async throws {
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 1)
@@ -483,6 +485,32 @@ struct IsolationTests {
                 #expect(body.contains("\"sealed\""))
                 #expect(!body.contains(secret) && !body.contains("marker-of-the-command") && !body.contains("TOKEN"))
             }
+
+            // While an instance runs, no command line on the node holds its variables (every process may read
+            // those): bubblewrap takes them on a descriptor.
+            let running = stack.directory.appendingPathComponent("shared/running-\(UUID().uuidString.prefix(8))")
+            let done = running.appendingPathExtension("done")
+            let waiting = try await stack.submit(
+                "waits", env: env,
+                tasks: [
+                    [
+                        "TaskName": "t",
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command": "touch \(running.path); while [ ! -e \(done.path) ]; do sleep 0.1; done",
+                        ],
+                        "EnvVars": [["Name": "TOKEN", "Value": secret]],
+                    ]
+                ])
+            try await waitUntil("the instance runs") { FileManager.default.fileExists(atPath: running.path) }
+            var lines: [String] = []
+            for pid in try FileManager.default.contentsOfDirectory(atPath: "/proc") where Int(pid) != nil {
+                guard let line = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+                if String(decoding: line, as: UTF8.self).contains(secret) { lines.append(pid) }
+            }
+            #expect(lines.isEmpty, "processes with the variable on their command line: \(lines)")
+            try Data().write(to: done)
+            #expect(try await stack.waitForJob(waiting)["JobState"] as? String == "SUCCEED")
         }
     }
 
