@@ -103,18 +103,27 @@ public struct InstanceLimits: Sendable, Hashable, Codable {
     public var cpuShares: Int
     /// The largest file an instance may write, its logs included (`RLIMIT_FSIZE`).
     public var fileBytes: Int64
+    /// What an instance's attempt directory (its work dir, downloaded inputs and logs) may hold on disk, measured
+    /// every few seconds while it runs (as Kubernetes measures ephemeral storage).
+    public var diskBytes: Int64
 
-    public init(memoryBytes: Int64, pids: Int, cpuShares: Int, fileBytes: Int64 = defaultFileBytes) {
+    public init(
+        memoryBytes: Int64, pids: Int, cpuShares: Int, fileBytes: Int64 = defaultFileBytes,
+        diskBytes: Int64 = defaultDiskBytes
+    ) {
         self.memoryBytes = memoryBytes
         self.pids = pids
         self.cpuShares = cpuShares
         self.fileBytes = fileBytes
+        self.diskBytes = diskBytes
     }
 
     /// The default pids limit: enough for a parallel build, far below the node's.
     public static let defaultPids = 1024
     /// The default largest file: 10 GiB.
     public static let defaultFileBytes: Int64 = 10 << 30
+    /// The default disk an attempt directory may use: 20 GiB.
+    public static let defaultDiskBytes: Int64 = 20 << 30
 
     /// The default for a node: its memory divided by its slots, at least 64 MiB.
     public static func defaults(nodeMemoryBytes: Int64, slots: Int) -> InstanceLimits {
@@ -128,6 +137,11 @@ public struct InstanceLimits: Sendable, Hashable, Codable {
     /// The instance's `StateReason` when the kernel killed it for memory.
     public var memoryReason: String {
         "killed: the instance used more than its memory limit of \(Self.mebibytes(memoryBytes)) MiB"
+    }
+
+    /// The instance's `StateReason` when the node stopped it for the disk its attempt directory used.
+    public var diskReason: String {
+        "killed: the instance's work directory grew past its disk limit of \(Self.mebibytes(diskBytes)) MiB"
     }
 
     static func mebibytes(_ bytes: Int64) -> Int64 { bytes >> 20 }

@@ -69,6 +69,9 @@ struct ExecutorService: AsyncParsableCommand {
     var instanceFileSize: Int = Environment.int(
         "BATCH_INSTANCE_FILE_SIZE", default: Int(InstanceLimits.defaultFileBytes >> 20))
 
+    @Option(help: "MiB an instance's attempt directory may hold on disk (BATCH_INSTANCE_DISK, default 20480).")
+    var instanceDisk: Int = Environment.int("BATCH_INSTANCE_DISK", default: Int(InstanceLimits.defaultDiskBytes >> 20))
+
     @Option(help: "Colon-separated directories (shared file systems) sandboxed instances see (BATCH_SHARED_PATHS).")
     var sharedPaths: String = Environment.value("BATCH_SHARED_PATHS", default: "")
 
@@ -105,6 +108,7 @@ struct ExecutorService: AsyncParsableCommand {
         }
         guard instancePids >= 16 else { throw ValidationError("--instance-pids must be at least 16") }
         guard instanceFileSize >= 1 else { throw ValidationError("--instance-file-size must be at least 1 (MiB)") }
+        guard instanceDisk >= 1 else { throw ValidationError("--instance-disk must be at least 1 (MiB)") }
         for root in storageRoots.split(separator: ":") where !root.hasPrefix("/") || root.contains("/..") {
             throw ValidationError("--storage-roots: \(root) is not an absolute path")
         }
@@ -122,6 +126,7 @@ struct ExecutorService: AsyncParsableCommand {
         }
         limits.pids = instancePids
         limits.fileBytes = Int64(instanceFileSize) << 20
+        limits.diskBytes = Int64(instanceDisk) << 20
         return limits
     }
 

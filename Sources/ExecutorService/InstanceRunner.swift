@@ -420,9 +420,24 @@ final class InstanceRunner: Sendable {
             logger.info("instance timed out; stopping it", metadata: ["timeout.seconds": "\(run.timeoutSeconds)"])
             await child.terminate()
         }
+        // Its attempt directory (work dir, inputs, logs) is measured every few seconds; past the disk limit the
+        // instance is stopped.
+        let overDisk = Atomic<Bool>(false)
+        let diskWatch = Task { [attempt = workspace.attempt, limits] in
+            while !Task.isCancelled {
+                try await Task.sleep(for: Self.diskCheckInterval)
+                guard DiskUsage.exceeds(limits.diskBytes, under: attempt.path) else { continue }
+                overDisk.store(true, ordering: .relaxed)
+                logger.info(
+                    "instance over its disk limit; stopping it", metadata: ["disk.limit": "\(limits.diskBytes)"])
+                await child.terminate()
+                return
+            }
+        }
         // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
         let termination = await child.wait()
         timeout.cancel()
+        diskWatch.cancel()
         let killedForMemory = (cgroup?.memoryKills() ?? 0) > memoryKills
         removeCgroup()
         let wasFenced = fenced.withLock { $0.remove(key) != nil }
@@ -430,6 +445,9 @@ final class InstanceRunner: Sendable {
         if timedOut.load(ordering: .relaxed) {
             return Outcome(
                 code: termination.code, reason: "timed out after \(run.timeoutSeconds) s")
+        }
+        if overDisk.load(ordering: .relaxed) {
+            return Outcome(code: termination == .exited(0) ? 137 : termination.code, reason: limits.diskReason)
         }
         if killedForMemory {
             logger.info("instance killed for memory", metadata: ["memory.limit": "\(limits.memoryBytes)"])
@@ -443,6 +461,9 @@ final class InstanceRunner: Sendable {
         return Outcome(
             code: termination.code, reason: termination == .exited(0) ? nil : termination.description)
     }
+
+    /// How often a running instance's attempt directory is measured against its disk limit.
+    static let diskCheckInterval = Duration.seconds(2)
 
     /// Writes a container's environment to a file only root reads, outside every directory an instance sees; the
     /// caller removes it once the container has ended.

@@ -71,6 +71,7 @@ actor ProcessNodeDriver: NodeDriver {
         let passed = [
             "BATCH_LOG_LEVEL", "BATCH_S3_ENDPOINT", "BATCH_S3_REGION", "BATCH_SANDBOX", "BATCH_SHARED_PATHS",
             "BATCH_STORAGE_ROOTS", "BATCH_INSTANCE_MEMORY", "BATCH_INSTANCE_PIDS", "BATCH_INSTANCE_FILE_SIZE",
+            "BATCH_INSTANCE_DISK",
             "HOME", "LANG",
         ]
         for name in passed {

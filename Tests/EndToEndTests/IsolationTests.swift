@@ -277,9 +277,9 @@ struct IsolationTests {
         }
     }
 
-    @Test("memory, processes and file sizes are limited per instance; the node runs other work to the end")
+    @Test("memory, processes, file sizes and disk are limited per instance; the node runs other work to the end")
     func limits() async throws {
-        try await Stack.run(settings: ["BATCH_INSTANCE_FILE_SIZE": "64"]) { stack in
+        try await Stack.run(settings: ["BATCH_INSTANCE_FILE_SIZE": "64", "BATCH_INSTANCE_DISK": "128"]) { stack in
             let response = try await stack.call(
                 "CreateComputeEnv",
                 ["ComputeEnv": ["EnvName": "small", "DesiredComputeNodeCount": 1, "InstanceMemoryLimit": 256]])
@@ -318,8 +318,21 @@ struct IsolationTests {
                             """,
                         ],
                     ],
+                    [
+                        // Many files, each under the file size limit, past the disk limit; then it waits to be stopped.
+                        "TaskName": "files",
+                        "Application": [
+                            "DeliveryForm": "LOCAL",
+                            "Command":
+                                "i=0; while [ $i -lt 256 ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done; "
+                                + "sleep 600",
+                        ],
+                    ],
                     ["TaskName": "after", "Application": ["DeliveryForm": "LOCAL", "Command": "echo alive"]],
-                ], dependences: [("hog", "after"), ("bomb", "after"), ("flood", "after"), ("filler", "after")],
+                ],
+                dependences: [
+                    ("hog", "after"), ("bomb", "after"), ("flood", "after"), ("filler", "after"), ("files", "after"),
+                ],
                 extra: ["TaskExecutionDependOn": "PRE_TASK_FINISHED"])
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "FAILED")
             let hog = try unwrap(try await stack.instances(jobID, "hog").first)
@@ -336,6 +349,10 @@ struct IsolationTests {
             #expect(seen > 512 && seen <= 1024, "\(counted)")
             // dd is stopped by SIGXFSZ (128 + 25) at the 64 MiB limit.
             #expect(try await stdout(stack, jobID, "filler")[0] == "dd: 153\n\(64 << 20)\n")
+            let files = try unwrap(try await stack.instances(jobID, "files").first)
+            #expect(files["TaskInstanceState"] as? String == "FAILED")
+            #expect(
+                (files["StateReason"] as? String)?.contains("grew past its disk limit of 128 MiB") == true, "\(files)")
             let after = try unwrap(try await stack.instances(jobID, "after").first)
             #expect(after["TaskInstanceState"] as? String == "SUCCEED", "\(after)")
             // One node ran them all, the attack and the work after it.
