@@ -40,7 +40,6 @@ enum SchedulerEvent: Sendable {
         }
     }
 
-    /// Whether the event may free a slot or make instances runnable (all but a claim or a start).
     /// A node's claim or start of an attempt.
     var report: InstanceStarted? {
         switch self {
@@ -49,6 +48,7 @@ enum SchedulerEvent: Sendable {
         }
     }
 
+    /// Whether the event may free a slot or make instances runnable (all but a claim or a start).
     var mayFreeSlots: Bool {
         switch self {
         case .accepted, .started: false
