@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "ProvisionerService", targets: ["ProvisionerService"]),
         .executable(name: "ExecutorService", targets: ["ExecutorService"]),
         .executable(name: "batchctl", targets: ["batchctl"]),
+        .executable(name: "batch-sandbox", targets: ["batch-sandbox"]),
     ],
     dependencies: [
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
@@ -141,6 +142,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A slot's sandbox, in C: the executor starts one per slot (Sources/ExecutorService/SlotSandbox.swift).
+        .executableTarget(name: "batch-sandbox", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
         .executableTarget(
             name: "batchctl",
             dependencies: [

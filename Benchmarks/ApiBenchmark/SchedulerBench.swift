@@ -32,7 +32,7 @@ enum SchedulerBench {
                     ]
                 ], as: user
             )["EnvId"] as? String ?? ""
-        say("instances \(sandbox ? "in a bubblewrap sandbox" : "without a sandbox")")
+        say("instances \(sandbox ? "in the node's sandbox" : "without a sandbox")")
         try await waitUntil("\(nodes) nodes run") {
             let view = try await bench.call("DescribeComputeEnv", ["EnvId": env], as: user)
             let metrics = view["ComputeNodeMetrics"] as? [String: Any]

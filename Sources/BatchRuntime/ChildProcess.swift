@@ -41,7 +41,7 @@ public final class ChildProcess: Sendable {
         }
 
         /// A `waitpid` status.
-        init(status: Int32) {
+        public init(status: Int32) {
             let signal = status & 0x7f
             self = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
         }
@@ -75,10 +75,11 @@ public final class ChildProcess: Sendable {
     /// cooperative pool as wide as its cores). `members` lists every process of the child when they may leave its
     /// process group (its cgroup's). `descriptor3`: what the child reads from descriptor 3 (a memory file), for what
     /// must not be on its command line, which every process of the machine may read.
+    /// `channel`: a descriptor of the caller's that the child gets as its descriptor 3 (instead of `descriptor3`).
     public static func start(
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
-        stdout: String? = nil, stderr: String? = nil, descriptor3: [UInt8]? = nil, wrapper: Bool = false,
-        members: (@Sendable () -> [pid_t])? = nil
+        stdout: String? = nil, stderr: String? = nil, descriptor3: [UInt8]? = nil, channel: Int32? = nil,
+        wrapper: Bool = false, members: (@Sendable () -> [pid_t])? = nil
     ) async throws -> ChildProcess {
         let ending = Ending()
         let pid = try await withCheckedThrowingContinuation { continuation in
@@ -88,11 +89,20 @@ public final class ChildProcess: Sendable {
                         try Self.spawnAndReap(
                             executable: executable, arguments: arguments, environment: environment,
                             directory: directory, stdout: stdout, stderr: stderr, descriptor3: descriptor3,
-                            ending: ending)
+                            channel: channel, ending: ending)
                     })
             }
         }
         return ChildProcess(pid: pid, ending: ending, wrapper: wrapper, members: members)
+    }
+
+    /// A process that another process started and reaps (a slot's sandbox): it has no process group of its own to
+    /// signal, only `members`, and it ends when `end` is called. Returns the child and `end`.
+    public static func adopted(
+        members: @escaping @Sendable () -> [pid_t]
+    ) -> (child: ChildProcess, end: @Sendable (Termination) -> Void) {
+        let ending = Ending()
+        return (ChildProcess(pid: 0, ending: ending, wrapper: true, members: members), { ending.end($0) })
     }
 
     private init(pid: pid_t, ending: Ending, wrapper: Bool, members: (@Sendable () -> [pid_t])?) {
@@ -107,18 +117,18 @@ public final class ChildProcess: Sendable {
     /// when idle. `ending` hears how it ended once it is reaped.
     private static func spawnAndReap(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
-        stdout: String?, stderr: String?, descriptor3: [UInt8]? = nil, ending: Ending
+        stdout: String?, stderr: String?, descriptor3: [UInt8]? = nil, channel: Int32? = nil, ending: Ending
     ) throws -> pid_t {
         let pid = try spawn(
             executable: executable, arguments: arguments, environment: environment, directory: directory,
-            stdout: stdout, stderr: stderr, descriptor3: descriptor3)
+            stdout: stdout, stderr: stderr, descriptor3: descriptor3, channel: channel)
         ProcessThread.shared.reap(pid) { ending.end(Termination(status: $0)) }
         return pid
     }
 
     private static func spawn(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
-        stdout: String?, stderr: String?, descriptor3: [UInt8]?
+        stdout: String?, stderr: String?, descriptor3: [UInt8]?, channel: Int32? = nil
     ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -149,13 +159,15 @@ public final class ChildProcess: Sendable {
             }
             lseek(memory, 0, SEEK_SET)
             posix_spawn_file_actions_adddup2(&actions, memory, 3)
+        } else if let channel {
+            posix_spawn_file_actions_adddup2(&actions, channel, 3)
         }
         // Nothing of the parent's beyond stdin, stdout and stderr (and descriptor 3 when given): its sockets (the
         // broker, the database) and files are no business of an instance.
         guard let addCloseFrom = Self.addCloseFrom else {
             throw SpawnError(description: "this C library cannot close a child's inherited descriptors")
         }
-        _ = addCloseFrom(&actions, descriptor3 == nil ? 3 : 4)
+        _ = addCloseFrom(&actions, descriptor3 == nil && channel == nil ? 3 : 4)
         if let directory {
             guard let addChdir = Self.addChdir else {
                 throw SpawnError(description: "this C library cannot set a child's working directory")
@@ -264,7 +276,7 @@ public final class ChildProcess: Sendable {
     /// Sends `signal` to the child's whole process group, unless the child has been reaped: its pid may have been
     /// given to another process group since (a late SIGKILL once killed an unrelated instance that way).
     public func signalGroup(_ signal: Int32) {
-        guard !ending.ended else { return }
+        guard pid > 0, !ending.ended else { return }
         kill(-pid, signal)
     }
 

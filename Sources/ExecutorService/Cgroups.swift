@@ -12,9 +12,9 @@ import Synchronization
 ///
 /// The node makes one cgroup per slot when it starts and hands them out again and again: making and removing one
 /// costs more than the launch itself (16 ms for the three v1 hierarchies on the bench machine). One is given back
-/// only once no process is left in it. An instance's processes are put in its cgroup before bubblewrap starts (a
-/// shell writes its own pid into the `cgroup.procs` files, then execs), so nothing it starts escapes; and the cgroup
-/// is how its processes are signalled, since the sandbox gives them a session of their own.
+/// only once no process is left in it. An instance's first process joins its cgroup in the slot's sandbox before it
+/// execs the command (``SlotSandbox``), so nothing it starts escapes; and the cgroup is how its processes are
+/// signalled, since the sandbox gives them a session of their own in the slot's PID namespace.
 final class Cgroups: Sendable {
     enum Layout: Sendable, Equatable {
         /// One node directory per controller.
@@ -214,15 +214,6 @@ struct InstanceCgroup: Sendable {
 
     /// The `cgroup.procs` files a process joins (one per hierarchy).
     var procsFiles: [String] { directories.map { "\($0)/cgroup.procs" } }
-
-    /// `command` started so that its first process joins this cgroup before it execs, with no file larger than
-    /// `fileBytes` and no core dumps (`ulimit`, without an exec of its own): nothing it starts is outside.
-    func command(_ command: [String], fileBytes: Int64) -> [String] {
-        let joins = procsFiles.indices.map { "echo $$ > \"$\($0 + 1)\"" }.joined(separator: " && ")
-        let limits = "ulimit -f \(max(1, fileBytes / 512)) && ulimit -c 0"
-        return ["/bin/sh", "-c", "\(limits) && \(joins) && shift \(procsFiles.count) && exec \"$@\"", "sh"]
-            + procsFiles + command
-    }
 
     /// The processes in the cgroup now.
     func members() -> [pid_t] {

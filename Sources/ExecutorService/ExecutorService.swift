@@ -48,11 +48,11 @@ struct ExecutorService: AsyncParsableCommand {
 
     /// With the sandbox on (the default), a node that cannot make a sandbox or limit its instances refuses to start:
     /// it never runs a tenant's work unisolated.
-    @Option(help: "Run each instance in a bubblewrap sandbox: on, off (trusted work) (BATCH_SANDBOX, default on).")
+    @Option(help: "Run each instance in the node's sandbox: on, off (trusted work) (BATCH_SANDBOX, default on).")
     var sandbox: String = Environment.value("BATCH_SANDBOX", default: "on")
 
-    @Option(help: "bubblewrap's path (BATCH_BWRAP, default /usr/bin/bwrap or wherever it is found).")
-    var bwrap: String?
+    @Option(help: "The sandbox helper (BATCH_SANDBOX_HELPER, default batch-sandbox beside this executable).")
+    var sandboxHelper: String?
 
     /// Directories of shared file systems that `file://` paths may name; none by default (no `file://` at all).
     @Option(help: "Colon-separated directories file:// paths may be inside (BATCH_STORAGE_ROOTS, default none).")
@@ -180,11 +180,17 @@ struct ExecutorService: AsyncParsableCommand {
         } catch {
             exitWithError("ExecutorService", error)
         }
-        let isolation = await Sandbox.probe(enabled: sandbox == "on", path: bwrap ?? Environment.value("BATCH_BWRAP"))
+        let sandboxBase = root.appendingPathComponent(".sandbox-root", isDirectory: true)
+        try? FileManager.default.createDirectory(
+            at: sandboxBase, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let isolation = await Sandbox.probe(
+            enabled: sandbox == "on", helper: sandboxHelper ?? Environment.value("BATCH_SANDBOX_HELPER"), user: user,
+            base: sandboxBase)
         var cgroups: Cgroups?
+        var sandboxes: SlotSandboxes?
         let limits = instanceLimits()
         switch isolation {
-        case .bubblewrap(let path):
+        case .slots(let helper):
             do {
                 // One network namespace for the node's instances, with nothing but a loopback: made once here, since
                 // a namespace made and torn down for each instance cost a quarter of a node's launch rate.
@@ -203,17 +209,26 @@ struct ExecutorService: AsyncParsableCommand {
                         "this node cannot limit its instances' resources: \(error) (run it as root, or give it a "
                             + "delegated cgroup; --sandbox off only for trusted work)"))
             }
+            do {
+                // One sandbox per slot, started once the node's network namespace is made (they inherit it).
+                let slotSandboxes = SlotSandboxes(helper: helper)
+                try await slotSandboxes.prepare(slots)
+                sandboxes = slotSandboxes
+            } catch {
+                exitWithError("ExecutorService", StartupError("this node cannot start its slots' sandboxes: \(error)"))
+            }
             logger.info(
-                "instances run in a bubblewrap sandbox",
+                "instances run in the node's sandbox",
                 metadata: [
-                    "bwrap": "\(path)", "instance.memory": "\(limits.memoryBytes)", "instance.pids": "\(limits.pids)",
+                    "helper": "\(helper)", "instance.memory": "\(limits.memoryBytes)",
+                    "instance.pids": "\(limits.pids)",
                 ])
         case .none(let reason) where sandbox == "on":
             exitWithError(
                 "ExecutorService",
                 StartupError(
-                    "refusing to run instances without a sandbox: \(reason) (install bubblewrap; --sandbox off only "
-                        + "for trusted work)"))
+                    "refusing to run instances without a sandbox: \(reason) (run the executor as root beside "
+                        + "batch-sandbox; --sandbox off only for trusted work)"))
         case .none(let reason):
             logger.warning(
                 "instances run without a sandbox: \(reason); two instances that map the same path never run at once")
@@ -227,7 +242,7 @@ struct ExecutorService: AsyncParsableCommand {
                 storageRoots.split(separator: ":").map(String.init),
                 // Its work dir, and beside it other nodes' when they share a parent (`<nodes dir>/<node id>`).
                 excluding: [root.lastPathComponent == nodeId ? root.deletingLastPathComponent().path : root.path]),
-            cgroups: cgroups, limits: limits, reporter: reporter, logger: logger)
+            cgroups: cgroups, sandboxes: sandboxes, limits: limits, reporter: reporter, logger: logger)
         // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval), lease: lease > 0 ? .seconds(lease) : nil,

@@ -31,6 +31,10 @@ final class InstanceRunner: Sendable {
     let storageRoots: StorageRoots
     /// Each sandboxed instance's cgroup comes from here (nil: the sandbox is off).
     let cgroups: Cgroups?
+    /// The slots' sandboxes (nil: the sandbox is off).
+    let sandboxes: SlotSandboxes?
+    /// The empty directory each sandboxed instance's root is built on, in a mount namespace of its own.
+    var sandboxBase: URL { workRoot.appendingPathComponent(".sandbox-root", isDirectory: true) }
     /// What one instance may use of the node.
     let limits: InstanceLimits
     /// Sends the starts and ends, several in one message when they come close together.
@@ -79,10 +83,11 @@ final class InstanceRunner: Sendable {
     init(
         amqp: AMQPClient, nodeID: NodeID, envID: EnvID, nodeKey: NodeKey, slots: Int, workRoot: URL, sandbox: Sandbox,
         sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, storageRoots: StorageRoots,
-        cgroups: Cgroups?, limits: InstanceLimits, reporter: Reporter, logger: Logger
+        cgroups: Cgroups?, sandboxes: SlotSandboxes?, limits: InstanceLimits, reporter: Reporter, logger: Logger
     ) {
         self.storageRoots = storageRoots
         self.cgroups = cgroups
+        self.sandboxes = sandboxes
         self.limits = limits
         self.reporter = reporter
         self.user = user
@@ -263,7 +268,7 @@ final class InstanceRunner: Sendable {
     /// when the node shut down while it ran (the command was stopped).
     func execute(_ run: InstanceRun, in directory: URL, logger: Logger) async -> Outcome? {
         let io = run.io ?? InstanceIO()
-        let sandboxed = if case .bubblewrap = sandbox, io.docker == nil { true } else { false }
+        let sandboxed = if case .slots = sandbox, io.docker == nil { true } else { false }
         let workspace = Workspace(
             attempt: directory, run: run, sandboxed: sandboxed, nodeStorage: storage, roots: storageRoots,
             user: sandboxed ? user : nil)
@@ -312,13 +317,12 @@ final class InstanceRunner: Sendable {
         environment["BATCH_NODE_ID"] = nodeID.rawValue
         environment["BATCH_WORK_DIR"] = workPath
 
-        // The launcher (bubblewrap, the container runtime) runs with the executor's own environment, never the
+        // The launcher (the slot's sandbox, the container runtime) runs with the executor's own environment, never the
         // task's: the task's variables exist only inside the sandbox.
         var launcherEnvironment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
         let executable: String
         var arguments: [String]
-        var wrapper = false
-        var descriptor3: [UInt8]?
+        var request: [String]?
         var cgroup: InstanceCgroup?
         var environmentFile: URL?
         defer { if let environmentFile { try? FileManager.default.removeItem(at: environmentFile) } }
@@ -343,16 +347,7 @@ final class InstanceRunner: Sendable {
                 docker: docker, name: "batch-\(nodeID)-\(run.jobID)-\(run.instanceIndex)-\(run.attempt)",
                 attempt: workspace.attempt, work: work, environmentFile: environmentFile!,
                 mounts: mountPoints, command: run.command, user: user, limits: limits)
-        } else if case .bubblewrap(let bwrap) = sandbox, workspace.sandboxed {
-            wrapper = true
-            let command = ["/bin/sh", "-c", run.command]
-            // The sandbox's options, the task's variables among them, go through descriptor 3 (`--args`), not the
-            // command line, which every process of the node may read.
-            let options = sandbox.arguments(
-                attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints, shared: sharedPaths,
-                user: user, environment: environment)
-            descriptor3 = options.flatMap { Array($0.utf8) + [0] }
-            let sandboxed = [bwrap, "--args", "3", "--"] + (user?.command(command) ?? command)
+        } else if workspace.sandboxed, let user {
             // A sandboxed node always has its cgroups (it does not start without them).
             let slot: InstanceCgroup
             do {
@@ -363,10 +358,13 @@ final class InstanceRunner: Sendable {
                 return Outcome(code: nil, reason: "the node could not limit the instance's resources: \(error)")
             }
             cgroup = slot
-            // No file larger than the limit (logs included), no core dumps.
-            let joined = slot.command(sandboxed, fileBytes: limits.fileBytes)
-            executable = joined[0]
-            arguments = Array(joined.dropFirst())
+            // The task's variables go to the slot's sandbox on its socket, never on a command line.
+            request = sandbox.request(
+                base: sandboxBase, attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints,
+                shared: sharedPaths, user: user, command: run.command, environment: environment,
+                stdout: workspace.stdout, stderr: workspace.stderr, cgroup: slot, fileBytes: limits.fileBytes)
+            executable = ""
+            arguments = []
         } else {
             try? Workspace.makeDirectory(temporary)
             launcherEnvironment = environment
@@ -376,7 +374,7 @@ final class InstanceRunner: Sendable {
         let removeCgroup = { [cgroup, cgroups] in if let cgroup { cgroups?.giveBack(cgroup) } }
         let memoryKills = cgroup?.memoryKills() ?? 0
         // In the sandbox, the instance runs as the node's unprivileged user and owns its directories.
-        if let user, wrapper {
+        if let user, request != nil {
             for directory in [work, workspace.root] { user.own(directory) }
         }
 
@@ -393,12 +391,19 @@ final class InstanceRunner: Sendable {
         let child: ChildProcess
         var members: (@Sendable () -> [pid_t])?
         if let cgroup { members = { cgroup.members() } }
+        var slotSandbox: SlotSandbox?
         do {
-            child = try await ChildProcess.start(
-                executable: executable, arguments: arguments, environment: launcherEnvironment, directory: workPath,
-                stdout: workspace.stdout.path, stderr: workspace.stderr.path, descriptor3: descriptor3,
-                wrapper: wrapper, members: members)
+            if let request, let sandboxes {
+                let slot = try await sandboxes.take()
+                slotSandbox = slot
+                child = try await slot.launch(request, members: members ?? { [] })
+            } else {
+                child = try await ChildProcess.start(
+                    executable: executable, arguments: arguments, environment: launcherEnvironment,
+                    directory: workPath, stdout: workspace.stdout.path, stderr: workspace.stderr.path)
+            }
         } catch {
+            if let slotSandbox { sandboxes?.giveBack(slotSandbox) }
             removeCgroup()
             logger.warning("instance could not start", metadata: ["error": "\(error)"])
             return Outcome(code: nil, reason: "could not start: \(error)")
@@ -436,6 +441,7 @@ final class InstanceRunner: Sendable {
         }
         // A node that drains lets its instances finish; one that hands its work back stops them (`handBack`).
         let termination = await child.wait()
+        if let slotSandbox { sandboxes?.giveBack(slotSandbox) }
         timeout.cancel()
         diskWatch.cancel()
         let killedForMemory = (cgroup?.memoryKills() ?? 0) > memoryKills

@@ -5,111 +5,93 @@ import Synchronization
 
 /// How instances are isolated from each other and from the node.
 ///
-/// With bubblewrap (Debian's `bubblewrap`), each instance gets a new root: the system directories read-only, a
-/// private `/tmp`, its own work dir, and each storage mapping's path bind-mounted from its work dir, so absolute
-/// paths work as on a dedicated machine and no instance sees another's files. It has its own PID, IPC and UTS
-/// namespaces, the network namespace the node made for its instances (no network but a loopback of theirs: the
-/// node's services, the broker and the database are out of reach; ``ChildProcess/isolateNetwork()``) and a session of
-/// its own (no terminal of the node's to push input into). Turned off by the operator for
-/// trusted work, instances run directly on the node, and two instances that map the same path never run at once.
+/// With the node's sandbox (`batch-sandbox`, built with the executor), each slot has a process that holds the slot's
+/// PID, IPC and UTS namespaces for the node's life and starts the slot's instances one after another
+/// (``SlotSandbox``). Each instance gets a mount namespace of its own with a new root: the system directories
+/// read-only, a private `/tmp`, `/var/tmp`, `/dev` and `/dev/shm`, its own work dir, and each storage mapping's path
+/// bound from its work dir, so absolute paths work as on a dedicated machine and no instance sees another's files. It
+/// sees only its slot's processes, runs in the network namespace the node made for its instances (no network but a
+/// loopback of theirs: the node's services, the broker and the database are out of reach;
+/// ``ChildProcess/isolateNetwork()``), in a session of its own, as the node's unprivileged user with no capability
+/// and no way to gain one. Whatever it leaves running is killed before the slot starts another. Turned off by the
+/// operator for trusted work, instances run directly on the node, and two instances that map the same path never run
+/// at once.
 enum Sandbox: Sendable, Equatable {
-    case bubblewrap(path: String)
+    case slots(helper: String)
     case none(reason: String)
 
-    static let bwrapCandidates = ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
+    /// `batch-sandbox` beside the executor's own binary.
+    static var bundledHelper: String {
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        return URL(fileURLWithPath: executable).deletingLastPathComponent().appendingPathComponent("batch-sandbox").path
+    }
 
-    /// Finds bubblewrap and checks that it can make a sandbox here (it needs user namespaces, or root); `.none` with
-    /// why not otherwise.
-    static func probe(enabled: Bool, path: String? = nil) async -> Sandbox {
+    /// Finds the helper and checks that it can make a sandbox here and run a command in it as `user` (it needs root);
+    /// `.none` with why not otherwise.
+    static func probe(enabled: Bool, helper: String? = nil, user: InstanceUser?, base: URL) async -> Sandbox {
         guard enabled else { return .none(reason: "the sandbox is turned off for this node") }
-        guard
-            let bwrap = (path.map { [$0] } ?? bwrapCandidates).first(where: {
-                FileManager.default.isExecutableFile(atPath: $0)
-            })
-        else {
-            return .none(reason: "bubblewrap (\(path ?? "bwrap")) is not installed")
+        let helper = helper ?? bundledHelper
+        guard FileManager.default.isExecutableFile(atPath: helper) else {
+            return .none(reason: "the sandbox helper (\(helper)) is not installed")
+        }
+        guard let user else {
+            return .none(reason: "sandboxed instances need an unprivileged user to run as (--run-as)")
         }
         let probe = FileManager.default.temporaryDirectory.appendingPathComponent("batch-sandbox-probe-\(getpid())")
         try? FileManager.default.createDirectory(at: probe, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: probe) }
-        let log = probe.appendingPathComponent("probe.log").path
+        let sandbox = Sandbox.slots(helper: helper)
         do {
-            let arguments =
-                Sandbox.bubblewrap(path: bwrap).arguments(
-                    attemptDirectory: probe, workDirectory: probe, mounts: []) + ["--", "/bin/true"]
-            let child = try ChildProcess(
-                executable: bwrap, arguments: arguments, environment: ["PATH": "/usr/bin:/bin"], stdout: log,
-                stderr: log)
-            let termination = await child.wait()
+            let slot = try await SlotSandbox.start(helper: helper)
+            defer { slot.stop() }
+            let request = sandbox.request(
+                base: base, attemptDirectory: probe, workDirectory: probe, mounts: [], user: user, command: "true",
+                environment: ["PATH": "/usr/bin:/bin"])
+            let termination = try await slot.launch(request, members: { [] }).wait()
             guard termination == .exited(0) else {
-                let said = (try? String(contentsOfFile: log, encoding: .utf8))?.trimmingCharacters(
-                    in: .whitespacesAndNewlines)
-                return .none(reason: "bubblewrap cannot make a sandbox here (\(said ?? termination.description))")
+                return .none(reason: "the sandbox helper cannot run a command here (\(termination))")
             }
         } catch {
-            return .none(reason: "bubblewrap cannot be started: \(error)")
+            return .none(reason: "the sandbox helper cannot make a sandbox here: \(error)")
         }
-        return .bubblewrap(path: bwrap)
+        return sandbox
     }
 
-    /// bwrap's options (before `--` and the command) for one attempt: `mounts` maps paths inside the instance to
-    /// directories of its work dir. With `user`, the command may switch to that user (``InstanceUser/command(_:)``)
-    /// and `/tmp` is writable by it. `environment` is the command's whole environment: bubblewrap itself runs with
-    /// the executor's own (a task's `LD_PRELOAD` must not reach a process outside the sandbox).
-    func arguments(
-        attemptDirectory: URL, workDirectory: URL, mounts: [(inside: String, host: URL)], shared: [String] = [],
-        user: InstanceUser? = nil, environment: [String: String] = [:]
+    /// What the slot's sandbox is asked for one attempt (``SlotSandbox``'s request): the root built on `base` (an
+    /// empty directory of the node's), `mounts` mapping paths inside the instance to directories of its work dir,
+    /// `shared` directories of the node at the same path, `command` run through `/bin/sh -c` in `workDirectory` as
+    /// `user` with exactly `environment`, its stdout and stderr appended to those files, in `cgroup`, and no file
+    /// larger than `fileBytes`.
+    func request(
+        base: URL, attemptDirectory: URL, workDirectory: URL, mounts: [(inside: String, host: URL)],
+        shared: [String] = [], user: InstanceUser, command: String, environment: [String: String],
+        stdout: URL? = nil, stderr: URL? = nil, cgroup: InstanceCgroup? = nil, fileBytes: Int64? = nil
     ) -> [String] {
-        var arguments = [
-            "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--proc", "/proc", "--dev", "/dev", "--clearenv",
-        ]
-        for name in environment.keys.sorted() { arguments += ["--setenv", name, environment[name] ?? ""] }
-        if user != nil {
-            arguments += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-            arguments += [
-                "--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/var", "--perms", "1777", "--tmpfs",
-                "/var/tmp",
-            ]
-        } else {
-            arguments += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
-        }
+        var items = ["base", base.path]
         let files = FileManager.default
         for directory in ["/usr", "/etc", "/opt"] where files.fileExists(atPath: directory) {
-            arguments += ["--ro-bind", directory, directory]
+            items += ["ro", directory]
         }
         // /bin, /lib and friends are symlinks into /usr on a merged-/usr system, directories on an older one.
         for directory in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
             if let target = try? files.destinationOfSymbolicLink(atPath: directory) {
-                arguments += ["--symlink", target, directory]
+                items += ["link", target, directory]
             } else if files.fileExists(atPath: directory) {
-                arguments += ["--ro-bind", directory, directory]
+                items += ["ro", directory]
             }
         }
-        let sharedPaths = shared.filter { files.fileExists(atPath: $0) }
-        if user != nil {
-            // bwrap makes a bind's missing parents private (0700): the instance's user could not reach its own
-            // directories. They are made first, open to all (they hold nothing but the mounts).
-            let destinations = sharedPaths + [attemptDirectory.path] + mounts.map(\.inside)
-            var parents: Set<String> = []
-            for destination in destinations {
-                var components = destination.split(separator: "/").map(String.init)
-                while components.count > 1 {
-                    components.removeLast()
-                    parents.insert("/" + components.joined(separator: "/"))
-                }
-            }
-            for parent in parents.subtracting(["/tmp", "/var", "/var/tmp"]).sorted(by: {
-                ($0.count, $0) < ($1.count, $1)
-            }) {
-                arguments += ["--perms", "0755", "--dir", parent]
-            }
-        }
-        for path in sharedPaths { arguments += ["--bind", path, path] }
-        arguments += ["--bind", attemptDirectory.path, attemptDirectory.path]
-        for mount in mounts { arguments += ["--bind", mount.host.path, mount.inside] }
-        arguments += ["--chdir", workDirectory.path]
-        return arguments
+        items += ["tmp", "/tmp", "1777", "tmp", "/var/tmp", "1777"]
+        for path in shared where files.fileExists(atPath: path) { items += ["bind", path, path] }
+        items += ["bind", attemptDirectory.path, attemptDirectory.path]
+        for mount in mounts { items += ["bind", mount.host.path, mount.inside] }
+        items += ["cwd", workDirectory.path, "user", String(user.uid), String(user.gid)]
+        if let fileBytes { items += ["fsize", String(fileBytes)] }
+        if let stdout { items += ["out", stdout.path] }
+        if let stderr { items += ["err", stderr.path] }
+        for file in cgroup?.procsFiles ?? [] { items += ["cgroup", file] }
+        items += ["arg", "/bin/sh", "arg", "-c", "arg", command]
+        for name in environment.keys.sorted() { items += ["env", "\(name)=\(environment[name] ?? "")"] }
+        return items
     }
 }
 

@@ -504,7 +504,7 @@ struct IsolationTests {
             }
 
             // While an instance runs, no command line on the node holds its variables (every process may read
-            // those): bubblewrap takes them on a descriptor.
+            // those): the slot's sandbox takes them on its socket.
             let running = stack.directory.appendingPathComponent("shared/running-\(UUID().uuidString.prefix(8))")
             let done = running.appendingPathExtension("done")
             let waiting = try await stack.submit(
@@ -595,17 +595,48 @@ struct IsolationTests {
         }
     }
 
+    @Test("instances that take turns in one slot share nothing: what one leaves running is killed, its files gone")
+    func slotTakenInTurn() async throws {
+        try await Stack.run(settings: ["BATCH_NODE_SLOTS": "1"]) { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            // Each instance looks for what an earlier one left behind in the slot, then leaves the same: processes
+            // in a session of their own and files in every private temporary directory.
+            let command = """
+                found=""; for f in /tmp/left-* /var/tmp/left-* /dev/shm/left-*; do [ -e "$f" ] && found="$found $f"; done
+                echo "files:$found processes:$(ps -eo args= | grep -c '^sleep 31337')"
+                for d in /tmp /var/tmp /dev/shm; do touch "$d/left-$BATCH_TASK_INSTANCE_INDEX"; done
+                setsid sleep 31337 </dev/null >/dev/null 2>&1 &
+                nohup sleep 31337 </dev/null >/dev/null 2>&1 &
+                """
+            let jobID = try await stack.submit(
+                "turns", env: env,
+                tasks: [
+                    [
+                        "TaskName": "t", "TaskInstanceNum": 3,
+                        "Application": ["DeliveryForm": "LOCAL", "Command": command],
+                    ]
+                ])
+            #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
+            let seen = try await stdout(stack, jobID, "t")
+            #expect(seen.count == 3)
+            for (index, output) in seen { #expect(output == "files: processes:0\n", "instance \(index)") }
+            #expect(try await processes(matching: "sleep 31337").isEmpty)
+        }
+    }
+
     @Test("a node that cannot make a sandbox refuses to start instead of running instances unsandboxed")
     func noSandboxNoNode() async throws {
         let result = try await TestServers.run(
             Stack.binDirectory.appendingPathComponent("ExecutorService").path,
             ["--env-id", "env-00000000", "--work-dir", FileManager.default.temporaryDirectory.path + "/no-sandbox"],
             environment: [
-                "PATH": "/usr/bin:/bin", "BATCH_BWRAP": "/nonexistent/bwrap",
+                "PATH": "/usr/bin:/bin", "BATCH_SANDBOX_HELPER": "/nonexistent/batch-sandbox",
                 "BATCH_AMQP_URL": "amqp://127.0.0.1:1/", "BATCH_NODE_KEY": Data(count: 32).base64EncodedString(),
             ])
         #expect(result.status != 0)
         #expect(result.stderr.contains("refusing to run instances without a sandbox"), "\(result.stderr)")
-        #expect(result.stderr.contains("bubblewrap (/nonexistent/bwrap) is not installed"), "\(result.stderr)")
+        #expect(
+            result.stderr.contains("the sandbox helper (/nonexistent/batch-sandbox) is not installed"),
+            "\(result.stderr)")
     }
 }
