@@ -48,6 +48,20 @@ public enum Isolation {
         if name.utf8.count > 255 { return "longer than 255 bytes" }
         return nil
     }
+
+    /// Whether `range` is an IPv4 address or CIDR range in plain decimal (`10.1.0.0/16`), as the operator may open
+    /// to egress (`--egress-allow`): nothing else reaches the node's packet filter.
+    public static func isIPv4Range(_ range: String) -> Bool {
+        let parts = range.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2 else { return false }
+        func decimal(_ text: Substring, upTo limit: Int) -> Bool {
+            !text.isEmpty && text.count <= 3 && text.allSatisfy { $0 >= "0" && $0 <= "9" }
+                && Int(text).map { $0 <= limit && String($0) == text } == true
+        }
+        if parts.count == 2, !decimal(parts[1], upTo: 32) { return false }
+        let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets.allSatisfy { decimal($0, upTo: 255) }
+    }
 }
 
 /// The directories of the node's shared file systems that `file://` mappings, packages and redirects may use,

@@ -314,6 +314,9 @@ public struct NamedComputeEnv: Codable, Sendable, Hashable {
     public var tags: [Tag]?
     /// Ours: run each instance in a sandbox (default true); false for trusted work where launch cost matters.
     public var sandbox: Bool?
+    /// Ours: sandboxed instances may open connections out of the node (default false: no network at all), through a
+    /// user-mode network stack that never reaches the node's loopback or private addresses (docs/security.md).
+    public var egress: Bool?
     /// Ours: the memory, in MiB, each instance on the environment's nodes may use (default the node's memory divided
     /// by its slots). An instance over it is killed and ends `FAILED` saying so.
     public var instanceMemoryLimit: Int?

@@ -75,10 +75,11 @@ public final class ChildProcess: Sendable {
     /// cooperative pool as wide as its cores). `members` lists every process of the child when they may leave its
     /// process group (its cgroup's). `descriptor3`: what the child reads from descriptor 3 (a memory file), for what
     /// must not be on its command line, which every process of the machine may read.
-    /// `channel`: a descriptor of the caller's that the child gets as its descriptor 3 (instead of `descriptor3`).
+    /// `descriptors`: descriptors of the caller's that the child gets as its descriptors 3, 4, … (instead of
+    /// `descriptor3`).
     public static func start(
         executable: String, arguments: [String], environment: [String: String], directory: String? = nil,
-        stdout: String? = nil, stderr: String? = nil, descriptor3: [UInt8]? = nil, channel: Int32? = nil,
+        stdout: String? = nil, stderr: String? = nil, descriptor3: [UInt8]? = nil, descriptors: [Int32] = [],
         wrapper: Bool = false, members: (@Sendable () -> [pid_t])? = nil
     ) async throws -> ChildProcess {
         let ending = Ending()
@@ -89,12 +90,42 @@ public final class ChildProcess: Sendable {
                         try Self.spawnAndReap(
                             executable: executable, arguments: arguments, environment: environment,
                             directory: directory, stdout: stdout, stderr: stderr, descriptor3: descriptor3,
-                            channel: channel, ending: ending)
+                            descriptors: descriptors, ending: ending)
                     })
             }
         }
         return ChildProcess(pid: pid, ending: ending, wrapper: wrapper, members: members)
     }
+
+    /// Starts a child as ``start(executable:arguments:environment:directory:stdout:stderr:descriptor3:descriptors:wrapper:members:)``
+    /// does, but from the calling thread, so in the network namespace the process started in, not the one
+    /// ``isolateNetwork()`` made for children (a user-mode network stack for that namespace runs there). It is reaped
+    /// as every child is; it does not die with its parent on its own.
+    public static func startInProcessNetwork(
+        executable: String, arguments: [String], environment: [String: String], stdout: String? = nil,
+        stderr: String? = nil, descriptors: [Int32] = []
+    ) throws -> ChildProcess {
+        let ending = Ending()
+        let pid = try spawn(
+            executable: executable, arguments: arguments, environment: environment, directory: nil, stdout: stdout,
+            stderr: stderr, descriptor3: nil, descriptors: descriptors)
+        // Reaped on the thread, as every child (until then it stays a zombie: its pid is not reused).
+        ProcessThread.shared.run { ProcessThread.shared.reap(pid) { ending.end(Termination(status: $0)) } }
+        return ChildProcess(pid: pid, ending: ending, wrapper: false, members: nil)
+    }
+
+    /// The network namespace children are started in (``isolateNetwork()``'s, once made), as a path for
+    /// `setns`-based tools: that of the thread that starts them.
+    public static var childrenNetworkNamespace: String {
+        let thread = ProcessThread.shared.run { () -> Int32 in Self.threadID?() ?? 0 }
+        return "/proc/\(getpid())/task/\(thread)/ns/net"
+    }
+
+    /// glibc's `gettid` (2.30+), which its headers hide from Swift.
+    private static let threadID: (@convention(c) () -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "gettid") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) () -> Int32).self)
+    }()
 
     /// A process that another process started and reaps (a slot's sandbox): it has no process group of its own to
     /// signal, only `members`, and it ends when `end` is called. Returns the child and `end`.
@@ -117,18 +148,18 @@ public final class ChildProcess: Sendable {
     /// when idle. `ending` hears how it ended once it is reaped.
     private static func spawnAndReap(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
-        stdout: String?, stderr: String?, descriptor3: [UInt8]? = nil, channel: Int32? = nil, ending: Ending
+        stdout: String?, stderr: String?, descriptor3: [UInt8]? = nil, descriptors: [Int32] = [], ending: Ending
     ) throws -> pid_t {
         let pid = try spawn(
             executable: executable, arguments: arguments, environment: environment, directory: directory,
-            stdout: stdout, stderr: stderr, descriptor3: descriptor3, channel: channel)
+            stdout: stdout, stderr: stderr, descriptor3: descriptor3, descriptors: descriptors)
         ProcessThread.shared.reap(pid) { ending.end(Termination(status: $0)) }
         return pid
     }
 
     private static func spawn(
         executable: String, arguments: [String], environment: [String: String], directory: String?,
-        stdout: String?, stderr: String?, descriptor3: [UInt8]?, channel: Int32? = nil
+        stdout: String?, stderr: String?, descriptor3: [UInt8]?, descriptors: [Int32] = []
     ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -159,15 +190,17 @@ public final class ChildProcess: Sendable {
             }
             lseek(memory, 0, SEEK_SET)
             posix_spawn_file_actions_adddup2(&actions, memory, 3)
-        } else if let channel {
-            posix_spawn_file_actions_adddup2(&actions, channel, 3)
+        } else {
+            for (offset, descriptor) in descriptors.enumerated() {
+                posix_spawn_file_actions_adddup2(&actions, descriptor, 3 + Int32(offset))
+            }
         }
         // Nothing of the parent's beyond stdin, stdout and stderr (and descriptor 3 when given): its sockets (the
         // broker, the database) and files are no business of an instance.
         guard let addCloseFrom = Self.addCloseFrom else {
             throw SpawnError(description: "this C library cannot close a child's inherited descriptors")
         }
-        _ = addCloseFrom(&actions, descriptor3 == nil && channel == nil ? 3 : 4)
+        _ = addCloseFrom(&actions, descriptor3 == nil ? 3 + Int32(descriptors.count) : 4)
         if let directory {
             guard let addChdir = Self.addChdir else {
                 throw SpawnError(description: "this C library cannot set a child's working directory")

@@ -54,6 +54,15 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "The sandbox helper (BATCH_SANDBOX_HELPER, default batch-sandbox beside this executable).")
     var sandboxHelper: String?
 
+    /// `none`: sandboxed instances have no network but a loopback of theirs. `egress`: they may open connections out
+    /// of the node, never to its loopback or private addresses (``Egress``). The provisioner sets it from the
+    /// environment's `Egress`.
+    @Option(help: "Sandboxed instances' network: none, egress (BATCH_INSTANCE_NETWORK, default none).")
+    var instanceNetwork: String = Environment.value("BATCH_INSTANCE_NETWORK", default: "none")
+
+    @Option(help: "Comma-separated IPv4 ranges egress may reach though private (BATCH_EGRESS_ALLOW, default none).")
+    var egressAllow: String = Environment.value("BATCH_EGRESS_ALLOW", default: "")
+
     /// Directories of shared file systems that `file://` paths may name; none by default (no `file://` at all).
     @Option(help: "Colon-separated directories file:// paths may be inside (BATCH_STORAGE_ROOTS, default none).")
     var storageRoots: String = Environment.value("BATCH_STORAGE_ROOTS", default: "")
@@ -180,6 +189,10 @@ struct ExecutorService: AsyncParsableCommand {
         } catch {
             exitWithError("ExecutorService", error)
         }
+        guard ["none", "egress"].contains(instanceNetwork) else {
+            exitWithError(
+                "ExecutorService", StartupError("--instance-network must be none or egress, not \(instanceNetwork)"))
+        }
         let sandboxBase = root.appendingPathComponent(".sandbox-root", isDirectory: true)
         try? FileManager.default.createDirectory(
             at: sandboxBase, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -188,6 +201,7 @@ struct ExecutorService: AsyncParsableCommand {
             base: sandboxBase)
         var cgroups: Cgroups?
         var sandboxes: SlotSandboxes?
+        var egress: Egress?
         let limits = instanceLimits()
         switch isolation {
         case .slots(let helper):
@@ -199,6 +213,18 @@ struct ExecutorService: AsyncParsableCommand {
                 exitWithError(
                     "ExecutorService",
                     StartupError("this node cannot cut its instances off the network: \(error) (run it as root)"))
+            }
+            if instanceNetwork == "egress" {
+                do {
+                    egress = try await Egress.start(
+                        directory: root,
+                        allowed: egressAllow.split(separator: ",").map {
+                            $0.trimmingCharacters(in: .whitespaces)
+                        }, logger: logger)
+                } catch {
+                    exitWithError(
+                        "ExecutorService", StartupError("this node cannot give its instances egress: \(error)"))
+                }
             }
             do {
                 cgroups = try Cgroups.prepare(node: nodeID, slots: slots, limits: limits)
@@ -242,7 +268,7 @@ struct ExecutorService: AsyncParsableCommand {
                 storageRoots.split(separator: ":").map(String.init),
                 // Its work dir, and beside it other nodes' when they share a parent (`<nodes dir>/<node id>`).
                 excluding: [root.lastPathComponent == nodeId ? root.deletingLastPathComponent().path : root.path]),
-            cgroups: cgroups, sandboxes: sandboxes, limits: limits, reporter: reporter, logger: logger)
+            cgroups: cgroups, sandboxes: sandboxes, egress: egress, limits: limits, reporter: reporter, logger: logger)
         // A node the provisioner started watches it; one started otherwise joined on its own (attached).
         let heartbeat = Heartbeat(
             amqp: amqp, runner: runner, interval: .seconds(heartbeatInterval), lease: lease > 0 ? .seconds(lease) : nil,

@@ -33,6 +33,8 @@ final class InstanceRunner: Sendable {
     let cgroups: Cgroups?
     /// The slots' sandboxes (nil: the sandbox is off).
     let sandboxes: SlotSandboxes?
+    /// Connections out of the node for sandboxed instances (nil: none).
+    let egress: Egress?
     /// The empty directory each sandboxed instance's root is built on, in a mount namespace of its own.
     var sandboxBase: URL { workRoot.appendingPathComponent(".sandbox-root", isDirectory: true) }
     /// What one instance may use of the node.
@@ -83,11 +85,13 @@ final class InstanceRunner: Sendable {
     init(
         amqp: AMQPClient, nodeID: NodeID, envID: EnvID, nodeKey: NodeKey, slots: Int, workRoot: URL, sandbox: Sandbox,
         sharedPaths: [String], user: InstanceUser?, storage: NodeStorage, storageRoots: StorageRoots,
-        cgroups: Cgroups?, sandboxes: SlotSandboxes?, limits: InstanceLimits, reporter: Reporter, logger: Logger
+        cgroups: Cgroups?, sandboxes: SlotSandboxes?, egress: Egress?, limits: InstanceLimits, reporter: Reporter,
+        logger: Logger
     ) {
         self.storageRoots = storageRoots
         self.cgroups = cgroups
         self.sandboxes = sandboxes
+        self.egress = egress
         self.limits = limits
         self.reporter = reporter
         self.user = user
@@ -362,7 +366,8 @@ final class InstanceRunner: Sendable {
             request = sandbox.request(
                 base: sandboxBase, attemptDirectory: workspace.attempt, workDirectory: work, mounts: mountPoints,
                 shared: sharedPaths, user: user, command: run.command, environment: environment,
-                stdout: workspace.stdout, stderr: workspace.stderr, cgroup: slot, fileBytes: limits.fileBytes)
+                stdout: workspace.stdout, stderr: workspace.stderr, cgroup: slot, fileBytes: limits.fileBytes,
+                resolvConf: egress?.resolvConf)
             executable = ""
             arguments = []
         } else {

@@ -65,7 +65,8 @@ enum Sandbox: Sendable, Equatable {
     func request(
         base: URL, attemptDirectory: URL, workDirectory: URL, mounts: [(inside: String, host: URL)],
         shared: [String] = [], user: InstanceUser, command: String, environment: [String: String],
-        stdout: URL? = nil, stderr: URL? = nil, cgroup: InstanceCgroup? = nil, fileBytes: Int64? = nil
+        stdout: URL? = nil, stderr: URL? = nil, cgroup: InstanceCgroup? = nil, fileBytes: Int64? = nil,
+        resolvConf: URL? = nil
     ) -> [String] {
         var items = ["base", base.path]
         let files = FileManager.default
@@ -81,6 +82,13 @@ enum Sandbox: Sendable, Equatable {
             }
         }
         items += ["tmp", "/tmp", "1777", "tmp", "/var/tmp", "1777"]
+        // With egress, names resolve through the network stack's forwarder (the node's own may be out of reach). Bound
+        // over the node's file when it is a plain file (a link is never followed for a mount point).
+        if let resolvConf,
+            (try? files.attributesOfItem(atPath: "/etc/resolv.conf")[.type] as? FileAttributeType) == .typeRegular
+        {
+            items += ["bind", resolvConf.path, "/etc/resolv.conf"]
+        }
         for path in shared where files.fileExists(atPath: path) { items += ["bind", path, path] }
         items += ["bind", attemptDirectory.path, attemptDirectory.path]
         for mount in mounts { items += ["bind", mount.host.path, mount.inside] }

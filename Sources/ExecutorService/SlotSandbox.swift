@@ -54,7 +54,7 @@ final class SlotSandbox: Sendable {
         let process: ChildProcess
         do {
             process = try await ChildProcess.start(
-                executable: helper, arguments: [], environment: ["PATH": "/usr/bin:/bin"], channel: pair[1])
+                executable: helper, arguments: [], environment: ["PATH": "/usr/bin:/bin"], descriptors: [pair[1]])
         } catch {
             close(pair[0])
             throw error

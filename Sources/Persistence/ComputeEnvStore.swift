@@ -425,6 +425,8 @@ public struct ComputeEnvStore: Sendable {
         public var deleting: Bool
         /// Its nodes run instances in a sandbox.
         public var sandbox: Bool
+        /// Its instances may open connections out of the node.
+        public var egress: Bool
         /// Each instance's memory limit in MiB (nil: the node's default).
         public var instanceMemoryLimit: Int?
     }
@@ -454,7 +456,8 @@ public struct ComputeEnvStore: Sendable {
             result.append(
                 Provisioned(
                     envID: EnvID(rawValue: id), desired: desired, driver: driver, deleting: next == "DELETING",
-                    sandbox: spec.sandbox ?? true, instanceMemoryLimit: spec.instanceMemoryLimit))
+                    sandbox: spec.sandbox ?? true, egress: spec.egress ?? false,
+                    instanceMemoryLimit: spec.instanceMemoryLimit))
         }
         return result
     }

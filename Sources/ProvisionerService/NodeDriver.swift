@@ -35,6 +35,8 @@ struct NodeExit: Sendable {
 struct NodeSettings: Sendable, Hashable {
     /// Run instances in a sandbox (`Sandbox` of the environment; default on).
     var sandbox: Bool = true
+    /// Instances may open connections out of the node (`Egress` of the environment; default off).
+    var egress: Bool = false
     /// Each instance's memory limit in MiB (`InstanceMemoryLimit` of the environment; nil: the node's default).
     var instanceMemoryLimit: Int?
     /// The environment's ``NodeKey`` in base64, for the node alone (`BATCH_NODE_KEY`, never an argument).
@@ -71,13 +73,14 @@ actor ProcessNodeDriver: NodeDriver {
         let passed = [
             "BATCH_LOG_LEVEL", "BATCH_S3_ENDPOINT", "BATCH_S3_REGION", "BATCH_SANDBOX", "BATCH_SHARED_PATHS",
             "BATCH_STORAGE_ROOTS", "BATCH_INSTANCE_MEMORY", "BATCH_INSTANCE_PIDS", "BATCH_INSTANCE_FILE_SIZE",
-            "BATCH_INSTANCE_DISK",
+            "BATCH_INSTANCE_DISK", "BATCH_EGRESS_ALLOW",
             "HOME", "LANG",
         ]
         for name in passed {
             if let value = ProcessInfo.processInfo.environment[name] { environment[name] = value }
         }
         if !settings.sandbox { environment["BATCH_SANDBOX"] = "off" }
+        environment["BATCH_INSTANCE_NETWORK"] = settings.egress ? "egress" : "none"
         if let memory = settings.instanceMemoryLimit { environment["BATCH_INSTANCE_MEMORY"] = String(memory) }
         environment["BATCH_NODE_KEY"] = settings.nodeKey
         let log = directory.appendingPathComponent("executor.log").path

@@ -165,7 +165,7 @@ struct Provisioner: Service {
             try await driver.createNode(
                 node, env: env.envID, slots: nodeSlots,
                 settings: NodeSettings(
-                    sandbox: env.sandbox, instanceMemoryLimit: env.instanceMemoryLimit,
+                    sandbox: env.sandbox, egress: env.egress, instanceMemoryLimit: env.instanceMemoryLimit,
                     nodeKey: database.sealer.nodeKey(env: env.envID).base64))
         } catch {
             try await envs.setNodeState(node, "CREATION_FAILED")

@@ -108,21 +108,48 @@ static void fail(const char *format, ...) {
     _exit(127);
 }
 
-// mkdir -p of `path` (absolute, under the new root `base`), each new directory with `mode`.
-static void make_directories(const char *base, const char *path, mode_t mode) {
-    char full[4096];
-    if (snprintf(full, sizeof full, "%s%s", base, path) >= (int)sizeof full) {
-        errno = ENAMETOOLONG;
-        fail("%s", path);
+// Walks `path` (absolute) down from the new root `base`, making each missing directory (0755) on the way, and
+// never through a link: an absolute link would resolve against the node's root, not the new one, and a task's
+// mapping paths are its own choice. The last component is made a directory, or an empty file when `file`. After it,
+// `base` + `path` names what was checked (nothing but this process can change the new root's tmpfs, and the
+// read-only system directories are the operator's).
+static void make_path(const char *base, const char *path, int file) {
+    char copy[4096];
+    if (path[0] != '/' || snprintf(copy, sizeof copy, "%s", path) >= (int)sizeof copy) {
+        errno = EINVAL;
+        fail("%s is not an absolute path", path);
     }
-    for (char *slash = full + strlen(base) + 1; ; slash++) {
-        if (*slash != '/' && *slash != 0) continue;
-        char kept = *slash;
-        *slash = 0;
-        if (mkdir(full, mode) < 0 && errno != EEXIST) fail("cannot make %s", full);
-        *slash = kept;
-        if (kept == 0) break;
+    int directory = open(base, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) fail("cannot open the root");
+    char *rest = copy;
+    char *component;
+    while ((component = strsep(&rest, "/")) != NULL) {
+        if (*component == 0) continue;
+        if (!strcmp(component, ".") || !strcmp(component, "..")) {
+            errno = EINVAL;
+            fail("%s climbs with . or ..", path);
+        }
+        int last = rest == NULL || strspn(rest, "/") == strlen(rest);
+        int next;
+        if (last && file) {
+            struct stat status;
+            next = openat(directory, component, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+            if (next >= 0 && (fstat(next, &status) < 0 || !S_ISREG(status.st_mode))) {
+                close(next);
+                errno = EEXIST;
+                next = -1;
+            } else if (next < 0 && errno == ENOENT) {
+                next = openat(directory, component, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+            }
+        } else {
+            if (mkdirat(directory, component, 0755) < 0 && errno != EEXIST) fail("cannot make %s in %s", component, path);
+            next = openat(directory, component, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        if (next < 0) fail("%s is not a plain directory path (a link on the way?)", path);
+        close(directory);
+        directory = next;
     }
+    close(directory);
 }
 
 static void inside(char *buffer, size_t size, const char *base, const char *path) {
@@ -136,22 +163,7 @@ static void inside(char *buffer, size_t size, const char *base, const char *path
 static void mount_point(const char *base, const char *source, const char *path) {
     struct stat status;
     if (stat(source, &status) < 0) fail("cannot bind %s", source);
-    char target[4096];
-    inside(target, sizeof target, base, path);
-    if (S_ISDIR(status.st_mode)) {
-        make_directories(base, path, 0755);
-    } else {
-        char parent[4096];
-        snprintf(parent, sizeof parent, "%s", path);
-        char *slash = strrchr(parent, '/');
-        if (slash && slash != parent) {
-            *slash = 0;
-            make_directories(base, parent, 0755);
-        }
-        int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0444);
-        if (fd < 0 && errno != EEXIST) fail("cannot make %s", target);
-        if (fd >= 0) close(fd);
-    }
+    make_path(base, path, !S_ISDIR(status.st_mode));
 }
 
 static void bind(const char *base, const char *source, const char *path, int read_only) {
@@ -168,7 +180,7 @@ static void bind(const char *base, const char *source, const char *path, int rea
 }
 
 static void temporary(const char *base, const char *path, const char *mode) {
-    make_directories(base, path, 0755);
+    make_path(base, path, 0);
     char target[4096];
     inside(target, sizeof target, base, path);
     char options[64];
@@ -179,7 +191,7 @@ static void temporary(const char *base, const char *path, const char *mode) {
 // /dev: a tmpfs with the harmless device nodes of the node's /dev bound in, a private devpts and /dev/shm.
 static void devices(const char *base) {
     char target[4096];
-    make_directories(base, "/dev", 0755);
+    make_path(base, "/dev", 0);
     inside(target, sizeof target, base, "/dev");
     if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755") < 0) fail("cannot mount /dev");
     static const char *nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
@@ -201,7 +213,7 @@ static void devices(const char *base) {
         inside(target, sizeof target, base, links[i][1]);
         if (symlink(links[i][0], target) < 0) fail("cannot link %s", links[i][1]);
     }
-    make_directories(base, "/dev/pts", 0755);
+    make_path(base, "/dev/pts", 0);
     inside(target, sizeof target, base, "/dev/pts");
     if (mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") < 0)
         fail("cannot mount /dev/pts");

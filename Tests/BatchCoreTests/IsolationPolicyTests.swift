@@ -41,6 +41,18 @@ struct IsolationPolicyTests {
         #expect((Isolation.redirectFileNameRefusal(name) == nil) == allowed)
     }
 
+    @Test(
+        "egress ranges the operator opens are plain IPv4 addresses or CIDR ranges, nothing that reaches the filter else",
+        arguments: [
+            ("10.1.0.0/16", true), ("192.0.2.2", true), ("0.0.0.0/0", true), ("255.255.255.255/32", true),
+            ("10.1.0.0/33", false), ("256.1.1.1", false), ("10.1.1", false), ("10.01.1.1", false), ("", false),
+            ("10.1.1.1/", false), ("10.1.1.1/8/8", false), ("10.1.1.1 } accept", false), ("::1", false),
+            ("+1.1.1.1", false),
+        ])
+    func egressRange(range: String, allowed: Bool) {
+        #expect(Isolation.isIPv4Range(range) == allowed)
+    }
+
     @Test("file:// paths: inside a root and outside the node's work dirs, nothing else")
     func storageRoots() {
         let roots = StorageRoots(["/srv/data/", "/mnt/shared"], excluding: ["/srv/data/nodes"])

@@ -624,6 +624,93 @@ struct IsolationTests {
         }
     }
 
+    /// An IPv4 address of this machine that is not a loopback one: a server there stands for the internet.
+    static func outsideAddress() -> String? {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return nil }
+        defer { freeifaddrs(list) }
+        var entry = list
+        while let current = entry {
+            defer { entry = current.pointee.ifa_next }
+            guard let address = current.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+                current.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0
+            else { continue }
+            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            guard
+                getnameinfo(
+                    address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0,
+                    NI_NUMERICHOST) == 0
+            else { continue }
+            return String(cString: host)
+        }
+        return nil
+    }
+
+    @Test("egress is the environment's choice: out of the node yes, never to its loopback or private addresses")
+    func egress() async throws {
+        let outside = try #require(
+            Self.outsideAddress(), "this test needs an IPv4 address of the machine's that is not a loopback one")
+        // The outside address is allowed even if private (this machine's may be): the rest of the private ranges
+        // stay refused.
+        try await Stack.run(settings: ["BATCH_EGRESS_ALLOW": "\(outside)/32"]) { stack in
+            // A listening socket there: a connection to it completes in the kernel, accepted or not.
+            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(listener) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            inet_pton(AF_INET, outside, &address.sin_addr)
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let listening = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                    bind(listener, generic, length) == 0 && listen(listener, 16) == 0
+                        && getsockname(listener, generic, &length) == 0
+                }
+            }
+            try #require(listening, "cannot listen on \(outside)")
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            let database = try unwrap(self.port(stack.environment["BATCH_DATABASE_URL"]))
+            let probe = """
+                import socket, sys
+                for target in sys.argv[1:]:
+                    host, port = target.rsplit(":", 1)
+                    s = socket.socket(); s.settimeout(5)
+                    try:
+                        s.connect((host, int(port))); print(target, "open")
+                    except OSError as e:
+                        print(target, "closed")
+                print(open("/etc/resolv.conf").read().strip())
+                """
+            let targets = ["\(outside):\(port)", "10.0.2.2:\(database)", "127.0.0.1:\(database)", "169.254.169.254:80"]
+            let task: [String: Any] = [
+                "TaskName": "t",
+                "Application": [
+                    "DeliveryForm": "LOCAL", "Command": "python3 -c '\(probe)' \(targets.joined(separator: " "))",
+                ],
+            ]
+            let open = try await stack.call(
+                "CreateComputeEnv",
+                ["ComputeEnv": ["EnvName": "egress", "DesiredComputeNodeCount": 1, "Egress": true]])
+            let withEgress = try await stack.submit(
+                "egress", env: try unwrap(open["EnvId"] as? String), tasks: [task])
+            let closed = try await stack.createEnv(nodes: 1)
+            let without = try await stack.submit("no-egress", env: closed, tasks: [task])
+            #expect(try await stack.waitForJob(withEgress)["JobState"] as? String == "SUCCEED")
+            #expect(try await stack.waitForJob(without)["JobState"] as? String == "SUCCEED")
+            #expect(
+                try await stdout(stack, withEgress, "t")[0]
+                    == """
+                    \(outside):\(port) open
+                    10.0.2.2:\(database) closed
+                    127.0.0.1:\(database) closed
+                    169.254.169.254:80 closed
+                    nameserver 10.0.2.3
+
+                    """)
+            let none = try await stdout(stack, without, "t")[0] ?? ""
+            #expect(none.hasPrefix(targets.map { "\($0) closed\n" }.joined()), "\(none)")
+        }
+    }
+
     @Test("a node that cannot make a sandbox refuses to start instead of running instances unsandboxed")
     func noSandboxNoNode() async throws {
         let result = try await TestServers.run(
