@@ -95,6 +95,7 @@ struct APIGateway: AsyncParsableCommand {
         let replyID = "gateway-\(UUID().uuidString.prefix(8).lowercased())"
         let bootstrap = ServiceBootstrap(
             service: "APIGateway", databaseURL: connections.databaseURL, amqpURL: connections.amqpURL(role: "GATEWAY"),
+            role: "GATEWAY",
             topology: LogFetcher.topology(id: replyID), logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {

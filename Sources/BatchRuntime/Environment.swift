@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Messaging
 
 /// Reads `BATCH_*` environment variables, the fallback for every command-line option of the services.
 public enum Environment {
@@ -17,13 +18,41 @@ public enum Environment {
     }
 
     /// The broker URL of a service: `BATCH_<ROLE>_AMQP_URL` (its own broker user: `GATEWAY`, `SCHEDULER`,
-    /// `PROVISIONER`, `EXECUTOR`), else `BATCH_AMQP_URL`, default `amqp://127.0.0.1:5672/`.
+    /// `PROVISIONER`, `EXECUTOR`), else `BATCH_AMQP_URL`; "" when neither is set (there is no default: the AMQP
+    /// default user is `guest`, a known password).
     public static func amqpURL(role: String) -> String {
-        value("BATCH_\(role)_AMQP_URL") ?? value("BATCH_AMQP_URL", default: "amqp://127.0.0.1:5672/")
+        value("BATCH_\(role)_AMQP_URL") ?? value("BATCH_AMQP_URL", default: "")
     }
-    /// The database URL: `BATCH_DATABASE_URL`, default `postgres://batch:batch@127.0.0.1:55432/batch`.
-    public static var databaseURL: String {
-        value("BATCH_DATABASE_URL", default: "postgres://batch:batch@127.0.0.1:55432/batch")
+
+    /// The database URL: `BATCH_DATABASE_URL`; "" when it is not set (there is no default).
+    public static var databaseURL: String { value("BATCH_DATABASE_URL", default: "") }
+
+    /// `url` as the broker URL of the service whose broker user is `role`, refused with one line when it is missing
+    /// or names no user and password (AMQP's default, `guest`, is a known password).
+    public static func brokerURL(_ url: String, role: String) throws -> AMQPURL {
+        guard !url.isEmpty else {
+            throw StartupError(
+                "no broker URL: set BATCH_\(role)_AMQP_URL or BATCH_AMQP_URL, or --amqp-url "
+                    + "(`scripts/servers env` prints them for the local servers)")
+        }
+        guard let components = URLComponents(string: url), components.user?.isEmpty == false,
+            components.password?.isEmpty == false
+        else {
+            throw StartupError(
+                "the broker URL must name a user and a password (amqp://user:password@host:port/vhost): "
+                    + "the AMQP default, guest, is refused")
+        }
+        return try AMQPURL(url)
+    }
+
+    /// `url` as the database URL, refused with one line when it is missing.
+    public static func checkedDatabaseURL(_ url: String) throws -> String {
+        guard !url.isEmpty else {
+            throw StartupError(
+                "no database URL: set BATCH_DATABASE_URL or --database-url "
+                    + "(`scripts/servers env` prints it for the local servers)")
+        }
+        return url
     }
 }
 

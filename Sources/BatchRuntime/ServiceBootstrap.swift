@@ -11,14 +11,20 @@ public struct ServiceBootstrap: Sendable {
     public let logger: Logger
 
     /// Reads the master key and URLs; exits with one line when one is missing or malformed.
-    public init(service: String, databaseURL: String, amqpURL: String, topology: Topology, logger: Logger) {
+    public init(
+        service: String, databaseURL: String, amqpURL: String, role: String, topology: Topology, logger: Logger
+    ) {
         self.service = service
         self.logger = logger
         do {
             let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
-            database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
+            database = Database(
+                configuration: try .init(url: try Environment.checkedDatabaseURL(databaseURL)), sealer: sealer,
+                logger: logger)
             amqp = AMQPClient(
-                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-\(service.lowercased())"),
+                configuration: .init(
+                    url: try Environment.brokerURL(amqpURL, role: role), connectionName: "batch-\(service.lowercased())"
+                ),
                 topology: topology, logger: logger)
         } catch {
             exitWithError(service, error)

@@ -176,7 +176,9 @@ struct ExecutorService: AsyncParsableCommand {
         do {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             amqp = AMQPClient(
-                configuration: .init(url: try AMQPURL(amqpURL), connectionName: "batch-executor-\(nodeId)"),
+                configuration: .init(
+                    url: try Environment.brokerURL(amqpURL, role: "EXECUTOR"),
+                    connectionName: "batch-executor-\(nodeId)"),
                 // Its own queue only: the control plane declares the rest (the node's broker user may not).
                 topology: .nodeQueue(forNode: nodeId),
                 logger: logger)

@@ -46,7 +46,7 @@ struct ProvisionerService: AsyncParsableCommand {
         }
         let bootstrap = ServiceBootstrap(
             service: "ProvisionerService", databaseURL: connections.databaseURL,
-            amqpURL: connections.amqpURL(role: "PROVISIONER"),
+            amqpURL: connections.amqpURL(role: "PROVISIONER"), role: "PROVISIONER",
             topology: .services,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)

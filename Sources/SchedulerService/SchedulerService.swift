@@ -49,7 +49,7 @@ struct SchedulerService: AsyncParsableCommand {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
             service: "SchedulerService", databaseURL: connections.databaseURL,
-            amqpURL: connections.amqpURL(role: "SCHEDULER"),
+            amqpURL: connections.amqpURL(role: "SCHEDULER"), role: "SCHEDULER",
             topology: .services,
             logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)

@@ -18,7 +18,12 @@ let size = option("--size", default: 256)
 
 var logger = Logger(label: "bench")
 logger.logLevel = .warning
-let url = try AMQPURL(ProcessInfo.processInfo.environment["BATCH_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/")
+guard let given = ProcessInfo.processInfo.environment["BATCH_AMQP_URL"] else {
+    FileHandle.standardError.write(
+        Data("batch-bench: BATCH_AMQP_URL is not set (scripts/servers env prints it)\n".utf8))
+    exit(1)
+}
+let url = try AMQPURL(given)
 let queue = "bench.\(UUID().uuidString.prefix(8).lowercased())"
 let topology = Topology(queues: [Topology.Queue(queue, deadLetterExchange: nil)])
 let body = [UInt8](repeating: UInt8(ascii: "x"), count: size)

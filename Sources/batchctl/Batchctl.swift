@@ -47,15 +47,16 @@ struct Admin: AsyncParsableCommand {
 
     struct DatabaseOptions: ParsableArguments {
         @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
-        var databaseURL: String =
-            ProcessInfo.processInfo.environment["BATCH_DATABASE_URL"]
-            ?? "postgres://batch:batch@127.0.0.1:55432/batch"
+        var databaseURL: String = ProcessInfo.processInfo.environment["BATCH_DATABASE_URL"] ?? ""
 
         /// Runs `body` with a prepared database, failing with one line if it cannot be reached or the key is wrong.
         func withDatabase<R: Sendable>(_ body: (Database) async throws -> R) async throws -> R {
             var logger = Logger(label: "batchctl")
             logger.logLevel = .critical
             let database: Database
+            guard !databaseURL.isEmpty else {
+                Batchctl.fail("no database URL: set BATCH_DATABASE_URL or --database-url")
+            }
             do {
                 let sealer = try Sealer(configuration: ProcessInfo.processInfo.environment["BATCH_MASTER_KEY"])
                 database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)

@@ -590,24 +590,27 @@ struct Queues: AsyncParsableCommand {
         abstract: "Each queue's depth, consumers and rates, from RabbitMQ's management API.",
         discussion: """
             Example: batchctl queues
-            The management API is BATCH_RABBITMQ_MANAGEMENT_URL (default http://guest:guest@127.0.0.1:15672/); the
-            virtual host is the one of BATCH_AMQP_URL (default /).
+            The management API is BATCH_RABBITMQ_MANAGEMENT_URL, with a user and password; the virtual host is the
+            one of BATCH_AMQP_URL (default /).
             """)
 
     @Option(help: "The management API's URL, with user and password (BATCH_RABBITMQ_MANAGEMENT_URL)")
-    var management: String =
-        ProcessInfo.processInfo.environment["BATCH_RABBITMQ_MANAGEMENT_URL"] ?? "http://guest:guest@127.0.0.1:15672/"
+    var management: String = ProcessInfo.processInfo.environment["BATCH_RABBITMQ_MANAGEMENT_URL"] ?? ""
     @Option(help: "The virtual host (default: BATCH_AMQP_URL's, else /)")
     var vhost: String?
     @Option(help: "text or json")
     var output: OutputFormat = .text
 
     func run() async throws {
+        guard !management.isEmpty else {
+            Batchctl.fail("no management URL: set BATCH_RABBITMQ_MANAGEMENT_URL or --management")
+        }
         guard var components = URLComponents(string: management), let host = components.host else {
             Batchctl.fail("--management \(management.redactingPassword) is not a URL")
         }
-        let user = components.user ?? "guest"
-        let password = components.password ?? "guest"
+        guard let user = components.user, let password = components.password else {
+            Batchctl.fail("--management must name a user and a password (BATCH_RABBITMQ_MANAGEMENT_URL)")
+        }
         components.user = nil
         components.password = nil
         let amqpVhost = ProcessInfo.processInfo.environment["BATCH_AMQP_URL"].flatMap { URLComponents(string: $0) }

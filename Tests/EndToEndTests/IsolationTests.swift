@@ -711,6 +711,28 @@ struct IsolationTests {
         }
     }
 
+    @Test("a service given no broker or database URL, or a broker URL without a user, refuses with one line")
+    func noDefaultCredentials() async throws {
+        let key = "t:" + Data(count: 32).base64EncodedString()
+        let scheduler = Stack.binDirectory.appendingPathComponent("SchedulerService").path
+        let none = try await TestServers.run(
+            scheduler, [], environment: ["PATH": "/usr/bin:/bin", "BATCH_MASTER_KEY": key])
+        #expect(none.status != 0 && none.stderr.contains("no database URL"), "\(none.stderr)")
+        let guest = try await TestServers.run(
+            scheduler, [],
+            environment: [
+                "PATH": "/usr/bin:/bin", "BATCH_MASTER_KEY": key, "BATCH_DATABASE_URL": "postgres://u:p@127.0.0.1:1/x",
+                "BATCH_AMQP_URL": "amqp://127.0.0.1:1/",
+            ])
+        #expect(guest.status != 0 && guest.stderr.contains("guest, is refused"), "\(guest.stderr)")
+        #expect(guest.stderr.split(separator: "\n").count == 1, "\(guest.stderr)")
+        let executor = try await TestServers.run(
+            Stack.binDirectory.appendingPathComponent("ExecutorService").path,
+            ["--env-id", "env-00000000", "--work-dir", FileManager.default.temporaryDirectory.path + "/no-url"],
+            environment: ["PATH": "/usr/bin:/bin", "BATCH_NODE_KEY": Data(count: 32).base64EncodedString()])
+        #expect(executor.status != 0 && executor.stderr.contains("no broker URL"), "\(executor.stderr)")
+    }
+
     @Test("a node that cannot make a sandbox refuses to start instead of running instances unsandboxed")
     func noSandboxNoNode() async throws {
         let result = try await TestServers.run(
@@ -718,7 +740,8 @@ struct IsolationTests {
             ["--env-id", "env-00000000", "--work-dir", FileManager.default.temporaryDirectory.path + "/no-sandbox"],
             environment: [
                 "PATH": "/usr/bin:/bin", "BATCH_SANDBOX_HELPER": "/nonexistent/batch-sandbox",
-                "BATCH_AMQP_URL": "amqp://127.0.0.1:1/", "BATCH_NODE_KEY": Data(count: 32).base64EncodedString(),
+                "BATCH_AMQP_URL": "amqp://node:unused@127.0.0.1:1/",
+                "BATCH_NODE_KEY": Data(count: 32).base64EncodedString(),
             ])
         #expect(result.status != 0)
         #expect(result.stderr.contains("refusing to run instances without a sandbox"), "\(result.stderr)")
