@@ -38,6 +38,14 @@ public struct NodeKey: Sendable {
             .base64EncodedString()
     }
 
+    /// The password of the environment's nodes' broker user (`batch-node-<env id>`): the provisioner sets it when it
+    /// makes the user, and a node (or `batchctl admin node-key`) derives it from the key it holds.
+    public var brokerPassword: String {
+        Data(HMAC<SHA256>.authenticationCode(for: Data("broker password".utf8), using: key)).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
     /// Whether `proof` is this key's proof for `node` (compared in constant time).
     public func verifies(_ proof: String?, node: NodeID) -> Bool {
         guard let proof, let code = Data(base64Encoded: proof) else { return false }

@@ -35,6 +35,8 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "Where instances' work dirs and logs go (BATCH_WORK_DIR, default .batch/nodes/<node id>).")
     var workDir: String?
 
+    /// A host attached by hand may name its environment's nodes' user without a password
+    /// (`amqp://batch-node-<env id>@host/`): the node derives it from its node key.
     @Option(help: "RabbitMQ URL (BATCH_EXECUTOR_AMQP_URL, else BATCH_AMQP_URL).")
     var amqpURL: String = Environment.amqpURL(role: "EXECUTOR")
 
@@ -160,6 +162,15 @@ struct ExecutorService: AsyncParsableCommand {
         return try NodeKey(base64: value)
     }
 
+    /// `url` with the password of `env`'s nodes' broker user filled in when it names that user and no password.
+    static func withNodePassword(_ url: String, env: EnvID, key: NodeKey) -> String {
+        guard var components = URLComponents(string: url), components.user == Topology.nodeUser(env: env.rawValue),
+            components.password == nil
+        else { return url }
+        components.password = key.brokerPassword
+        return components.string ?? url
+    }
+
     func run() async throws {
         var logger = Observability.bootstrap(service: "executor")
         logger[metadataKey: "node.id"] = "\(nodeId)"
@@ -177,10 +188,11 @@ struct ExecutorService: AsyncParsableCommand {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             amqp = AMQPClient(
                 configuration: .init(
-                    url: try Environment.brokerURL(amqpURL, role: "EXECUTOR"),
+                    url: try Environment.brokerURL(
+                        Self.withNodePassword(amqpURL, env: envID, key: nodeKey), role: "EXECUTOR"),
                     connectionName: "batch-executor-\(nodeId)"),
                 // Its own queue only: the control plane declares the rest (the node's broker user may not).
-                topology: .nodeQueue(forNode: nodeId),
+                topology: .nodeQueue(forNode: nodeId, env: envID.rawValue),
                 logger: logger)
         } catch {
             exitWithError("ExecutorService", error)
@@ -295,7 +307,8 @@ struct ExecutorService: AsyncParsableCommand {
                     .init(service: heartbeat, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(
                         service: EventConsumer(
-                            amqp: amqp, queue: Topology.nodeQueue(node: nodeId), concurrency: 4, logger: logger,
+                            amqp: amqp, queue: Topology.nodeQueue(node: nodeId, env: envID.rawValue), concurrency: 4,
+                            logger: logger,
                             handle: runner.command)),
                     .init(
                         service: EventConsumer(

@@ -158,19 +158,21 @@ extension Topology {
     /// dropped as unroutable.
     public static let services = scheduler.merging(provisioner)
 
-    /// A node's own queue, for commands about what it runs (`instance.kill`); it goes away with the node.
-    public static func nodeQueue(node: String) -> String { "batch.node.\(node)" }
+    /// A node's own queue, for commands about what it runs (`instance.kill`); it goes away with the node. Named with
+    /// its environment, so that a broker user of that environment's nodes may consume it and no other node's.
+    public static func nodeQueue(node: String, env: String) -> String { "batch.node.\(env).\(node)" }
     /// The routing key on `batch.commands` that reaches one node.
     public static func nodeRoutingKey(node: String) -> String { "node.\(node)" }
 
     /// A node's own queue, bound to `batch.commands`: all a node declares (its broker user may configure nothing
     /// else; the control plane declares the exchanges and the environment's work queue).
-    public static func nodeQueue(forNode node: String) -> Topology {
+    public static func nodeQueue(forNode node: String, env: String) -> Topology {
         Topology(
-            queues: [Queue(nodeQueue(node: node), durable: false)],
+            queues: [Queue(nodeQueue(node: node, env: env), durable: false)],
             bindings: [
                 Binding(
-                    queue: nodeQueue(node: node), exchange: commandsExchange, routingKey: nodeRoutingKey(node: node))
+                    queue: nodeQueue(node: node, env: env), exchange: commandsExchange,
+                    routingKey: nodeRoutingKey(node: node))
             ]
         )
     }
@@ -236,11 +238,25 @@ extension Topology {
             configure: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner|env\..+)$"#,
             write: #"^batch\.(events|commands|replies|dead-letter|scheduler|provisioner|env\..+)$"#,
             read: #"^batch\.(events|commands|dead-letter|scheduler|provisioner|env\..+)$"#),
-        Role(
-            user: "batch-executor",
-            configure: #"^batch\.node\.node-[0-9A-Za-z_-]+$"#,
-            write: #"^batch\.(events|replies|dead-letter|node\.node-[0-9A-Za-z_-]+)$"#,
-            read: #"^batch\.(commands|env\.env-[0-9A-Za-z_-]+|node\.node-[0-9A-Za-z_-]+)$"#,
-            eventsWrite: #"^(instance\.reports|node\.heartbeat|node\.stopped)$"#),
+        nodeRole(user: "batch-executor", env: #"env-[0-9A-Za-z_-]+"#),
     ]
+
+    /// The broker user of one environment's nodes (`batch-node-<env id>`), made by the provisioner when it can manage
+    /// the broker's users (`BATCH_RABBITMQ_MANAGEMENT_URL`): it consumes only that environment's work queue and its
+    /// nodes' queues. Its password is the environment's ``NodeKey``'s `brokerPassword`.
+    public static func nodeRole(env: String) -> Role { nodeRole(user: nodeUser(env: env), env: env) }
+
+    /// The name of `env`'s nodes' broker user.
+    public static func nodeUser(env: String) -> String { "batch-node-\(env)" }
+
+    /// A node's permissions for the environments `env` matches (a regular expression of environment ids).
+    static func nodeRole(user: String, env: String) -> Role {
+        let node = #"node-[0-9A-Za-z_-]+"#
+        return Role(
+            user: user,
+            configure: "^batch\\.node\\.\(env)\\.\(node)$",
+            write: "^batch\\.(events|replies|dead-letter|node\\.\(env)\\.\(node))$",
+            read: "^batch\\.(commands|env\\.\(env)|node\\.\(env)\\.\(node))$",
+            eventsWrite: #"^(instance\.reports|node\.heartbeat|node\.stopped)$"#)
+    }
 }

@@ -41,6 +41,8 @@ struct NodeSettings: Sendable, Hashable {
     var instanceMemoryLimit: Int?
     /// The environment's ``NodeKey`` in base64, for the node alone (`BATCH_NODE_KEY`, never an argument).
     var nodeKey: String
+    /// The broker URL of the environment's nodes' own user (nil: the driver's, the executors' shared user).
+    var amqpURL: String?
 }
 
 /// Nodes as ExecutorService processes on this machine, each with its own work dir and log.
@@ -68,7 +70,7 @@ actor ProcessNodeDriver: NodeDriver {
     func createNode(_ node: NodeID, env: EnvID, slots: Int, settings: NodeSettings) throws {
         let directory = nodesDirectory.appendingPathComponent(node.rawValue, isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        var environment = ["BATCH_AMQP_URL": amqpURL, "PATH": "/usr/local/bin:/usr/bin:/bin"]
+        var environment = ["BATCH_AMQP_URL": settings.amqpURL ?? amqpURL, "PATH": "/usr/local/bin:/usr/bin:/bin"]
         // What a node needs and nothing more: never the master key or the database URL.
         let passed = [
             "BATCH_LOG_LEVEL", "BATCH_S3_ENDPOINT", "BATCH_S3_REGION", "BATCH_SANDBOX", "BATCH_SHARED_PATHS",

@@ -14,6 +14,8 @@ struct Provisioner: Service {
     let database: Database
     let amqp: AMQPClient
     let driver: any NodeDriver
+    /// Makes each environment's nodes' broker user (nil: nodes share the executors' user).
+    let brokerUsers: BrokerUsers?
     let envs: ComputeEnvStore
     let nodeSlots: Int
     let logger: Logger
@@ -22,10 +24,14 @@ struct Provisioner: Service {
     /// the same time).
     let silentAfter: Duration = .seconds(30)
 
-    init(database: Database, amqp: AMQPClient, driver: any NodeDriver, nodeSlots: Int, logger: Logger) {
+    init(
+        database: Database, amqp: AMQPClient, driver: any NodeDriver, brokerUsers: BrokerUsers? = nil, nodeSlots: Int,
+        logger: Logger
+    ) {
         self.database = database
         self.amqp = amqp
         self.driver = driver
+        self.brokerUsers = brokerUsers
         self.envs = ComputeEnvStore(database: database)
         self.nodeSlots = nodeSlots
         self.logger = logger
@@ -128,11 +134,14 @@ struct Provisioner: Service {
             }
             if nodes.isEmpty {
                 try await envs.deleteEnvironment(env.envID)
+                await brokerUsers?.remove(env.envID)
                 logger.info("compute environment deleted", metadata: ["env.id": "\(env.envID)"])
             }
             return
         }
         try await amqp.declare(.workQueue(forEnv: env.envID.rawValue))
+        // Its nodes' broker user exists before its first node, and for hosts attached by hand.
+        try await brokerUsers?.ensure(env.envID)
         for node in try await envs.silentNodes(of: env.envID, silentAfter: silentAfter)
         where nodes.contains(where: { $0.node == node && !$0.draining }) {
             logger.warning("node silent; replacing it", metadata: ["node.id": "\(node)"])
@@ -166,7 +175,8 @@ struct Provisioner: Service {
                 node, env: env.envID, slots: nodeSlots,
                 settings: NodeSettings(
                     sandbox: env.sandbox, egress: env.egress, instanceMemoryLimit: env.instanceMemoryLimit,
-                    nodeKey: database.sealer.nodeKey(env: env.envID).base64))
+                    nodeKey: database.sealer.nodeKey(env: env.envID).base64,
+                    amqpURL: try await brokerUsers?.nodeURL(env.envID)))
         } catch {
             try await envs.setNodeState(node, "CREATION_FAILED")
             try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")

@@ -60,11 +60,27 @@ struct ProvisionerService: AsyncParsableCommand {
                     more than a node needs
                     """)
             }
+            let nodesURL = executorURL ?? connections.amqpURL(role: "PROVISIONER")
             let driver = ProcessNodeDriver(
                 executable: executorPath, nodesDirectory: URL(fileURLWithPath: nodesDir).standardizedFileURL,
-                amqpURL: executorURL ?? connections.amqpURL(role: "PROVISIONER"), logger: logger)
+                amqpURL: nodesURL, logger: logger)
+            // Each environment's nodes connect as a broker user of its own when the provisioner may manage users.
+            let sealer = database.sealer
+            let brokerUsers = try Environment.value("BATCH_RABBITMQ_MANAGEMENT_URL").flatMap { management in
+                BrokerUsers(
+                    management: management, broker: try AMQPURL(nodesURL), keys: { sealer.nodeKey(env: $0) },
+                    logger: logger)
+            }
+            if brokerUsers == nil {
+                logger.warning(
+                    """
+                    BATCH_RABBITMQ_MANAGEMENT_URL is not set: every environment's nodes share one broker user, which \
+                    may consume any environment's work queue
+                    """)
+            }
             let provisioner = Provisioner(
-                database: database, amqp: amqp, driver: driver, nodeSlots: nodeSlots, logger: logger)
+                database: database, amqp: amqp, driver: driver, brokerUsers: brokerUsers, nodeSlots: nodeSlots,
+                logger: logger)
             var services: [any Service] = [
                 amqp,
                 OutboxRelay(database: database, amqp: amqp, logger: logger),

@@ -115,8 +115,10 @@ struct Admin: AsyncParsableCommand {
             abstract: "Print the key an environment's nodes hold: what an executor started by hand needs.",
             discussion: """
                 Example: batchctl admin node-key env-ab12cd34 > node.key
-                         ExecutorService --env-id env-ab12cd34 --node-key-file node.key
-                Keep it like a password: it lets a machine take the environment's work and read its run messages.
+                         ExecutorService --env-id env-ab12cd34 --node-key-file node.key \\
+                           --amqp-url amqp://batch-node-env-ab12cd34@broker:5672/
+                The node derives its broker user's password from the key. Keep it like a password: it lets a machine
+                take the environment's work and read its run messages.
                 """)
 
         @Argument(help: "The compute environment's id.")

@@ -542,32 +542,54 @@ struct IsolationTests {
         let python = try TestServers.pythonTool("BATCH_PYTHON", name: "python")
         try await Stack.run { stack in
             let env = try await stack.createEnv(nodes: 1)
+            // Another environment, with its work queue (the provisioner declares it) and no node.
+            let other = try await stack.createEnv(nodes: 0)
             let jobID = try await stack.submit(
                 "roles", env: env,
                 tasks: [["TaskName": "t", "Application": ["DeliveryForm": "LOCAL", "Command": "true"]]])
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
-            // Every service of the stack, nodes included, connected as its own user.
+            // Every service of the stack connected as its own user, the node as its environment's.
             // (The management API lists connections a few seconds after they open.)
+            let control = Set(Topology.roles.map(\.user)).subtracting(["batch-executor"])
             try await waitUntil("the broker lists each service's connection under its own user") {
-                try await RabbitManagement.connectionUsers(vhost: stack.vhost) == Set(Topology.roles.map(\.user))
+                try await RabbitManagement.connectionUsers(vhost: stack.vhost)
+                    == control.union([Topology.nodeUser(env: env)])
             }
+            let role = Topology.nodeRole(env: env)
+            let held = try await RabbitManagement.permissions(of: role.user, vhost: stack.vhost)
+            #expect(held?.configure == role.configure && held?.write == role.write && held?.read == role.read)
+            #expect(held?.eventsWrite == role.eventsWrite)
 
+            // The node's user, as a node of `env` derives it from its key.
+            let broker = try AMQPURL(try unwrap(stack.environment["BATCH_EXECUTOR_AMQP_URL"]))
+            let vhost = stack.vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? stack.vhost
+            let nodeURL =
+                "amqp://\(role.user):\(try stack.nodeKey(env).brokerPassword)@\(broker.host):\(broker.port)/\(vhost)"
             let script = TestServers.repositoryRoot.appendingPathComponent("Tests/EndToEndTests/Python/broker_roles.py")
             let result = try await TestServers.run(
-                python, [script.path, try unwrap(stack.environment["BATCH_EXECUTOR_AMQP_URL"])],
-                environment: ["PATH": "/usr/bin:/bin"])
+                python, [script.path, nodeURL, env, other], environment: ["PATH": "/usr/bin:/bin"])
             #expect(result.status == 0, "\(result.stderr)")
             let outcome = try unwrap(
                 try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String])
             for refused in [
                 "publish job.submitted", "publish env.deletion-requested", "publish a kill to another node",
                 "publish a run to an environment", "consume the scheduler's queue", "consume the dead-letter queue",
-                "declare an exchange", "declare a queue of its own",
+                "declare an exchange", "declare a queue of its own", "consume another environment's work queue",
+                "declare a node queue of another environment",
             ] {
                 #expect(outcome[refused] == "refused 403", "\(refused): \(outcome[refused] ?? "-")")
             }
-            for allowed in ["publish node.heartbeat", "publish a log reply"] {
+            for allowed in [
+                "publish node.heartbeat", "publish a log reply", "consume its environment's work queue",
+                "declare a node queue of its environment",
+            ] {
                 #expect(outcome[allowed] == "allowed", "\(allowed): \(outcome[allowed] ?? "-")")
+            }
+
+            // Its user goes with its environment.
+            _ = try await stack.call("DeleteComputeEnv", ["EnvId": env])
+            try await waitUntil("the environment's nodes' broker user is removed") {
+                try await RabbitManagement.permissions(of: role.user, vhost: stack.vhost) == nil
             }
         }
     }

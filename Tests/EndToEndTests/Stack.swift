@@ -121,6 +121,8 @@ final class Stack: @unchecked Sendable {
             "BATCH_STORAGE_ROOTS": ["shared", "data"].map { directory.appendingPathComponent($0).path }
                 .joined(separator: ":"),
             "BATCH_S3_ENDPOINT": ProcessInfo.processInfo.environment["BATCH_S3_ENDPOINT"] ?? "",
+            // The provisioner makes each environment's nodes' broker user with it.
+            "BATCH_RABBITMQ_MANAGEMENT_URL": ProcessInfo.processInfo.environment["BATCH_RABBITMQ_MANAGEMENT_URL"] ?? "",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
         ].merging(roles) { $1 }.merging(security) { $1 }.merging(settings) { $1 }
         let stack = Stack(
@@ -248,6 +250,7 @@ final class Stack: @unchecked Sendable {
         for process in running { await process.wait() }
         deadline.cancel()
         try? await TestDatabase.drop(databaseName)
+        try? await RabbitManagement.deleteNodeUsers(vhost: vhost)
         try? await RabbitManagement.deleteVhost(vhost)
         // BATCH_KEEP_STACKS=1 keeps the logs and work dirs for a look after the run.
         if ProcessInfo.processInfo.environment["BATCH_KEEP_STACKS"] != "1" {

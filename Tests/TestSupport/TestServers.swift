@@ -96,6 +96,11 @@ public enum TestServers {
 
 /// The RabbitMQ management API, for what tests need to see or break from outside a client.
 public enum RabbitManagement {
+    /// The management API's answer to a request was not a success.
+    public struct Refusal: Error, CustomStringConvertible {
+        public var description: String
+    }
+
     struct Connection: Decodable {
         var name: String
         var client_properties: [String: JSONValue]?
@@ -215,6 +220,19 @@ public enum RabbitManagement {
         return Set(connections.map(\.user))
     }
 
+    /// Deletes the broker users of environments' nodes (`batch-node-…`) that have permissions on `vhost`: users
+    /// outlive a vhost.
+    public static func deleteNodeUsers(vhost: String) async throws {
+        let encoded = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        struct Permission: Decodable { var user: String }
+        let permissions: [Permission] = try await get("api/vhosts/\(encoded)/permissions")
+        for user in permissions.map(\.user) where user.hasPrefix("batch-node-") {
+            var request = try request("api/users/\(user)")
+            request.method = .DELETE
+            _ = try await send(request)
+        }
+    }
+
     public static func deleteVhost(_ name: String) async throws {
         let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         var request = try request("api/vhosts/\(encoded)")
@@ -308,6 +326,9 @@ public enum RabbitManagement {
     static func get<T: Decodable>(_ path: String) async throws -> T {
         let response = try await send(try request(path))
         let body = try await response.body.collect(upTo: 16 << 20)
+        guard response.status.code < 300 else {
+            throw Refusal(description: "the management API answered GET \(path) with HTTP \(response.status.code)")
+        }
         return try JSONDecoder().decode(T.self, from: Data(buffer: body))
     }
 
