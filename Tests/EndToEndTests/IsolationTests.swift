@@ -12,20 +12,6 @@ import Testing
 /// every probe must fail, and the node must go on running other work to the end (docs/security.md).
 @Suite("Isolation: a hostile tenant's job reaches nothing but its own work", .serialized, .timeLimit(.minutes(5)))
 struct IsolationTests {
-    /// The stdout of each instance of a task, by index.
-    func stdout(_ stack: Stack, _ jobID: String, _ task: String) async throws -> [Int: String] {
-        let logs = try await stack.call("DescribeTaskLogs", ["JobId": jobID, "TaskName": task])
-        var result: [Int: String] = [:]
-        for instance in try unwrap(logs["TaskInstanceLogSet"] as? [[String: Any]]) {
-            let index = instance["TaskInstanceIndex"] as? Int ?? -1
-            result[index] =
-                (instance["StdoutLog"] as? String).flatMap { Data(base64Encoded: $0) }.map {
-                    String(decoding: $0, as: UTF8.self)
-                } ?? ""
-        }
-        return result
-    }
-
     func port(_ url: String?) -> Int? { url.flatMap { URLComponents(string: $0)?.port } }
 
     @Test(
@@ -126,10 +112,10 @@ struct IsolationTests {
                     ],
                 ])
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
-            let said = try await stdout(stack, jobID, "probe")[0] ?? ""
+            let said = try await stack.stdout(jobID, "probe")[0] ?? ""
             #expect(
                 said == ports.map { "\($0) unreachable\n" }.joined() + "secrets seen: 0\n", "\(said)")
-            let pair = try await stdout(stack, jobID, "pair")
+            let pair = try await stack.stdout(jobID, "pair")
             #expect(pair[0] == "waited to the end\n", "\(pair)")
             #expect(pair[1] == "sibling seen: 0\nexecutor: out of reach\ndone\n", "\(pair)")
             // The task's LD_PRELOAD was loaded only inside the sandbox (its own PID namespace), never by the launcher.
@@ -269,7 +255,7 @@ struct IsolationTests {
                 String(decoding: $0, as: UTF8.self)
             }
             #expect(text == "own output\n", "\(log)")
-            #expect(try await stdout(stack, jobID, "own")[0] == "the tenant's own input")
+            #expect(try await stack.stdout(jobID, "own")[0] == "the tenant's own input")
             let copied = stack.data.appendingPathComponent("copied/in.txt")
             #expect(try String(contentsOf: copied, encoding: .utf8) == "the tenant's own input")
             var status = stat()
@@ -344,11 +330,11 @@ struct IsolationTests {
             #expect(["SUCCEED", "FAILED"].contains(bomb["TaskInstanceState"] as? String ?? ""), "\(bomb)")
             let flood = try unwrap(try await stack.instances(jobID, "flood").first)
             #expect(flood["ExitCode"] as? Int == 3, "\(flood)")
-            let counted = try await stdout(stack, jobID, "flood")[0] ?? ""
+            let counted = try await stack.stdout(jobID, "flood")[0] ?? ""
             let seen = Int(counted.dropFirst("processes: ".count).dropLast()) ?? -1
             #expect(seen > 512 && seen <= 1024, "\(counted)")
             // dd is stopped by SIGXFSZ (128 + 25) at the 64 MiB limit.
-            #expect(try await stdout(stack, jobID, "filler")[0] == "dd: 153\n\(64 << 20)\n")
+            #expect(try await stack.stdout(jobID, "filler")[0] == "dd: 153\n\(64 << 20)\n")
             let files = try unwrap(try await stack.instances(jobID, "files").first)
             #expect(files["TaskInstanceState"] as? String == "FAILED")
             #expect(
@@ -359,7 +345,7 @@ struct IsolationTests {
             #expect(
                 try await stack.query("SELECT DISTINCT node_id FROM task_instances WHERE job_id = '\(jobID)'").count
                     == 1)
-            #expect(try await stdout(stack, jobID, "after")[0] == "alive\n")
+            #expect(try await stack.stdout(jobID, "after")[0] == "alive\n")
             // Nothing of the bomb is left on the node.
             #expect(try await processes(matching: "bomb \\| bomb").isEmpty)
         }
@@ -432,7 +418,7 @@ struct IsolationTests {
             kill(executorA, SIGCONT)
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
             #expect(try await stack.query("SELECT node_id FROM task_instances") == [nodeA])
-            #expect(try await stdout(stack, jobID, "t")[0] == "ran\n")
+            #expect(try await stack.stdout(jobID, "t")[0] == "ran\n")
         }
     }
 
@@ -495,7 +481,7 @@ struct IsolationTests {
                     ]
                 ])
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
-            #expect(try await stdout(stack, jobID, "t")[0] == "\(secret) marker-of-the-command\n")
+            #expect(try await stack.stdout(jobID, "t")[0] == "\(secret) marker-of-the-command\n")
             let bodies = try await RabbitManagement.peek(vhost: stack.vhost, queue: copy)
             #expect(bodies.count == 1)
             for body in bodies {
@@ -639,7 +625,7 @@ struct IsolationTests {
                     ]
                 ])
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
-            let seen = try await stdout(stack, jobID, "t")
+            let seen = try await stack.stdout(jobID, "t")
             #expect(seen.count == 3)
             for (index, output) in seen { #expect(output == "files: processes:0\n", "instance \(index)") }
             #expect(try await processes(matching: "sleep 31337").isEmpty)
@@ -719,7 +705,7 @@ struct IsolationTests {
             #expect(try await stack.waitForJob(withEgress)["JobState"] as? String == "SUCCEED")
             #expect(try await stack.waitForJob(without)["JobState"] as? String == "SUCCEED")
             #expect(
-                try await stdout(stack, withEgress, "t")[0]
+                try await stack.stdout(withEgress, "t")[0]
                     == """
                     \(outside):\(port) open
                     10.0.2.2:\(database) closed
@@ -728,7 +714,7 @@ struct IsolationTests {
                     nameserver 10.0.2.3
 
                     """)
-            let none = try await stdout(stack, without, "t")[0] ?? ""
+            let none = try await stack.stdout(without, "t")[0] ?? ""
             #expect(none.hasPrefix(targets.map { "\($0) closed\n" }.joined()), "\(none)")
         }
     }

@@ -376,3 +376,19 @@ func unwrap<T>(_ value: T?) throws -> T {
     guard let value else { throw StackError("missing value") }
     return value
 }
+
+extension Stack {
+    /// The stdout of each instance of a task, by index.
+    func stdout(_ jobID: String, _ task: String) async throws -> [Int: String] {
+        let logs = try await call("DescribeTaskLogs", ["JobId": jobID, "TaskName": task])
+        var result: [Int: String] = [:]
+        for instance in try unwrap(logs["TaskInstanceLogSet"] as? [[String: Any]]) {
+            let index = instance["TaskInstanceIndex"] as? Int ?? -1
+            result[index] =
+                (instance["StdoutLog"] as? String).flatMap { Data(base64Encoded: $0) }.map {
+                    String(decoding: $0, as: UTF8.self)
+                } ?? ""
+        }
+        return result
+    }
+}
