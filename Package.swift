@@ -47,11 +47,19 @@ let package = Package(
             pkgConfig: "librabbitmq",
             providers: [.apt(["librabbitmq-dev"])]
         ),
+        // What services say to each other: message contracts, their envelope, the broker's topology and URL. No
+        // broker client: the database's outbox and anything that only names messages depend on this alone.
+        .target(
+            name: "MessageContracts",
+            dependencies: ["BatchCore"],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Messaging",
             dependencies: [
                 "CRabbitMQ",
                 "BatchCore",
+                "MessageContracts",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -62,7 +70,7 @@ let package = Package(
             name: "Persistence",
             dependencies: [
                 "BatchCore",
-                "Messaging",
+                "MessageContracts",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -83,13 +91,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // What every service executable shares: configuration from the environment, logging, /healthz and /metrics.
+        // What every service executable shares, the executor included: configuration from the environment, logging,
+        // /healthz and /metrics, consumers, child processes. No database.
         .target(
             name: "BatchRuntime",
             dependencies: [
                 "Messaging",
-                "Persistence",
-                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -99,10 +106,23 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What the control plane's services share on top: their bootstrap (broker and database), the outbox relay,
+        // state gauges.
+        .target(
+            name: "ServiceRuntime",
+            dependencies: [
+                "BatchRuntime", "Messaging", "Persistence",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "APIGateway",
             dependencies: [
-                "BatchCore", "Messaging", "Persistence", "BatchRuntime",
+                "BatchCore", "Messaging", "Persistence", "BatchRuntime", "ServiceRuntime",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -116,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "SchedulerService",
             dependencies: [
-                "BatchCore", "Messaging", "Persistence", "BatchRuntime",
+                "BatchCore", "Messaging", "Persistence", "BatchRuntime", "ServiceRuntime",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -126,7 +146,7 @@ let package = Package(
         .executableTarget(
             name: "ProvisionerService",
             dependencies: [
-                "BatchCore", "Messaging", "Persistence", "BatchRuntime",
+                "BatchCore", "Messaging", "Persistence", "BatchRuntime", "ServiceRuntime",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -10,6 +10,7 @@ import Messaging
 import NIOSSL
 import Persistence
 import ServiceLifecycle
+import ServiceRuntime
 
 /// The HTTP API: Tencent Cloud Batch API 3.0 (`POST /`, `X-TC-Action`, TC3-HMAC-SHA256) on top of PostgreSQL,
 /// with an outbox relay that publishes the events its writes cause.

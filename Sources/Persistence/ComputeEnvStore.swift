@@ -1,6 +1,6 @@
 import BatchCore
 import Foundation
-import Messaging
+import MessageContracts
 import PostgresNIO
 
 /// Compute environments, their nodes and their activities. The API's calls are scoped to the environment's owner;

@@ -1,6 +1,6 @@
 import BatchCore
 import Foundation
-import Messaging
+import MessageContracts
 import PostgresNIO
 
 /// Jobs as the API sees them: submission, reads and requests to terminate, retry or delete, each scoped to the

@@ -1,6 +1,6 @@
 import BatchCore
 import Foundation
-import Messaging
+import MessageContracts
 import PostgresNIO
 
 /// The scheduler's reads and writes, each on a connection inside the transaction that handles a batch of events.

@@ -7,6 +7,7 @@ import Logging
 import Messaging
 import Persistence
 import ServiceLifecycle
+import ServiceRuntime
 
 /// Owns compute environments and nodes: makes each environment's work queue, keeps its desired number of nodes
 /// running through a ``NodeDriver``, and records the nodes' heartbeats.

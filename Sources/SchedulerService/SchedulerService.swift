@@ -5,6 +5,7 @@ import Logging
 import Messaging
 import Persistence
 import ServiceLifecycle
+import ServiceRuntime
 
 /// Owns job, task and instance state: consumes job and instance events in batches, applies BatchCore's decisions in
 /// one transaction per batch (state and outgoing messages together), dispatches instances as capacity allows, and

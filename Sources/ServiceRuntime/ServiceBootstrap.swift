@@ -1,3 +1,4 @@
+import BatchRuntime
 import Logging
 import Messaging
 import Persistence
