@@ -168,10 +168,22 @@ let package = Package(
         ),
         // A slot's sandbox, in C: the executor starts one per slot (Sources/ExecutorService/SlotSandbox.swift).
         .executableTarget(name: "batch-sandbox", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
+        // The gateway's API from Swift: signed calls over HTTP or HTTPS (batchctl, the end-to-end tests, api-bench).
+        .target(
+            name: "BatchClient",
+            dependencies: [
+                "BatchCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "batchctl",
             dependencies: [
-                "BatchCore", "Persistence", "Yams",
+                "BatchCore", "BatchClient", "Persistence", "Yams",
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -202,7 +214,7 @@ let package = Package(
         .executableTarget(
             name: "api-bench",
             dependencies: [
-                "BatchCore",
+                "BatchCore", "BatchClient",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -222,7 +234,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "BatchCore", "Persistence", "Storage", "TestSupport",
+                "BatchCore", "BatchClient", "Persistence", "Storage", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import BatchClient
 import BatchCore
 import Foundation
 import NIOCore
@@ -95,23 +96,9 @@ struct Bench: Sendable {
 
     /// Sends one signed call; returns the `Response` object, after checking it holds no error.
     func call(_ action: String, _ body: [String: Any], as user: Credentials) async throws -> [String: Any] {
-        let payload = Array(try JSONSerialization.data(withJSONObject: body))
-        var request = HTTPClientRequest(url: "http://\(endpoint)/")
-        request.method = .POST
-        for (name, value) in TC3Signature.signedRequestHeaders(
-            secretID: user.secretId, secretKey: user.secretKey, host: endpoint, action: action, body: payload,
-            timestamp: Int(Date().timeIntervalSince1970))
-        {
-            request.headers.add(name: name, value: value)
-        }
-        request.body = .bytes(payload)
-        let response = try await http.execute(request, timeout: .seconds(30))
-        let data = Data(buffer: try await response.body.collect(upTo: 1 << 20))
-        guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-            let inner = object["Response"] as? [String: Any]
-        else { throw Failure(description: "\(action): not a Batch response") }
-        if let error = inner["Error"] as? [String: Any] { throw Failure(description: "\(action): \(error)") }
-        return inner
+        let client = BatchClient(
+            endpoint: endpoint, keyPair: .init(secretID: user.secretId, secretKey: user.secretKey), http: http)
+        return try await client.call(action, body)
     }
 
     func job(_ index: Int, for user: Credentials) -> [String: Any] {

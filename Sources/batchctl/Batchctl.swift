@@ -1,9 +1,11 @@
 import ArgumentParser
 import AsyncHTTPClient
+import BatchClient
 import BatchCore
 import Foundation
 import Logging
 import Persistence
+import Synchronization
 
 /// The command-line client: API calls signed with a user's key pair, and administration.
 @main
@@ -188,14 +190,9 @@ struct Call: AsyncParsableCommand {
     @Argument(help: "The request body: JSON, or @FILE to read it from a file (default {})")
     var body: String = "{}"
 
-    @Option(help: "The gateway's host:port (BATCH_ENDPOINT, default from .batch/credentials or 127.0.0.1:8080)")
-    var endpoint: String?
-
-    @Option var secretId: String?
-    @Option var secretKey: String?
+    @OptionGroup var client: ClientOptions
 
     func run() async throws {
-        let credentials = Credentials.load(endpoint: endpoint, secretID: secretId, secretKey: secretKey)
         var payload = Array(body.utf8)
         if body.hasPrefix("@") {
             guard let data = FileManager.default.contents(atPath: String(body.dropFirst())) else {
@@ -206,7 +203,7 @@ struct Call: AsyncParsableCommand {
         guard (try? JSONSerialization.jsonObject(with: Data(payload))) is [String: Any] else {
             Batchctl.fail("the request body is not a JSON object")
         }
-        let inner = await Gateway(credentials: credentials).call(action, payload)
+        let inner = await client.gateway.call(action, payload)
         let pretty = try JSONSerialization.data(withJSONObject: inner, options: [.prettyPrinted, .sortedKeys])
         print(String(decoding: pretty, as: UTF8.self))
     }
@@ -330,6 +327,29 @@ struct Logs: AsyncParsableCommand {
 struct Gateway {
     var credentials: Credentials
 
+    /// HTTP clients by CA file, made once and kept for the process's life (AsyncHTTPClient requires a client to be
+    /// shut down before it goes).
+    private static let clients = Mutex<[String: HTTPClient]>([:])
+
+    var client: BatchClient {
+        let http: HTTPClient
+        do {
+            http = try Self.clients.withLock { clients in
+                guard let path = credentials.caCertificate else { return HTTPClient.shared }
+                if let made = clients[path] { return made }
+                let made = try BatchClient.httpClient(caCertificate: path)
+                clients[path] = made
+                return made
+            }
+        } catch {
+            Batchctl.fail("--ca-certificate \(credentials.caCertificate ?? ""): \(error)")
+        }
+        let keyPair = credentials.secretID.flatMap { id in
+            credentials.secretKey.map { BatchClient.KeyPair(secretID: id, secretKey: $0) }
+        }
+        return BatchClient(endpoint: credentials.host, https: credentials.https, keyPair: keyPair, http: http)
+    }
+
     /// The `Response` object of a successful call with a JSON body.
     func call(_ action: String, _ body: [String: Any]) async -> [String: Any] {
         guard let payload = try? JSONSerialization.data(withJSONObject: body) else {
@@ -340,46 +360,37 @@ struct Gateway {
 
     /// The `Response` object of a successful call.
     func call(_ action: String, _ payload: [UInt8]) async -> [String: Any] {
-        guard let secretID = credentials.secretID, let secretKey = credentials.secretKey else {
+        guard credentials.secretID != nil, credentials.secretKey != nil else {
             Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
         }
-        let host = credentials.endpoint
-        var request = HTTPClientRequest(url: "http://\(host)/")
-        request.method = .POST
-        for (name, value) in TC3Signature.signedRequestHeaders(
-            secretID: secretID, secretKey: secretKey, host: host, action: action, body: payload,
-            timestamp: Int(Date().timeIntervalSince1970))
-        {
-            request.headers.add(name: name, value: value)
-        }
-        request.body = .bytes(payload)
-        let response: HTTPClientResponse
-        let data: Data
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
-            data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
+            return try await client.call(action, payload: payload)
         } catch {
-            Batchctl.fail("cannot reach the gateway at \(host): \(error)")
+            Batchctl.fail("\(error)")
         }
-        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-            let inner = object["Response"] as? [String: Any]
-        else {
-            Batchctl.fail("the gateway answered HTTP \(response.status.code) without a Batch response")
-        }
-        if let error = inner["Error"] as? [String: Any] {
-            Batchctl.fail("\(error["Code"] ?? "Error"): \(error["Message"] ?? "")")
-        }
-        return inner
     }
 }
 
 /// A key pair and the gateway to use, from options, environment variables, or `.batch/credentials`.
 struct Credentials {
+    /// `host:port`, or `https://host:port` (`http://` is the default).
     var endpoint: String
     var secretID: String?
     var secretKey: String?
+    /// A PEM file of the CA (or certificate) the gateway's certificate must chain to; the system's roots when nil.
+    var caCertificate: String?
 
-    static func load(endpoint: String?, secretID: String?, secretKey: String?) -> Credentials {
+    var https: Bool { endpoint.hasPrefix("https://") }
+    var host: String {
+        for scheme in ["https://", "http://"] where endpoint.hasPrefix(scheme) {
+            return String(endpoint.dropFirst(scheme.count).prefix { $0 != "/" })
+        }
+        return endpoint
+    }
+
+    static func load(endpoint: String?, secretID: String?, secretKey: String?, caCertificate: String? = nil)
+        -> Credentials
+    {
         let environment = ProcessInfo.processInfo.environment
         var file: [String: String] = [:]
         if let data = FileManager.default.contents(atPath: environment["BATCH_CREDENTIALS"] ?? ".batch/credentials"),
@@ -390,7 +401,8 @@ struct Credentials {
         return Credentials(
             endpoint: endpoint ?? environment["BATCH_ENDPOINT"] ?? file["endpoint"] ?? "127.0.0.1:8080",
             secretID: secretID ?? environment["BATCH_SECRET_ID"] ?? file["secretId"],
-            secretKey: secretKey ?? environment["BATCH_SECRET_KEY"] ?? file["secretKey"])
+            secretKey: secretKey ?? environment["BATCH_SECRET_KEY"] ?? file["secretKey"],
+            caCertificate: caCertificate ?? environment["BATCH_CA_CERTIFICATE"] ?? file["caCertificate"])
     }
 }
 

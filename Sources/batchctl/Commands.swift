@@ -7,8 +7,14 @@ import Yams
 
 /// Where the gateway is and which key pair signs: options, then `BATCH_*` variables, then `.batch/credentials`.
 struct ClientOptions: ParsableArguments {
-    @Option(help: "The gateway's host:port (BATCH_ENDPOINT, default from .batch/credentials or 127.0.0.1:8080)")
+    @Option(
+        help: """
+            The gateway: host:port, or https://host:port (BATCH_ENDPOINT, default from .batch/credentials or \
+            127.0.0.1:8080)
+            """)
     var endpoint: String?
+    @Option(help: "A PEM file of the CA that signed the gateway's certificate (BATCH_CA_CERTIFICATE)")
+    var caCertificate: String?
     @Option(help: "The key pair's SecretId (BATCH_SECRET_ID)")
     var secretId: String?
     @Option(help: "The key pair's SecretKey (BATCH_SECRET_KEY)")
@@ -17,7 +23,9 @@ struct ClientOptions: ParsableArguments {
     var output: OutputFormat = .text
 
     var gateway: Gateway {
-        Gateway(credentials: Credentials.load(endpoint: endpoint, secretID: secretId, secretKey: secretKey))
+        Gateway(
+            credentials: Credentials.load(
+                endpoint: endpoint, secretID: secretId, secretKey: secretKey, caCertificate: caCertificate))
     }
 
     /// Prints the answer as JSON with `--output json`; otherwise runs `text`.

@@ -181,4 +181,32 @@ struct BatchctlTests {
             #expect(result.stdout.contains("job \(jobID) SUCCEED"))
         }
     }
+
+    @Test("over HTTPS with --ca-certificate: calls go through; without the CA, one line saying why and nothing done")
+    func https() async throws {
+        try await Stack.run(tls: true) { stack in
+            var environment = [
+                "PATH": "/usr/bin:/bin", "BATCH_CREDENTIALS": "/nonexistent/credentials",
+                "BATCH_ENDPOINT": "https://\(stack.endpoint)", "BATCH_SECRET_ID": stack.secretID,
+                "BATCH_SECRET_KEY": stack.secretKey,
+            ]
+            // The gateway's certificate is its own CA here; the system's roots do not know it.
+            let untrusted = try await TestServers.run(
+                Self.binary, ["envs", "create", "no-ca"], environment: environment)
+            #expect(untrusted.status != 0)
+            #expect(untrusted.stderr.contains("cannot reach the gateway at \(stack.endpoint)"), "\(untrusted.stderr)")
+            #expect(untrusted.stderr.split(separator: "\n").count == 1, "\(untrusted.stderr)")
+            #expect(try await stack.call("DescribeComputeEnvs", [:])["TotalCount"] as? Int == 0)
+
+            let created = try await TestServers.run(
+                Self.binary, ["envs", "create", "over-tls", "--ca-certificate", stack.certificatePath],
+                environment: environment)
+            #expect(created.status == 0, "\(created.stderr)")
+            let env = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(env.hasPrefix("env-"))
+            environment["BATCH_CA_CERTIFICATE"] = stack.certificatePath
+            let listed = try await TestServers.run(Self.binary, ["envs"], environment: environment)
+            #expect(listed.status == 0 && listed.stdout.contains(env), "\(listed.stderr)")
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import BatchClient
 import BatchCore
 import Foundation
 import Messaging
@@ -266,40 +267,29 @@ final class Stack: @unchecked Sendable {
         try await call(action, Array(try JSONSerialization.data(withJSONObject: body)), as: user)
     }
 
-    /// Sends `body` with exactly `headers` (no signing added); returns the HTTP status and the `Response` object.
-    func send(headers: [(String, String)], body: [UInt8]) async throws -> (status: Int, response: [String: Any]) {
-        var request = HTTPClientRequest(url: "\(baseURL)/")
-        request.method = .POST
-        for (name, value) in headers { request.headers.add(name: name, value: value) }
-        request.body = .bytes(body)
-        let response = try await http.execute(request, timeout: .seconds(30))
-        let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
-        let object = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
-        return (Int(response.status.code), object["Response"] as? [String: Any] ?? [:])
+    /// The API client of this stack, signing with its first user.
+    var client: BatchClient {
+        BatchClient(
+            endpoint: endpoint, https: tls, keyPair: BatchClient.KeyPair(secretID: secretID, secretKey: secretKey),
+            http: http)
     }
 
-    /// Calls an action with a raw body.
+    /// Sends `body` with exactly `headers` (no signing added); returns the HTTP status and the `Response` object.
+    func send(headers: [(String, String)], body: [UInt8]) async throws -> (status: Int, response: [String: Any]) {
+        try await client.send(headers: headers, body: body)
+    }
+
+    /// Calls an action with a raw body, signed with the stack's first user, or `user`; returns the `Response`
+    /// object, or throws ``APICallError`` with the API's code.
     func call(_ action: String, _ payload: [UInt8], as user: User? = nil) async throws -> [String: Any] {
-        var request = HTTPClientRequest(url: "\(baseURL)/")
-        request.method = .POST
-        for (name, value) in TC3Signature.signedRequestHeaders(
-            secretID: user?.secretID ?? secretID, secretKey: user?.secretKey ?? secretKey, host: endpoint,
-            action: action, body: payload, timestamp: Int(Date().timeIntervalSince1970))
-        {
-            request.headers.add(name: name, value: value)
+        do {
+            return try await client.call(
+                action, payload: payload, as: user.map { .init(secretID: $0.secretID, secretKey: $0.secretKey) })
+        } catch BatchClient.Failure.api(let action, let code, let message, let status) {
+            throw APICallError(action: action, code: code, message: message, status: status)
+        } catch BatchClient.Failure.malformed(let action, let status, let body) {
+            throw StackError("\(action): not a Batch response (HTTP \(status)): \(body)")
         }
-        request.body = .bytes(payload)
-        let response = try await http.execute(request, timeout: .seconds(30))
-        let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
-        guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-            let inner = object["Response"] as? [String: Any]
-        else { throw StackError("\(action): not a Batch response: \(String(decoding: data, as: UTF8.self))") }
-        if let error = inner["Error"] as? [String: Any] {
-            throw APICallError(
-                action: action, code: error["Code"] as? String ?? "?", message: error["Message"] as? String ?? "?",
-                status: Int(response.status.code))
-        }
-        return inner
     }
 
     /// Polls DescribeJob until the job is final and returns its last view. The only wait is on the job's own
