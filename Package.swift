@@ -161,6 +161,7 @@ let package = Package(
             dependencies: [
                 "BatchCore", "Messaging", "BatchRuntime", "Storage",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

@@ -7,6 +7,7 @@ import Logging
 import Messaging
 import ServiceLifecycle
 import Synchronization
+import UnixSignals
 
 #if canImport(Glibc)
     import Glibc
@@ -315,22 +316,32 @@ struct ExecutorService: AsyncParsableCommand {
                             amqp: amqp, queue: Topology.workQueue(env: envID.rawValue), concurrency: slots,
                             prefetch: slots, handlerAcks: true, logger: logger, handle: runner.run),
                         successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(
+                        service: Interrupts(runner: runner, logger: logger),
+                        successTerminationBehavior: .gracefullyShutdownGroup),
                 ], gracefulShutdownSignals: [.sigterm], logger: logger))
         // SIGTERM drains: no new work, running instances finish and report, heartbeats go on until they have (the
-        // group stops services in reverse order). SIGINT hands the work back: running instances stop now and run
-        // again elsewhere.
+        // group stops services in reverse order). SIGINT hands the work back (``Interrupts``).
         runner.onStopRequest { Task { await group.triggerGracefulShutdown() } }
+        // Until ``Interrupts`` traps it, a SIGINT must not end the process.
         signal(SIGINT, SIG_IGN)
-        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
-        interrupt.setEventHandler {
+        try await group.run()
+        cgroups?.remove()
+    }
+}
+
+/// SIGINT hands the node's work back: running instances stop now and run again elsewhere; then the group shuts down
+/// (this service returns). It ends with the group's graceful shutdown otherwise.
+struct Interrupts: Service {
+    let runner: InstanceRunner
+    let logger: Logger
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sigint).cancelOnGracefulShutdown() {
             logger.info("interrupted: running instances stop and go back to the scheduler")
             runner.handBack()
-            Task { await group.triggerGracefulShutdown() }
+            return
         }
-        interrupt.resume()
-        try await group.run()
-        interrupt.cancel()
-        cgroups?.remove()
     }
 }
 
