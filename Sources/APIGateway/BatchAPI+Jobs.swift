@@ -163,7 +163,7 @@ extension BatchAPI {
         var logs: [TaskInstanceLog] = []
         for instance in result.logs {
             var log = instance.log
-            if let node = instance.node, instance.state == "RUNNING" || instance.state == "STARTING",
+            if let node = instance.node, instance.isRunning,
                 let fetcher = logFetcher
             {
                 let (task, index, attempt) = (request.taskName, log.taskInstanceIndex, instance.attempt)
@@ -245,7 +245,7 @@ extension BatchAPI {
         let size = Data(base64Encoded: tail)?.count ?? 0
         return GetTaskInstanceLogResponse(
             log: tail, offset: -size, nextOffset: 0,
-            running: instance.state == "RUNNING" || instance.state == "STARTING", source: "TAIL")
+            running: instance.isRunning, source: "TAIL")
     }
 
     func terminateJob(_ context: ActionContext) async throws -> EmptyResponse {

@@ -290,11 +290,12 @@ public struct ComputeEnvStore: Sendable {
                 guard let state = states[node.rawValue] else {
                     throw APIError(.computeNodeNotFound, "ComputeNodeIds: environment \(envID) has no node \(node)")
                 }
-                if state == "DELETING" {
+                if state == ComputeNodeState.deleting.rawValue {
                     throw APIError(
                         "UnsupportedOperation.ComputeNodeIsTerminating", "ComputeNodeIds: \(node) is being deleted")
                 }
-                guard ["CREATED", "CREATION_FAILED", "RUNNING", "ABNORMAL"].contains(state) else {
+                let terminable: [ComputeNodeState] = [.created, .creationFailed, .running, .abnormal]
+                guard terminable.map(\.rawValue).contains(state) else {
                     throw APIError(
                         "UnsupportedOperation.ComputeNodeForbidTerminate", "ComputeNodeIds: \(node) is \(state)")
                 }
@@ -455,7 +456,8 @@ public struct ComputeEnvStore: Sendable {
                 NamedComputeEnv.self, from: try database.sealer.openBytes(sealed, context: "compute_envs.spec:\(id)"))
             result.append(
                 Provisioned(
-                    envID: EnvID(rawValue: id), desired: desired, driver: driver, deleting: next == "DELETING",
+                    envID: EnvID(rawValue: id), desired: desired, driver: driver,
+                    deleting: next == ComputeNodeState.deleting.rawValue,
                     sandbox: spec.sandbox ?? true, egress: spec.egress ?? false,
                     instanceMemoryLimit: spec.instanceMemoryLimit))
         }
@@ -625,10 +627,10 @@ public struct ComputeEnvStore: Sendable {
         """
     }
 
-    /// Sets a node's state (`DELETING`, `ABNORMAL`, …).
-    public func setNodeState(_ nodeID: NodeID, _ state: String) async throws {
+    /// Sets a node's state (`ABNORMAL`, `CREATION_FAILED`, …).
+    public func setNodeState(_ nodeID: NodeID, _ state: ComputeNodeState) async throws {
         try await database.client.query(
-            "UPDATE compute_nodes SET state = \(state), updated_at = now() WHERE node_id = \(nodeID.rawValue)",
+            "UPDATE compute_nodes SET state = \(state.rawValue), updated_at = now() WHERE node_id = \(nodeID.rawValue)",
             logger: logger)
     }
 
@@ -702,7 +704,8 @@ public struct ComputeEnvStore: Sendable {
             ).decode(Int.self).first { _ in true }
             guard closed == nil else { return }
             try await Self.recordActivity(
-                env: EnvID(rawValue: env), node: nodeID, type: "destroy", cause: cause, state: "SUCCEED",
+                env: EnvID(rawValue: env), node: nodeID, type: "destroy", cause: cause,
+                state: ExecutionState.succeed.rawValue,
                 on: connection, logger: logger)
         }
     }

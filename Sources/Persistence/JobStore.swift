@@ -311,6 +311,11 @@ public struct JobStore: Sendable {
         public var node: NodeID?
         public var attempt: Int
         public var state: String
+
+        /// Its latest attempt is out on its node (`STARTING` or `RUNNING`).
+        public var isRunning: Bool {
+            ExecutionState(rawValue: state).map { [.starting, .running].contains($0) } ?? false
+        }
     }
 
     public func logs(of jobID: JobID, task: String, user: UserID, indexes: [Int]?, paging: Paging) async throws
@@ -376,7 +381,10 @@ public struct JobStore: Sendable {
                 throw APIError(
                     .taskInstanceNotFound, "TaskInstanceIndex: task \(task.prefix(60)) has no instance \(index)")
             }
-            guard !(ExecutionState(rawValue: found)?.isFinal ?? false) || found == "FAILED_INTERRUPTED" else {
+            guard
+                !(ExecutionState(rawValue: found)?.isFinal ?? false)
+                    || found == ExecutionState.failedInterrupted.rawValue
+            else {
                 return nil
             }
             return try OutgoingMessage(

@@ -145,7 +145,7 @@ struct Provisioner: Service {
         for node in try await envs.silentNodes(of: env.envID, silentAfter: silentAfter)
         where nodes.contains(where: { $0.node == node && !$0.draining }) {
             logger.warning("node silent; replacing it", metadata: ["node.id": "\(node)"])
-            try await envs.setNodeState(node, "ABNORMAL")
+            try await envs.setNodeState(node, .abnormal)
             try await stop(node, drain: false, cause: "no heartbeat for \(silentAfter)")
         }
         let active = await driver.nodes(of: env.envID).filter { !$0.draining }.map(\.node)
@@ -178,8 +178,9 @@ struct Provisioner: Service {
                     nodeKey: database.sealer.nodeKey(env: env.envID).base64,
                     amqpURL: try await brokerUsers?.nodeURL(env.envID)))
         } catch {
-            try await envs.setNodeState(node, "CREATION_FAILED")
-            try await envs.finishActivity(node: node, type: "create", state: "FAILED", reason: "\(error)")
+            try await envs.setNodeState(node, .creationFailed)
+            try await envs.finishActivity(
+                node: node, type: "create", state: ExecutionState.failed.rawValue, reason: "\(error)")
             throw error
         }
     }
