@@ -184,7 +184,7 @@ let package = Package(
         .executableTarget(
             name: "batchctl",
             dependencies: [
-                "BatchCore", "BatchClient", "Persistence", "Yams",
+                "BatchCore", "BatchClient", "Yams",
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -74,6 +74,14 @@ struct APIGateway: AsyncParsableCommand {
     @Option(help: "Comma-separated user names allowed unsandboxed environments (BATCH_UNSANDBOXED_USERS).")
     var unsandboxedUsers: String = Environment.value("BATCH_UNSANDBOXED_USERS", default: "")
 
+    /// Where an operator's key pair is written on first start: the credential `batchctl admin` signs with.
+    @Option(
+        help: """
+            Write a new key pair of the operator user (`operator`) to this file (mode 0600) when the file does not \
+            exist, before serving; `batchctl admin` signs with it (BATCH_OPERATOR_CREDENTIALS).
+            """)
+    var operatorCredentials: String? = Environment.value("BATCH_OPERATOR_CREDENTIALS")
+
     @OptionGroup var connections: ConnectionOptions
 
     func validate() throws {
@@ -100,6 +108,14 @@ struct APIGateway: AsyncParsableCommand {
             topology: LogFetcher.topology(id: replyID), logger: logger)
         let (database, amqp) = (bootstrap.database, bootstrap.amqp)
         try await bootstrap.withPreparedDatabase {
+            if let operatorCredentials {
+                do {
+                    try await Self.writeOperatorCredentials(
+                        to: operatorCredentials, users: UserStore(database: database), logger: logger)
+                } catch {
+                    exitWithError("APIGateway", error)
+                }
+            }
             let logFetcher = LogFetcher(amqp: amqp, id: replyID, logger: logger)
             let burst = rateBurst ?? Environment.int("BATCH_RATE_BURST", default: 2 * rateLimit)
             let api = BatchAPI(
@@ -140,6 +156,31 @@ struct APIGateway: AsyncParsableCommand {
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await services.run()
         }
+    }
+
+    /// Writes a new operator key pair to `path` unless the file exists: JSON with `secretId` and `secretKey`, the
+    /// format of `batchctl`'s credentials file, made with mode 0600 and moved into place whole.
+    static func writeOperatorCredentials(to path: String, users: UserStore, logger: Logger) async throws {
+        guard !FileManager.default.fileExists(atPath: path) else { return }
+        let created: UserStore.NewCredentials
+        do {
+            created = try await users.operatorKeyPair(name: "operator")
+        } catch let error as UserStoreError {
+            throw StartupError("--operator-credentials: \(error), and is not an operator")
+        }
+        let object = ["secretId": created.secretID, "secretKey": created.secretKey]
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        let temporary = path + ".\(UUID().uuidString.prefix(8))"
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600])
+        else {
+            throw StartupError("--operator-credentials: cannot write \(temporary)")
+        }
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw StartupError("--operator-credentials: cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        logger.notice(
+            "operator key pair written", metadata: ["path": "\(path)", "user.id": "\(created.userID)"])
     }
 
     /// HTTPS with the given certificate and key; plain HTTP only with `--insecure-http`.

@@ -41,6 +41,11 @@ extension BatchAPI {
         "DescribeAvailableCvmInstanceTypes": { try await $0.describeAvailableCvmInstanceTypes($1) },
         "DescribeCvmZoneInstanceConfigInfos": { try await $0.describeCvmZoneInstanceConfigInfos($1) },
         "DescribeInstanceCategories": { try await $0.describeInstanceCategories($1) },
+        // Ours, for operators only (BatchAPI+Admin.swift)
+        "CreateUser": { try await $0.createUser($1) },
+        "DisableUser": { try await $0.setUserDisabled($1, true) },
+        "EnableUser": { try await $0.setUserDisabled($1, false) },
+        "DescribeComputeEnvNodeKey": { try await $0.describeComputeEnvNodeKey($1) },
     ]
 
     /// Runs one action for the caller and returns what goes inside `Response`.
@@ -145,6 +150,8 @@ extension BatchAPI {
 /// What an action gets: the caller, the body and a logger carrying the request id.
 struct ActionContext: Sendable {
     var user: UserID
+    /// The caller may use the admin actions.
+    var isOperator: Bool = false
     var body: [UInt8]
     var logger: Logger
 

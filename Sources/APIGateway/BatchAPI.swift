@@ -71,7 +71,8 @@ struct BatchAPI: Sendable {
             }
             let body = try await request.body.collect(upTo: maxBodySize)
             let bytes = Array(body.readableBytesView)
-            let user = try await authenticate(request, body: bytes)
+            let caller = try await authenticate(request, body: bytes)
+            let user = caller.userID
             logger[metadataKey: "user.id"] = "\(user)"
             if let limiter, !limiter.admit(user) {
                 throw APIError(
@@ -83,7 +84,8 @@ struct BatchAPI: Sendable {
                 throw APIError(.invalidParameterValue, "X-TC-Version must be \(Self.version)")
             }
             let payload = try await perform(
-                action: action, context: ActionContext(user: user, body: bytes, logger: logger))
+                action: action,
+                context: ActionContext(user: user, isOperator: caller.isOperator, body: bytes, logger: logger))
             response = Self.jsonResponse(payload, requestID: requestID)
         } catch is BodyTooLarge {
             outcome = APIError.Code.requestSizeLimitExceeded.rawValue
@@ -99,6 +101,10 @@ struct BatchAPI: Sendable {
             outcome = error.code.rawValue
             logger.info("request refused", metadata: ["error.code": "\(error.code.rawValue)"])
             response = Self.errorResponse(error, requestID: requestID)
+        } catch let error as UserStoreError {
+            let apiError = Self.apiError(error)
+            outcome = apiError.code.rawValue
+            response = Self.errorResponse(apiError, requestID: requestID)
         } catch let error as Quotas.Violation {
             outcome = error.code.rawValue
             response = Self.errorResponse(error.apiError, requestID: requestID)
@@ -119,8 +125,8 @@ struct BatchAPI: Sendable {
 
     // MARK: Authentication
 
-    /// Checks the TC3-HMAC-SHA256 signature and returns the caller.
-    func authenticate(_ request: Request, body: [UInt8]) async throws -> UserID {
+    /// Checks the TC3-HMAC-SHA256 signature and returns the caller's credential.
+    func authenticate(_ request: Request, body: [UInt8]) async throws -> UserStore.Credential {
         guard let header = request.headers[.authorization] else {
             throw APIError(.missingAuthorization, "the Authorization header is missing")
         }
@@ -162,7 +168,7 @@ struct BatchAPI: Sendable {
         guard TC3Signature.constantTimeEquals(expected, authorization.signature) else {
             throw APIError(.signatureFailure, "the signature does not match; check the SecretKey and what was signed")
         }
-        return credential.userID
+        return credential
     }
 
     // MARK: Responses

@@ -68,6 +68,8 @@ public struct APIError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let taskTemplateNotFound: Code = "ResourceNotFound.TaskTemplate"
         public static let computeEnvNotFound: Code = "ResourceNotFound.ComputeEnv"
         public static let computeNodeNotFound: Code = "ResourceNotFound.ComputeNode"
+        public static let userNotFound: Code = "ResourceNotFound.User"
+        public static let userInUse: Code = "ResourceInUse.User"
         public static let jobInUse: Code = "ResourceInUse.Job"
         public static let unsupportedOperation: Code = "UnsupportedOperation"
         public static let unauthorizedOperation: Code = "UnauthorizedOperation"

@@ -321,5 +321,9 @@ extension Migration {
                 """,
             ]
         ),
+        Migration(
+            version: 10, name: "operators: users who may call the admin actions",
+            statements: ["ALTER TABLE users ADD COLUMN operator boolean NOT NULL DEFAULT false"]
+        ),
     ]
 }

@@ -10,6 +10,7 @@ public struct UserStore: Sendable {
         public var name: String
         public var secretID: String
         public var secretKey: String
+        public var isOperator: Bool
     }
 
     public struct Credential: Sendable {
@@ -17,26 +18,26 @@ public struct UserStore: Sendable {
         public var secretKey: String
         /// The key pair or its user is disabled.
         public var disabled: Bool
+        /// The user may call the admin actions (``createUser(name:operator:)``, disabling users, node keys).
+        public var isOperator: Bool
     }
 
     let database: Database
 
     public init(database: Database) { self.database = database }
 
-    /// Creates a user and a first key pair. Throws ``DatabaseError`` if the name is taken.
-    public func createUser(name: String) async throws -> NewCredentials {
-        guard !name.isEmpty, name.count <= 64,
-            name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) })
-        else {
-            throw DatabaseError("a user name is 1 to 64 letters, digits, -, _, . or @")
-        }
+    /// Creates a user and a first key pair; an operator may call the admin actions. Throws ``UserStoreError``.
+    public func createUser(name: String, operator isOperator: Bool = false) async throws -> NewCredentials {
+        guard Self.isValidName(name) else { throw UserStoreError.invalidName }
         let userID = UserID.generate()
         let (secretID, secretKey) = Self.generateKeyPair()
         let sealed = try database.sealer.seal(secretKey, context: "credentials:\(secretID)")
         do {
             try await database.transaction { connection in
                 try await connection.query(
-                    "INSERT INTO users (user_id, name) VALUES (\(userID.rawValue), \(name))", logger: database.logger)
+                    """
+                    INSERT INTO users (user_id, name, operator) VALUES (\(userID.rawValue), \(name), \(isOperator))
+                    """, logger: database.logger)
                 try await connection.query(
                     """
                     INSERT INTO credentials (secret_id, user_id, secret_key_sealed)
@@ -44,21 +45,54 @@ public struct UserStore: Sendable {
                     """, logger: database.logger)
             }
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
-            throw DatabaseError("a user named \(name) exists already")
+            throw UserStoreError.nameTaken(name)
         }
-        return NewCredentials(userID: userID, name: name, secretID: secretID, secretKey: secretKey)
+        return NewCredentials(
+            userID: userID, name: name, secretID: secretID, secretKey: secretKey, isOperator: isOperator)
+    }
+
+    /// A new key pair for the operator `name`, made with the user if there is none: how a gateway hands its
+    /// operator a credential on first start. Throws ``UserStoreError/nameTaken(_:)`` if `name` is a user who is not
+    /// an operator.
+    public func operatorKeyPair(name: String) async throws -> NewCredentials {
+        let rows = try await database.client.query(
+            "SELECT user_id, operator FROM users WHERE name = \(name)", logger: database.logger)
+        guard let (userID, isOperator) = try await rows.decode((String, Bool).self).first(where: { _ in true }) else {
+            do {
+                return try await createUser(name: name, operator: true)
+            } catch UserStoreError.nameTaken {
+                // Another gateway made it at the same moment: add a key pair of this gateway's own.
+                return try await operatorKeyPair(name: name)
+            }
+        }
+        guard isOperator else { throw UserStoreError.nameTaken(name) }
+        let (secretID, secretKey) = Self.generateKeyPair()
+        let sealed = try database.sealer.seal(secretKey, context: "credentials:\(secretID)")
+        try await database.client.query(
+            """
+            INSERT INTO credentials (secret_id, user_id, secret_key_sealed) VALUES (\(secretID), \(userID), \(sealed))
+            """, logger: database.logger)
+        return NewCredentials(
+            userID: UserID(rawValue: userID), name: name, secretID: secretID, secretKey: secretKey, isOperator: true)
+    }
+
+    /// A user name: 1 to 64 letters, digits, `-`, `_`, `.` or `@`.
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64
+            && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }
     }
 
     /// Looks up a key pair by its SecretId.
     public func credential(secretID: String) async throws -> Credential? {
         let rows = try await database.client.query(
             """
-            SELECT c.user_id, c.secret_key_sealed, c.disabled OR u.disabled
+            SELECT c.user_id, c.secret_key_sealed, c.disabled OR u.disabled, u.operator
             FROM credentials c JOIN users u USING (user_id) WHERE c.secret_id = \(secretID)
             """, logger: database.logger)
-        for try await (userID, sealed, disabled) in rows.decode((String, String, Bool).self) {
+        for try await (userID, sealed, disabled, isOperator) in rows.decode((String, String, Bool, Bool).self) {
             let secretKey = try database.sealer.open(sealed, context: "credentials:\(secretID)")
-            return Credential(userID: UserID(rawValue: userID), secretKey: secretKey, disabled: disabled)
+            return Credential(
+                userID: UserID(rawValue: userID), secretKey: secretKey, disabled: disabled, isOperator: isOperator)
         }
         return nil
     }
@@ -85,5 +119,19 @@ public struct UserStore: Sendable {
             String((0..<count).map { _ in alphabet.randomElement(using: &generator)! })
         }
         return ("AKID" + random(32), random(32))
+    }
+}
+
+/// Why a user cannot be made.
+public enum UserStoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Not 1 to 64 letters, digits, `-`, `_`, `.` or `@`.
+    case invalidName
+    case nameTaken(String)
+
+    public var description: String {
+        switch self {
+        case .invalidName: "a user name is 1 to 64 letters, digits, -, _, . or @"
+        case .nameTaken(let name): "a user named \(name) exists already"
+        }
     }
 }

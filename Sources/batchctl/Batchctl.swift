@@ -4,7 +4,6 @@ import BatchClient
 import BatchCore
 import Foundation
 import Logging
-import Persistence
 import Synchronization
 
 /// The command-line client: API calls signed with a user's key pair, and administration.
@@ -41,45 +40,36 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 // MARK: - admin
 
+/// Users, key pairs and node keys through the gateway's admin actions, signed with an operator's key pair.
 struct Admin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage users, key pairs and node keys (talks to PostgreSQL directly; needs BATCH_MASTER_KEY).",
-        discussion: "Example: batchctl admin create-user alice --output json",
+        abstract: "Manage users, key pairs and node keys (admin actions; needs an operator's key pair).",
+        discussion: """
+            Example: BATCH_CREDENTIALS=.batch/operator.json batchctl admin create-user alice --output json
+            The operator's key pair is the file the gateway writes on first start (APIGateway \
+            --operator-credentials FILE), given as BATCH_CREDENTIALS or --secret-id/--secret-key.
+            """,
         subcommands: [CreateUser.self, DisableUser.self, EnableUser.self, NodeKeyCommand.self])
 
-    struct DatabaseOptions: ParsableArguments {
-        @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
-        var databaseURL: String = ProcessInfo.processInfo.environment["BATCH_DATABASE_URL"] ?? ""
+    struct CreatedUser: Decodable {
+        var userId: String
+        var userName: String
+        var secretId: String
+        var secretKey: String
+        var `operator`: Bool
 
-        /// Runs `body` with a prepared database, failing with one line if it cannot be reached or the key is wrong.
-        func withDatabase<R: Sendable>(_ body: (Database) async throws -> R) async throws -> R {
-            var logger = Logger(label: "batchctl")
-            logger.logLevel = .critical
-            let database: Database
-            guard !databaseURL.isEmpty else {
-                Batchctl.fail("no database URL: set BATCH_DATABASE_URL or --database-url")
-            }
-            do {
-                let sealer = try Sealer(configuration: ProcessInfo.processInfo.environment["BATCH_MASTER_KEY"])
-                database = Database(configuration: try .init(url: databaseURL), sealer: sealer, logger: logger)
-            } catch {
-                Batchctl.fail("\(error)")
-            }
-            return await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await database.run() }
-                defer { group.cancelAll() }
-                do {
-                    try await database.prepare()
-                    return try await body(database)
-                } catch let error as DatabaseError {
-                    Batchctl.fail(error.message)
-                } catch let error as SealingError {
-                    Batchctl.fail(error.message)
-                } catch {
-                    Batchctl.fail("cannot use the database at \(databaseURL.redactingPassword): \(error)")
-                }
-            }
+        enum CodingKeys: String, CodingKey {
+            case userId = "UserId"
+            case userName = "UserName"
+            case secretId = "SecretId"
+            case secretKey = "SecretKey"
+            case `operator` = "Operator"
         }
+    }
+
+    struct UserName: Encodable {
+        var userName: String
+        enum CodingKeys: String, CodingKey { case userName = "UserName" }
     }
 
     struct CreateUser: AsyncParsableCommand {
@@ -87,23 +77,33 @@ struct Admin: AsyncParsableCommand {
             abstract: "Create a user and a key pair; prints the SecretId and the SecretKey (shown only here).",
             discussion: "Example: batchctl admin create-user alice")
 
+        struct Request: Encodable {
+            var userName: String
+            var `operator`: Bool
+            enum CodingKeys: String, CodingKey {
+                case userName = "UserName"
+                case `operator` = "Operator"
+            }
+        }
+
         @Argument(help: "The user's name: letters, digits, - _ . @")
         var name: String
 
-        @Option(help: "text or json")
-        var output: OutputFormat = .text
+        @Flag(help: "The user is an operator too: may call the admin actions.")
+        var `operator` = false
 
-        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let created = try await database.withDatabase { try await UserStore(database: $0).createUser(name: name) }
-            switch output {
+            let created = await client.gateway.call(
+                "CreateUser", Request(userName: name, operator: `operator`), returning: CreatedUser.self)
+            switch client.output {
             case .text:
-                print("UserId:    \(created.userID)\nSecretId:  \(created.secretID)\nSecretKey: \(created.secretKey)")
+                print("UserId:    \(created.userId)\nSecretId:  \(created.secretId)\nSecretKey: \(created.secretKey)")
             case .json:
-                let object = [
-                    "userId": created.userID.rawValue, "name": created.name, "secretId": created.secretID,
-                    "secretKey": created.secretKey,
+                let object: [String: Any] = [
+                    "userId": created.userId, "name": created.userName, "secretId": created.secretId,
+                    "secretKey": created.secretKey, "operator": created.operator,
                 ]
                 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
@@ -123,21 +123,25 @@ struct Admin: AsyncParsableCommand {
                 take the environment's work and read its run messages.
                 """)
 
+        struct Request: Encodable {
+            var envId: String
+            enum CodingKeys: String, CodingKey { case envId = "EnvId" }
+        }
+
+        struct Response: Decodable {
+            var nodeKey: String
+            enum CodingKeys: String, CodingKey { case nodeKey = "NodeKey" }
+        }
+
         @Argument(help: "The compute environment's id.")
         var envId: String
 
-        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            guard let env = EnvID(validating: envId) else {
-                Batchctl.fail("env-id must be an environment id such as env-ab12cd34")
-            }
-            let key = try await database.withDatabase { database in
-                try await ComputeEnvStore(database: database).find(env) == nil
-                    ? nil : database.sealer.nodeKey(env: env).base64
-            }
-            guard let key else { Batchctl.fail("no compute environment \(envId)") }
-            print(key)
+            let answer = await client.gateway.call(
+                "DescribeComputeEnvNodeKey", Request(envId: envId), returning: Response.self)
+            print(answer.nodeKey)
         }
     }
 
@@ -147,13 +151,10 @@ struct Admin: AsyncParsableCommand {
             discussion: "Example: batchctl admin disable-user alice")
 
         @Argument var name: String
-        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let found = try await database.withDatabase {
-                try await UserStore(database: $0).setDisabled(name: name, true)
-            }
-            if !found { Batchctl.fail("no user named \(name)") }
+            _ = await client.gateway.call("DisableUser", UserName(userName: name), returning: Empty.self)
         }
     }
 
@@ -162,15 +163,14 @@ struct Admin: AsyncParsableCommand {
             abstract: "Enable a disabled user again.", discussion: "Example: batchctl admin enable-user alice")
 
         @Argument var name: String
-        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let found = try await database.withDatabase {
-                try await UserStore(database: $0).setDisabled(name: name, false)
-            }
-            if !found { Batchctl.fail("no user named \(name)") }
+            _ = await client.gateway.call("EnableUser", UserName(userName: name), returning: Empty.self)
         }
     }
+
+    struct Empty: Decodable {}
 }
 
 // MARK: - call
@@ -356,6 +356,22 @@ struct Gateway {
             Batchctl.fail("\(action): the request cannot be encoded as JSON")
         }
         return await call(action, Array(payload))
+    }
+
+    /// A typed call: `request` encoded with the API's field names, the `Response` object decoded as `Response`.
+    func call<Request: Encodable, Response: Decodable>(
+        _ action: String, _ request: Request, returning: Response.Type
+    ) async -> Response {
+        guard credentials.secretID != nil, credentials.secretKey != nil else {
+            Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
+        }
+        do {
+            return try await client.call(action, request, returning: Response.self)
+        } catch let error as DecodingError {
+            Batchctl.fail("\(action): the gateway's answer does not read as expected: \(error)")
+        } catch {
+            Batchctl.fail("\(error)")
+        }
     }
 
     /// The `Response` object of a successful call.

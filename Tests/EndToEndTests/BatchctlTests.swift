@@ -209,4 +209,51 @@ struct BatchctlTests {
             #expect(listed.status == 0 && listed.stdout.contains(env), "\(listed.stderr)")
         }
     }
+
+    @Test("admin through the gateway: only an operator's key pair may, node keys match, no database in reach")
+    func admin() async throws {
+        try await Stack.run { stack in
+            // The gateway wrote the operator's key pair on start, readable by its owner alone.
+            let path = try unwrap(stack.environment["BATCH_OPERATOR_CREDENTIALS"])
+            let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+            #expect(mode == 0o600)
+
+            // A tenant's key pair is refused every admin action, and nothing is made.
+            for arguments in [
+                ["create-user", "mallory"], ["disable-user", "e2e-user"], ["node-key", "env-00000000"],
+            ] {
+                let refused = try await batchctl(stack, ["admin"] + arguments)
+                #expect(refused.status == 1)
+                #expect(
+                    refused.stderr.hasPrefix("batchctl: UnauthorizedOperation: ")
+                        && refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
+            }
+            let taken = try await stack.admin(["create-user", "mallory"])
+            #expect(taken.status == 0, "mallory was not made by the tenant: \(taken.stderr)")
+
+            let again = try await stack.admin(["create-user", "mallory"])
+            #expect(again.stderr == "batchctl: ResourceInUse.User: UserName: a user named mallory exists already\n")
+            let badName = try await stack.admin(["create-user", "no spaces"])
+            #expect(badName.status == 1 && badName.stderr.contains("InvalidParameterValue: UserName: "))
+
+            // An operator made by the operator may use the admin actions; its node key is the one nodes derive.
+            let made = try await stack.admin(["create-user", "ops", "--operator", "--output", "json"])
+            let ops = try json(made)
+            #expect(ops["operator"] as? Bool == true)
+            let env = try unwrap(
+                try await stack.call(
+                    "CreateComputeEnv", ["ComputeEnv": ["EnvName": "keyed", "DesiredComputeNodeCount": 0]])["EnvId"]
+                    as? String)
+            let opsFile = stack.directory.appendingPathComponent("ops.json").path
+            try JSONSerialization.data(withJSONObject: ["secretId": ops["secretId"]!, "secretKey": ops["secretKey"]!])
+                .write(to: URL(fileURLWithPath: opsFile))
+            let key = try await stack.batchctl(["admin", "node-key", env], credentials: opsFile)
+            #expect(key.status == 0, "\(key.stderr)")
+            let expected = try stack.nodeKey(env).base64
+            #expect(key.stdout == expected + "\n")
+            let unknown = try await stack.admin(["node-key", "env-00000000"])
+            #expect(
+                unknown.stderr == "batchctl: ResourceNotFound.ComputeEnv: EnvId: no compute environment env-00000000\n")
+        }
+    }
 }

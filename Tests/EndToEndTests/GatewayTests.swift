@@ -224,7 +224,7 @@ struct GatewayTests {
             #expect(refused)
             let missing = try await stack.admin(["disable-user", "nobody"])
             #expect(missing.status == 1)
-            #expect(missing.stderr == "batchctl: no user named nobody\n")
+            #expect(missing.stderr == "batchctl: ResourceNotFound.User: UserName: no user named nobody\n")
         }
     }
 

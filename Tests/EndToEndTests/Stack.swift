@@ -112,6 +112,8 @@ final class Stack: @unchecked Sendable {
             "BATCH_MASTER_KEY": Sealer.Key.generate(id: "e2e").configurationString,
             "BATCH_GATEWAY_PORT": "0",
             "BATCH_GATEWAY_PORT_FILE": directory.appendingPathComponent("gateway.port").path,
+            // The gateway writes an operator's key pair here on start; `batchctl admin` signs with it.
+            "BATCH_OPERATOR_CREDENTIALS": directory.appendingPathComponent("operator.json").path,
             "BATCH_NODES_DIR": directory.appendingPathComponent("nodes").path,
             "BATCH_EXECUTOR_PATH": binDirectory.appendingPathComponent("ExecutorService").path,
             "BATCH_LOG_LEVEL": "info",
@@ -130,11 +132,11 @@ final class Stack: @unchecked Sendable {
             directory: directory, databaseName: databaseName, vhost: vhost, environment: environment,
             tls: tls)
         do {
-            try await stack.createUser()
             for service in ["APIGateway", "SchedulerService", "ProvisionerService"] {
                 try stack.launch(service)
             }
             try await stack.waitUntilReady()
+            try await stack.createUser()
         } catch {
             await stack.stop()
             throw error
@@ -185,22 +187,28 @@ final class Stack: @unchecked Sendable {
 
     /// `batchctl admin create-user NAME`, as an operator would run it.
     func createUser(_ name: String) async throws -> User {
-        let result = try await TestServers.run(
-            Self.binDirectory.appendingPathComponent("batchctl").path,
-            ["admin", "create-user", name, "--output", "json"], environment: environment)
+        let result = try await admin(["create-user", name, "--output", "json"])
         guard result.status == 0,
-            let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String],
-            let secretID = object["secretId"], let secretKey = object["secretKey"]
+            let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+            let secretID = object["secretId"] as? String, let secretKey = object["secretKey"] as? String
         else {
             throw StackError("batchctl admin create-user failed: \(result.stderr)")
         }
         return User(name: name, secretID: secretID, secretKey: secretKey)
     }
 
-    /// `batchctl admin ARGUMENTS`.
+    /// `batchctl admin ARGUMENTS`, signed with the operator's key pair the gateway wrote.
     func admin(_ arguments: [String]) async throws -> TestServers.ProgramResult {
-        try await TestServers.run(
-            Self.binDirectory.appendingPathComponent("batchctl").path, ["admin"] + arguments, environment: environment)
+        try await batchctl(["admin"] + arguments, credentials: environment["BATCH_OPERATOR_CREDENTIALS"]!)
+    }
+
+    /// `batchctl ARGUMENTS` against this stack's gateway, signed with the key pair in the `credentials` file; none of
+    /// the services' settings reach it.
+    func batchctl(_ arguments: [String], credentials: String) async throws -> TestServers.ProgramResult {
+        var client = ["BATCH_CREDENTIALS": credentials, "BATCH_ENDPOINT": baseURL, "PATH": "/usr/bin:/bin"]
+        if tls { client["BATCH_CA_CERTIFICATE"] = certificatePath }
+        return try await TestServers.run(
+            Self.binDirectory.appendingPathComponent("batchctl").path, arguments, environment: client)
     }
 
     private func createUser() async throws {

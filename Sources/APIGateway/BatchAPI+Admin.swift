@@ -1,0 +1,85 @@
+import BatchCore
+import Foundation
+import Persistence
+
+/// The admin actions: users, their key pairs, and environments' node keys. Not part of Tencent Cloud's API; only an
+/// operator's key pair may call them (`batchctl admin`). A gateway started with `--operator-credentials FILE` writes
+/// an operator's key pair there on first start.
+extension BatchAPI {
+    struct CreateUserRequest: Decodable {
+        var userName: String
+        var `operator`: Bool?
+    }
+
+    struct CreateUserResponse: Encodable, Sendable {
+        var userId: String
+        var userName: String
+        var secretId: String
+        var secretKey: String
+        var `operator`: Bool
+    }
+
+    struct UserNameRequest: Decodable {
+        var userName: String
+    }
+
+    struct NodeKeyRequest: Decodable {
+        var envId: String
+    }
+
+    struct NodeKeyResponse: Encodable, Sendable {
+        var envId: String
+        var nodeKey: String
+    }
+
+    /// Refuses a caller who is not an operator.
+    static func requireOperator(_ context: ActionContext, _ action: String) throws {
+        guard context.isOperator else {
+            throw APIError(.unauthorizedOperation, "\(action) is an operator's action; this key pair is not one")
+        }
+    }
+
+    func createUser(_ context: ActionContext) async throws -> CreateUserResponse {
+        try Self.requireOperator(context, "CreateUser")
+        let request = try context.decode(CreateUserRequest.self)
+        guard UserStore.isValidName(request.userName) else {
+            throw APIError(.invalidParameterValue, "UserName: \(UserStoreError.invalidName)")
+        }
+        let created = try await UserStore(database: database).createUser(
+            name: request.userName, operator: request.operator ?? false)
+        context.logger.notice(
+            "user created", metadata: ["created.user.id": "\(created.userID)", "operator": "\(created.isOperator)"])
+        return CreateUserResponse(
+            userId: created.userID.rawValue, userName: created.name, secretId: created.secretID,
+            secretKey: created.secretKey, operator: created.isOperator)
+    }
+
+    func setUserDisabled(_ context: ActionContext, _ disabled: Bool) async throws -> EmptyResponse {
+        try Self.requireOperator(context, disabled ? "DisableUser" : "EnableUser")
+        let request = try context.decode(UserNameRequest.self)
+        guard try await UserStore(database: database).setDisabled(name: request.userName, disabled) else {
+            throw APIError(.userNotFound, "UserName: no user named \(request.userName.prefix(64))")
+        }
+        context.logger.notice("user \(disabled ? "disabled" : "enabled")", metadata: ["name": "\(request.userName)"])
+        return EmptyResponse()
+    }
+
+    /// The key an environment's nodes hold, for a host attached by hand (`batchctl admin node-key`).
+    func describeComputeEnvNodeKey(_ context: ActionContext) async throws -> NodeKeyResponse {
+        try Self.requireOperator(context, "DescribeComputeEnvNodeKey")
+        let env = try Self.envID(try context.decode(NodeKeyRequest.self).envId)
+        guard try await envs.find(env) != nil else {
+            throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(env)")
+        }
+        context.logger.notice("node key read", metadata: ["env.id": "\(env)"])
+        return NodeKeyResponse(envId: env.rawValue, nodeKey: database.sealer.nodeKey(env: env).base64)
+    }
+
+    /// The one place a user store's refusal becomes an API error.
+    static func apiError(_ error: UserStoreError) -> APIError {
+        switch error {
+        case .invalidName: APIError(.invalidParameterValue, "UserName: \(error)")
+        case .nameTaken: APIError(.userInUse, "UserName: \(error)")
+        }
+    }
+}
