@@ -175,8 +175,16 @@ public struct JobProgress: Sendable, Hashable {
         let rolled = instanceCounts[index].rolledUp
         let current = taskStates[index]
         guard rolled != current, rolled > current || rolled.isFinal else { return [] }
+        var actions: [Action] = []
+        // Instances that ran and ended between two looks (reports handled in one batch) still ran: the task (and
+        // a job not yet running) passes through RUNNING, so that its subscribers hear TASK_RUNNING before its end.
+        if rolled.isFinal, current < .running, instanceCounts[index][.succeed] > 0 {
+            setTask(index, .running)
+            actions.append(.setTaskState(graph.tasks[index], .running))
+            actions += updateJobState()
+        }
         setTask(index, rolled)
-        var actions: [Action] = [.setTaskState(graph.tasks[index], rolled)]
+        actions.append(.setTaskState(graph.tasks[index], rolled))
         if rolled.isFinal {
             let change = readiness.finish(index, Self.outcome(rolled, instanceCounts[index]))
             for released in change.released

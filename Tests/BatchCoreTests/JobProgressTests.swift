@@ -48,6 +48,22 @@ struct JobProgressTests {
         #expect(jobStates(job.instancesChanged(task: "merge", counts: StateCounts([.succeed: 1]))) == [.succeed])
     }
 
+    @Test("a task whose instances ran and ended between two looks passes through RUNNING, and its job with it")
+    func passesThroughRunning() {
+        var job = progress(["split": .starting, "align": .pending, "merge": .pending], job: .starting)
+        #expect(
+            job.instancesChanged(task: "split", counts: StateCounts([.succeed: 6])) == [
+                .setTaskState("split", .running), .setJobState(.running), .setTaskState("split", .succeed),
+                .startTask("align"),
+            ])
+        // Instances that never ran (all failed before starting) do not make the task RUNNING.
+        var failed = progress(["split": .starting], job: .starting)
+        #expect(
+            failed.instancesChanged(task: "split", counts: StateCounts([.failed: 2])).prefix(1) == [
+                .setTaskState("split", .failed)
+            ])
+    }
+
     @Test("a failed predecessor blocks the rest of the chain and fails the job")
     func failureCascades() {
         var job = progress(["split": .failed, "align": .pending, "merge": .pending], job: .running)
