@@ -165,8 +165,8 @@ struct APIGateway: AsyncParsableCommand {
         let created: UserStore.NewCredentials
         do {
             created = try await users.operatorKeyPair(name: "operator")
-        } catch let error as UserStoreError {
-            throw StartupError("--operator-credentials: \(error), and is not an operator")
+        } catch StoreRefusal.userNameTaken(let name) {
+            throw StartupError("--operator-credentials: a user named \(name) exists already and is not an operator")
         }
         let object = ["secretId": created.secretID, "secretKey": created.secretKey]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])

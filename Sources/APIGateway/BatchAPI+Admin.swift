@@ -42,9 +42,6 @@ extension BatchAPI {
     func createUser(_ context: ActionContext) async throws -> CreateUserResponse {
         try Self.requireOperator(context, "CreateUser")
         let request = try context.decode(CreateUserRequest.self)
-        guard UserStore.isValidName(request.userName) else {
-            throw APIError(.invalidParameterValue, "UserName: \(UserStoreError.invalidName)")
-        }
         let created = try await UserStore(database: database).createUser(
             name: request.userName, operator: request.operator ?? false)
         context.logger.notice(
@@ -73,13 +70,5 @@ extension BatchAPI {
         }
         context.logger.notice("node key read", metadata: ["env.id": "\(env)"])
         return NodeKeyResponse(envId: env.rawValue, nodeKey: database.sealer.nodeKey(env: env).base64)
-    }
-
-    /// The one place a user store's refusal becomes an API error.
-    static func apiError(_ error: UserStoreError) -> APIError {
-        switch error {
-        case .invalidName: APIError(.invalidParameterValue, "UserName: \(error)")
-        case .nameTaken: APIError(.userInUse, "UserName: \(error)")
-        }
     }
 }

@@ -101,9 +101,10 @@ struct BatchAPI: Sendable {
             outcome = error.code.rawValue
             logger.info("request refused", metadata: ["error.code": "\(error.code.rawValue)"])
             response = Self.errorResponse(error, requestID: requestID)
-        } catch let error as UserStoreError {
-            let apiError = Self.apiError(error)
+        } catch let refusal as StoreRefusal {
+            let apiError = Self.apiError(refusal)
             outcome = apiError.code.rawValue
+            logger.info("request refused", metadata: ["error.code": "\(apiError.code.rawValue)"])
             response = Self.errorResponse(apiError, requestID: requestID)
         } catch let error as Quotas.Violation {
             outcome = error.code.rawValue

@@ -19,6 +19,12 @@ public enum ComputeNodeState: String, Codable, Sendable, CaseIterable {
     case deleting = "DELETING"
 }
 
+/// What is happening to a compute environment as a whole (`ComputeEnvView.NextAction`); nil while it just runs.
+public enum ComputeEnvNextAction: String, Codable, Sendable, CaseIterable {
+    /// `DeleteComputeEnv` was called: its nodes drain and go, then the environment.
+    case deleting = "DELETING"
+}
+
 /// The state machine of one compute node.
 ///
 /// | from | event | to | actions |
@@ -27,7 +33,9 @@ public enum ComputeNodeState: String, Codable, Sendable, CaseIterable {
 /// | `SUBMITTED` | `creating` | `CREATING` | |
 /// | `PENDING`, `SUBMITTED`, `CREATING` | `created` | `CREATED` | activity, `COMPUTE_NODE_CREATED` |
 /// | `PENDING`, `SUBMITTED`, `CREATING` | `creationFailed` | `CREATION_FAILED` | activity, event |
-/// | `CREATED`, `RUNNING`, `ABNORMAL` | `heartbeat` | `RUNNING` | `COMPUTE_NODE_RUNNING` when it was not |
+/// | `PENDING`, `SUBMITTED`, `CREATING` | `heartbeat` | `RUNNING` | `COMPUTE_NODE_CREATED`, `COMPUTE_NODE_RUNNING` |
+/// | `CREATED`, `RUNNING` | `heartbeat` | `RUNNING` | `COMPUTE_NODE_RUNNING` when it was not |
+/// | `ABNORMAL` | `heartbeat` | `RUNNING` unless it is being replaced (`RECREATE`) | `COMPUTE_NODE_RUNNING` |
 /// | `CREATED`, `RUNNING` | `heartbeatCheck` past the timeout | `ABNORMAL` | report lost, replace when `RECREATE` |
 /// | any but `DELETING` | `deleteRequested` | `DELETING` | drain when busy, else destroy |
 /// | `DELETING` | `drained` | `DELETING` | destroy |
@@ -107,13 +115,17 @@ public struct ComputeNodeLifecycle: Sendable, Hashable {
             state = .creationFailed
             actions = [.recordActivity(type: "create", cause: reason), .publish(.computeNodeCreationFailed)]
         case .heartbeat(let at, let free):
-            guard [.created, .running, .abnormal].contains(state) else { return ignored("not up") }
+            // A node's first heartbeat is the news that it was made: its executor runs.
+            guard state != .creationFailed, state != .deleting else { return ignored("not up") }
+            // A silent node being replaced stays lost: its instances run elsewhere already.
+            guard state != .abnormal || !recreate else { return ignored("being replaced") }
             if let lastHeartbeat, at < lastHeartbeat { return ignored("older heartbeat") }
             lastHeartbeat = at
             freeSlots = min(max(free, 0), slots)
+            if [.pending, .submitted, .creating].contains(state) { actions = [.publish(.computeNodeCreated)] }
             if state != .running {
                 state = .running
-                actions = [.publish(.computeNodeRunning)]
+                actions.append(.publish(.computeNodeRunning))
             }
         case .heartbeatCheck(let now, let timeout):
             guard state == .created || state == .running else { return ignored("not up") }
@@ -139,4 +151,22 @@ public struct ComputeNodeLifecycle: Sendable, Hashable {
         }
         return Transition(from: from, to: state, actions: actions, ignored: nil)
     }
+}
+
+extension ComputeNodeLifecycle {
+    /// Where a heartbeat takes a node in `state`; nil when the heartbeat changes nothing. The store applies this to
+    /// many heartbeats in one statement (``ComputeNodeLifecycle/heartbeatTargets``).
+    public static func heartbeatTarget(from state: ComputeNodeState, recreate: Bool = true) -> ComputeNodeState? {
+        var node = ComputeNodeLifecycle(state: state, slots: 1)
+        let transition = node.handle(.heartbeat(at: Date(timeIntervalSince1970: 0), freeSlots: 1), recreate: recreate)
+        return transition.ignored == nil && transition.to != state ? transition.to : nil
+    }
+
+    /// Every state a heartbeat moves, and where to.
+    public static var heartbeatTargets: [(from: ComputeNodeState, to: ComputeNodeState)] {
+        ComputeNodeState.allCases.compactMap { state in heartbeatTarget(from: state).map { (state, $0) } }
+    }
+
+    /// The state of a node first heard of by its heartbeat (an executor that joined on its own): made, and beating.
+    public static var joinedState: ComputeNodeState { heartbeatTarget(from: .created) ?? .running }
 }

@@ -33,6 +33,12 @@ public struct Quotas: Sendable, Hashable {
         public var limit: Int
         public var current: Int
 
+        public init(kind: Kind, limit: Int, current: Int) {
+            self.kind = kind
+            self.limit = limit
+            self.current = current
+        }
+
         public var code: APIError.Code {
             switch kind {
             case .jobs: .jobQuota

@@ -19,7 +19,7 @@ public struct ComputeEnvStore: Sendable {
     // MARK: The API's calls
 
     /// Creates a named environment and, in the same transaction, the `env.created` event.
-    /// Throws ``APIError`` `LimitExceeded.ComputeEnvQuota` past the user's quota.
+    /// Throws ``StoreRefusal/quota(_:)`` past the user's quota.
     public func create(user: UserID, spec: NamedComputeEnv, zone: String?, driver: String = "process") async throws
         -> EnvID
     {
@@ -35,7 +35,7 @@ public struct ComputeEnvStore: Sendable {
             let count = try await JobStore.count(
                 "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue) AND anonymous_for IS NULL",
                 on: connection, logger: logger)
-            if let violation = quotas.check(.computeEnvs, current: count) { throw violation.apiError }
+            if let violation = quotas.check(.computeEnvs, current: count) { throw StoreRefusal.quota(violation) }
             try await connection.query(
                 """
                 INSERT INTO compute_envs (env_id, user_id, name, description, env_type, driver, desired_node_count,
@@ -177,11 +177,10 @@ public struct ComputeEnvStore: Sendable {
                 WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE
                 """, logger: logger)
             guard let (sealed, next) = try await rows.decode((String, String?).self).first(where: { _ in true }) else {
-                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+                throw StoreRefusal.computeEnvNotFound(envID, field: "EnvId")
             }
             guard next == nil else {
-                throw APIError(
-                    "UnsupportedOperation.ComputeEnvAcceptOtherRequest", "EnvId: the environment is being deleted")
+                throw StoreRefusal.computeEnvDeleting(envID)
             }
             var spec = try BatchJSON.decode(
                 NamedComputeEnv.self, from: try sealer.openBytes(sealed, context: "compute_envs.spec:\(envID)"))
@@ -195,7 +194,7 @@ public struct ComputeEnvStore: Sendable {
                 spec.envData = data
             }
             let problems = spec.validate()
-            guard problems.isEmpty else { throw APIError(problems: problems) }
+            guard problems.isEmpty else { throw StoreRefusal.invalid(problems) }
             try await connection.query(
                 """
                 UPDATE compute_envs SET desired_node_count = \(spec.desiredComputeNodeCount), name = \(spec.envName),
@@ -221,21 +220,20 @@ public struct ComputeEnvStore: Sendable {
                 WHERE env_id = \(envID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE
                 """, logger: logger)
             guard let next = try await rows.decode(String?.self).first(where: { _ in true }) else {
-                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+                throw StoreRefusal.computeEnvNotFound(envID, field: "EnvId")
             }
             guard next == nil else { return false }
             let busy = try await JobStore.count(
                 """
                 SELECT count(*) FROM tasks t JOIN jobs j USING (job_id)
-                WHERE t.env_id = \(envID.rawValue) AND j.state NOT IN ('SUCCEED', 'FAILED', 'FAILED_INTERRUPTED')
+                WHERE t.env_id = \(envID.rawValue) AND j.state NOT IN \(unescaped: [ExecutionState.succeed, .failed, .failedInterrupted].sql)
                 """, on: connection, logger: logger)
             guard busy == 0 else {
-                throw APIError(
-                    "UnsupportedOperation.ComputeEnvOperation",
-                    "EnvId: \(busy) task\(busy == 1 ? "" : "s") of unfinished jobs use this environment")
+                throw StoreRefusal.computeEnvInUse(envID, tasks: busy)
             }
             try await connection.query(
-                "UPDATE compute_envs SET next_action = 'DELETING' WHERE env_id = \(envID.rawValue)", logger: logger)
+                "UPDATE compute_envs SET next_action = \(unescaped: ComputeEnvNextAction.deleting.sql) WHERE env_id = \(envID.rawValue)",
+                logger: logger)
             return true
         }
     }
@@ -275,7 +273,7 @@ public struct ComputeEnvStore: Sendable {
             NodeTerminationRequested(envID: envID, nodeIDs: nodeIDs), env: envID
         ) { connection in
             guard try await owns(envID, user: user, on: connection) else {
-                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+                throw StoreRefusal.computeEnvNotFound(envID, field: "EnvId")
             }
             var states: [String: String] = [:]
             for try await (id, state) in try await connection.query(
@@ -288,21 +286,19 @@ public struct ComputeEnvStore: Sendable {
             }
             for node in nodeIDs {
                 guard let state = states[node.rawValue] else {
-                    throw APIError(.computeNodeNotFound, "ComputeNodeIds: environment \(envID) has no node \(node)")
+                    throw StoreRefusal.computeNodeNotFound(node, env: envID)
                 }
                 if state == ComputeNodeState.deleting.rawValue {
-                    throw APIError(
-                        "UnsupportedOperation.ComputeNodeIsTerminating", "ComputeNodeIds: \(node) is being deleted")
+                    throw StoreRefusal.computeNodeDeleting(node)
                 }
                 let terminable: [ComputeNodeState] = [.created, .creationFailed, .running, .abnormal]
                 guard terminable.map(\.rawValue).contains(state) else {
-                    throw APIError(
-                        "UnsupportedOperation.ComputeNodeForbidTerminate", "ComputeNodeIds: \(node) is \(state)")
+                    throw StoreRefusal.computeNodeNotTerminable(node, state: state)
                 }
             }
             try await connection.query(
                 """
-                UPDATE compute_nodes SET state = 'DELETING', updated_at = now()
+                UPDATE compute_nodes SET state = \(unescaped: ComputeNodeState.deleting.sql), updated_at = now()
                 WHERE node_id = ANY(\(nodeIDs.map(\.rawValue)))
                 """, logger: logger)
             // The environment keeps the nodes it has left: it does not make new ones in their place.
@@ -323,20 +319,19 @@ public struct ComputeEnvStore: Sendable {
         let logger = self.logger
         try await database.transaction { connection in
             guard try await owns(envID, user: user, on: connection) else {
-                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+                throw StoreRefusal.computeEnvNotFound(envID, field: "EnvId")
             }
             let taken = try await connection.query(
                 "SELECT instance_id FROM compute_nodes WHERE instance_id = ANY(\(instanceIDs))", logger: logger
             ).decode(String.self).first { _ in true }
             if let taken {
-                throw APIError(
-                    "UnsupportedOperation.InstancesNotAllowToAttach", "Instances: \(taken) is attached already")
+                throw StoreRefusal.instanceAttached(taken)
             }
             let nodes = instanceIDs.map { _ in NodeID.generate().rawValue }
             try await connection.query(
                 """
                 INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, resource_origin, instance_id)
-                SELECT node, \(envID.rawValue), 'CREATED', 0, 0, 'USER_ATTACHED', instance
+                SELECT node, \(envID.rawValue), \(unescaped: ComputeNodeState.created.sql), 0, 0, 'USER_ATTACHED', instance
                 FROM unnest(\(nodes)::text[], \(instanceIDs)::text[]) AS t(node, instance)
                 """, logger: logger)
             try await connection.query(
@@ -344,7 +339,7 @@ public struct ComputeEnvStore: Sendable {
                 INSERT INTO compute_env_activities (activity_id, env_id, node_id, activity_type, cause, state, instance_id,
                     end_time)
                 SELECT 'act-' || substr(md5(random()::text), 1, 8), \(envID.rawValue), node, 'create',
-                    'instance attached by the user', 'SUCCEED', instance, now()
+                    'instance attached by the user', \(unescaped: ExecutionState.succeed.sql), instance, now()
                 FROM unnest(\(nodes)::text[], \(instanceIDs)::text[]) AS t(node, instance)
                 """, logger: logger)
         }
@@ -355,7 +350,7 @@ public struct ComputeEnvStore: Sendable {
         let logger = self.logger
         try await withEvent(routingKey: nil, ComputeEnvModified(envID: envID), env: envID) { connection in
             guard try await owns(envID, user: user, on: connection) else {
-                throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(envID)")
+                throw StoreRefusal.computeEnvNotFound(envID, field: "EnvId")
             }
             var origins: [String: String] = [:]
             for try await (instance, origin) in try await connection.query(
@@ -368,23 +363,22 @@ public struct ComputeEnvStore: Sendable {
             }
             for instance in instanceIDs {
                 guard let origin = origins[instance] else {
-                    throw APIError(
-                        .computeNodeNotFound, "InstanceIds: \(instance.prefix(64)) is not in environment \(envID)")
+                    throw StoreRefusal.instanceNotInEnv(instance, env: envID)
                 }
                 guard origin == "USER_ATTACHED" else {
-                    throw APIError(.unsupportedOperation, "InstanceIds: \(instance.prefix(64)) was created by Batch")
+                    throw StoreRefusal.instanceNotAttached(instance)
                 }
             }
             // Nodes not running yet just go; running ones drain (finish their instances) and go when they stop.
             try await connection.query(
                 """
                 DELETE FROM compute_nodes WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs))
-                    AND state = 'CREATED'
+                    AND state = \(unescaped: ComputeNodeState.created.sql)
                 """, logger: logger)
             var draining: [NodeID] = []
             for try await node in try await connection.query(
                 """
-                UPDATE compute_nodes SET state = 'DELETING', updated_at = now()
+                UPDATE compute_nodes SET state = \(unescaped: ComputeNodeState.deleting.sql), updated_at = now()
                 WHERE env_id = \(envID.rawValue) AND instance_id = ANY(\(instanceIDs)) RETURNING node_id
                 """, logger: logger
             ).decode(String.self) {
@@ -470,7 +464,7 @@ public struct ComputeEnvStore: Sendable {
         let rows = try await database.client.query(
             """
             SELECT node_id FROM compute_nodes
-            WHERE env_id = \(env.rawValue) AND state IN ('CREATING', 'CREATED', 'RUNNING')
+            WHERE env_id = \(env.rawValue) AND state IN \(unescaped: [ComputeNodeState.creating, .created, .running].sql)
                 AND coalesce(last_heartbeat, created_at)
                     < heartbeats_recorded_until() - \(Int(silentAfter.components.seconds)) * interval '1 s'
             """, logger: logger)
@@ -513,7 +507,7 @@ public struct ComputeEnvStore: Sendable {
     public func forgetProcessNodes() async throws {
         try await database.client.query(
             """
-            UPDATE compute_nodes SET state = 'DELETING', updated_at = now() WHERE resource_origin = 'BATCH_CREATED'
+            UPDATE compute_nodes SET state = \(unescaped: ComputeNodeState.deleting.sql), updated_at = now() WHERE resource_origin = 'BATCH_CREATED'
                 AND env_id IN (SELECT env_id FROM compute_envs WHERE driver = 'process')
             """, logger: logger)
     }
@@ -524,7 +518,7 @@ public struct ComputeEnvStore: Sendable {
         let rows = try await database.client.query(
             """
             SELECT node_id FROM compute_nodes
-            WHERE env_id = \(env.rawValue) AND state = 'DELETING'
+            WHERE env_id = \(env.rawValue) AND state = \(unescaped: ComputeNodeState.deleting.sql)
                 AND coalesce(last_heartbeat, created_at)
                     < heartbeats_recorded_until() - \(Int(silentAfter.components.seconds)) * interval '1 s'
             """, logger: logger)
@@ -540,7 +534,7 @@ public struct ComputeEnvStore: Sendable {
             try await connection.query(
                 """
                 INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host)
-                VALUES (\(nodeID.rawValue), \(env.rawValue), 'CREATING', \(slots), 0, \(host))
+                VALUES (\(nodeID.rawValue), \(env.rawValue), \(unescaped: ComputeNodeState.creating.sql), \(slots), 0, \(host))
                 ON CONFLICT (node_id) DO NOTHING
                 """, logger: logger)
             try await Self.recordActivity(
@@ -591,7 +585,8 @@ public struct ComputeEnvStore: Sendable {
                 """
                 INSERT INTO compute_nodes (node_id, env_id, state, slots, free_slots, host, pid, last_heartbeat,
                     instance_id, resource_origin)
-                SELECT node, env, 'RUNNING', slots, free, host, pid, at, NULLIF(instance, ''),
+                SELECT node, env, \(unescaped: ComputeNodeLifecycle.joinedState.sql), slots, free, host, pid, at,
+                    NULLIF(instance, ''),
                     CASE WHEN attached THEN 'USER_ATTACHED' ELSE 'BATCH_CREATED' END
                 FROM unnest(\(rows.map(\.nodeID.rawValue))::text[], \(rows.map(\.envID.rawValue))::text[],
                     \(rows.map(\.slots))::integer[], \(rows.map(\.freeSlots))::integer[], \(rows.map(\.host))::text[],
@@ -603,8 +598,7 @@ public struct ComputeEnvStore: Sendable {
                         SELECT 1 FROM compute_node_tombstones t
                         WHERE t.node_id = b.node AND (t.pid IS NULL OR t.pid = b.pid))
                 ON CONFLICT (node_id) DO UPDATE SET
-                    state = CASE WHEN compute_nodes.state IN ('DELETING', 'ABNORMAL') THEN compute_nodes.state
-                        ELSE 'RUNNING' END,
+                    state = \(unescaped: Self.heartbeatTransitions),
                     slots = EXCLUDED.slots, free_slots = EXCLUDED.free_slots, pid = EXCLUDED.pid,
                     last_heartbeat = greatest(compute_nodes.last_heartbeat, EXCLUDED.last_heartbeat),
                     updated_at = now()
@@ -612,7 +606,7 @@ public struct ComputeEnvStore: Sendable {
                 """, logger: logger)
             try await connection.query(
                 """
-                UPDATE compute_env_activities SET state = 'SUCCEED', end_time = now()
+                UPDATE compute_env_activities SET state = \(unescaped: ExecutionState.succeed.sql), end_time = now()
                 WHERE node_id = ANY(\(rows.map(\.nodeID.rawValue))) AND activity_type = 'create' AND end_time IS NULL
                 """, logger: logger)
             if let mark { try await connection.query(Self.recordingMark(mark), logger: logger) }
@@ -634,13 +628,20 @@ public struct ComputeEnvStore: Sendable {
             logger: logger)
     }
 
+    /// What a heartbeat does to a node's state, as ``ComputeNodeLifecycle`` decides it, for many rows at once:
+    /// `CASE compute_nodes.state WHEN 'CREATING' THEN 'RUNNING' … ELSE compute_nodes.state END`.
+    static let heartbeatTransitions: String = {
+        let cases = ComputeNodeLifecycle.heartbeatTargets.map { "WHEN \($0.from.sql) THEN \($0.to.sql)" }
+        return "CASE compute_nodes.state \(cases.joined(separator: " ")) ELSE compute_nodes.state END"
+    }()
+
     /// Marks a node `DELETING` and opens its `destroy` activity with `cause` (it ends when the node is gone).
     public func nodeDeleting(_ nodeID: NodeID, cause: String) async throws {
         let logger = self.logger
         try await database.transaction { connection in
             let env = try await connection.query(
                 """
-                UPDATE compute_nodes SET state = 'DELETING', updated_at = now() WHERE node_id = \(nodeID.rawValue)
+                UPDATE compute_nodes SET state = \(unescaped: ComputeNodeState.deleting.sql), updated_at = now() WHERE node_id = \(nodeID.rawValue)
                 RETURNING env_id
                 """, logger: logger
             ).decode(String.self).first { _ in true }
@@ -692,12 +693,12 @@ public struct ComputeEnvStore: Sendable {
                 ], on: connection, sealer: database.sealer, logger: logger)
             try await connection.query(
                 """
-                UPDATE compute_env_activities SET state = 'FAILED', state_reason = \(cause), end_time = now()
+                UPDATE compute_env_activities SET state = \(unescaped: ExecutionState.failed.sql), state_reason = \(cause), end_time = now()
                 WHERE node_id = \(nodeID.rawValue) AND activity_type = 'create' AND end_time IS NULL
                 """, logger: logger)
             let closed = try await connection.query(
                 """
-                UPDATE compute_env_activities SET state = 'SUCCEED', end_time = now()
+                UPDATE compute_env_activities SET state = \(unescaped: ExecutionState.succeed.sql), end_time = now()
                 WHERE node_id = \(nodeID.rawValue) AND activity_type = 'destroy' AND end_time IS NULL
                 RETURNING 1
                 """, logger: logger

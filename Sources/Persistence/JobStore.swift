@@ -17,8 +17,8 @@ public struct JobStore: Sendable {
     var logger: Logger { database.logger }
 
     /// Writes a validated job (templates already resolved), its tasks and the `job.submitted` event in one
-    /// transaction. A repeated `clientToken` returns the job it first created. Throws ``APIError`` for a quota or
-    /// an environment that is not the user's.
+    /// transaction. A repeated `clientToken` returns the job it first created. Throws ``StoreRefusal`` for a quota
+    /// or an environment that is not the user's.
     ///
     /// The usual job (no `ClientToken`, no anonymous environment) is one statement: the quota, the environments'
     /// ownership, the job, its tasks and its event are checked and written together, as one implicit transaction.
@@ -115,14 +115,14 @@ public struct JobStore: Sendable {
                 INSERT INTO jobs (job_id, user_id, name, description, priority, state, dependency_rule, dependences,
                     spec_sealed, client_token, zone, tags)
                 SELECT \(jobID.rawValue), user_id, \(spec.jobName), \(spec.jobDescription),
-                    \(spec.priority ?? JobSpec.defaultPriority), 'SUBMITTED', \(spec.dependencyRule.rawValue),
+                    \(spec.priority ?? JobSpec.defaultPriority), \(unescaped: ExecutionState.submitted.sql), \(spec.dependencyRule.rawValue),
                     \(dependences), \(sealedJob), \(clientToken), \(zone), \(tags)::jsonb
                 FROM quota
                 ON CONFLICT (user_id, client_token) DO NOTHING RETURNING job_id
             ), tasks AS (
                 INSERT INTO tasks (job_id, task_name, position, state, instance_num, env_id, max_retry_count,
                     timeout_seconds, spec_sealed, max_concurrent_num)
-                SELECT job.job_id, name, position, 'SUBMITTED', count, NULLIF(env, ''), retries, timeout, spec,
+                SELECT job.job_id, name, position, \(unescaped: ExecutionState.submitted.sql), count, NULLIF(env, ''), retries, timeout, spec,
                     NULLIF(concurrency, 0)
                 FROM job, unnest(\(spec.tasks.map(\.taskName))::text[], \(Array(spec.tasks.indices))::integer[],
                     \(spec.tasks.map(\.instanceCount))::integer[], \(taskEnvs)::text[],
@@ -143,17 +143,19 @@ public struct JobStore: Sendable {
 
     /// Why ``insertion(_:user:spec:clientToken:zone:taskEnvs:)`` wrote nothing: an environment that is not the
     /// user's, else the job quota.
-    private func refusal(user: UserID, spec: JobSpec, on connection: PostgresConnection) async throws -> APIError {
+    private func refusal(user: UserID, spec: JobSpec, on connection: PostgresConnection) async throws -> StoreRefusal {
         let owned = try await ComputeEnvStore(database: database).owned(
             Set(spec.tasks.compactMap { $0.envId.map(EnvID.init(rawValue:)) }), user: user, on: connection)
         for (index, task) in spec.tasks.enumerated() {
             if let env = task.envId, !owned.contains(EnvID(rawValue: env)) {
-                return APIError(.computeEnvNotFound, "Job.Tasks[\(index)].EnvId: no compute environment \(env)")
+                return .computeEnvNotFound(EnvID(rawValue: env), field: "Job.Tasks[\(index)].EnvId")
             }
         }
         let current = try await Self.count(
             "SELECT job_count FROM users WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
-        return quotas.check(.jobs, current: current)?.apiError ?? APIError(.jobQuota, "the job quota is reached")
+        return .quota(
+            quotas.check(.jobs, current: current)
+                ?? Quotas.Violation(kind: .jobs, limit: quotas.jobsPerUser, current: current))
     }
 
     // MARK: Reads
@@ -356,8 +358,7 @@ public struct JobStore: Sendable {
     public func requestTermination(_ jobID: JobID, user: UserID, reason: String) async throws {
         try await changeJob(jobID, user: user) { state, connection in
             guard state != .submitted else {
-                throw APIError(
-                    .unsupportedOperation, "JobId: the job is still SUBMITTED; terminate it once it is scheduled")
+                throw StoreRefusal.jobNotScheduled(jobID)
             }
             guard !state.isFinal else { return nil }
             try await connection.query(
@@ -378,8 +379,7 @@ public struct JobStore: Sendable {
                 """, logger: logger
             ).decode(String.self).first { _ in true }
             guard let found else {
-                throw APIError(
-                    .taskInstanceNotFound, "TaskInstanceIndex: task \(task.prefix(60)) has no instance \(index)")
+                throw StoreRefusal.taskInstanceNotFound(task: task, index: index)
             }
             guard
                 !(ExecutionState(rawValue: found)?.isFinal ?? false)
@@ -398,8 +398,7 @@ public struct JobStore: Sendable {
     public func requestRetry(_ jobID: JobID, user: UserID) async throws {
         try await changeJob(jobID, user: user) { state, _ in
             guard state == .failed || state == .failedInterrupted else {
-                throw APIError(
-                    .unsupportedOperation, "JobIds: job \(jobID) is \(state.rawValue); only FAILED jobs are retried")
+                throw StoreRefusal.jobNotRetryable(jobID, state: state)
             }
             return try OutgoingMessage(
                 exchange: Topology.eventsExchange, routingKey: Topology.Event.jobRetryRequested,
@@ -413,11 +412,10 @@ public struct JobStore: Sendable {
             let unfinished = try await Self.count(
                 """
                 SELECT count(*) FROM task_instances WHERE job_id = \(jobID.rawValue)
-                    AND state NOT IN ('SUCCEED', 'FAILED')
+                    AND state NOT IN \(unescaped: [ExecutionState.succeed, .failed].sql)
                 """, on: connection, logger: logger)
             guard state == .succeed || state == .failed, unfinished == 0 else {
-                throw APIError(
-                    .jobInUse, "JobId: job \(jobID) is \(state.rawValue) with \(unfinished) unfinished instances")
+                throw StoreRefusal.jobInUse(jobID, state: state, unfinished: unfinished)
             }
             try await connection.query("DELETE FROM jobs WHERE job_id = \(jobID.rawValue)", logger: logger)
             // The job's anonymous environments go too (their nodes went when their tasks ended, or are kept for
@@ -425,7 +423,7 @@ public struct JobStore: Sendable {
             var anonymous: [String] = []
             for try await env in try await connection.query(
                 """
-                UPDATE compute_envs SET next_action = 'DELETING', desired_node_count = 0
+                UPDATE compute_envs SET next_action = \(unescaped: ComputeEnvNextAction.deleting.sql), desired_node_count = 0
                 WHERE anonymous_for LIKE \(jobID.rawValue + "/%") RETURNING env_id
                 """, logger: logger
             ).decode(String.self) {
@@ -457,7 +455,7 @@ public struct JobStore: Sendable {
                 "SELECT state FROM jobs WHERE job_id = \(jobID.rawValue) AND user_id = \(user.rawValue) FOR UPDATE",
                 logger: logger)
             guard let state = try await rows.decode(String.self).first(where: { _ in true }) else {
-                throw APIError(.jobNotFound, "JobId: no job \(jobID)")
+                throw StoreRefusal.jobNotFound(jobID)
             }
             if let message = try await body(ExecutionState(rawValue: state) ?? .submitted, connection) {
                 try await Outbox.enqueue([message], on: connection, sealer: sealer, logger: logger)

@@ -134,20 +134,20 @@ public struct SchedulerStore: Sendable {
         let rows = try await connection.query(
             """
             WITH task AS (
-                UPDATE tasks SET state = 'RUNNABLE', state_reason = NULL, end_time = NULL,
+                UPDATE tasks SET state = \(unescaped: ExecutionState.runnable.sql), state_reason = NULL, end_time = NULL,
                     start_time = coalesce(start_time, now())
                 WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
                 RETURNING instance_num, max_concurrent_num, env_id
             ), created AS (
                 INSERT INTO task_instances (job_id, task_name, instance_index, state, attempt)
-                SELECT \(job.id.rawValue), \(name), i, 'RUNNABLE', 0
+                SELECT \(job.id.rawValue), \(name), i, \(unescaped: ExecutionState.runnable.sql), 0
                 FROM task, generate_series(0, task.instance_num - 1) AS i
                 ON CONFLICT DO NOTHING
                 RETURNING 1
             ), reset AS (
-                UPDATE task_instances SET state = 'RUNNABLE', dispatched = false, failures = 0, not_before = NULL,
+                UPDATE task_instances SET state = \(unescaped: ExecutionState.runnable.sql), dispatched = false, failures = 0, not_before = NULL,
                     exit_code = NULL, state_reason = NULL, node_id = NULL, launch_time = NULL, end_time = NULL
-                WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state IN ('FAILED', 'FAILED_INTERRUPTED')
+                WHERE job_id = \(job.id.rawValue) AND task_name = \(name) AND state IN \(unescaped: [ExecutionState.failed, .failedInterrupted].sql)
             ), sized AS (
                 UPDATE compute_envs e SET desired_node_count = least(task.instance_num,
                     coalesce(task.max_concurrent_num, task.instance_num), \(maxNodes))
@@ -174,7 +174,7 @@ public struct SchedulerStore: Sendable {
     {
         try await connection.query(
             """
-            UPDATE tasks SET state = 'FAILED', state_reason = \(reason), end_time = now()
+            UPDATE tasks SET state = \(unescaped: ExecutionState.failed.sql), state_reason = \(reason), end_time = now()
             WHERE job_id = \(job.id.rawValue) AND task_name = \(name)
             """, logger: logger)
     }
@@ -285,7 +285,7 @@ public struct SchedulerStore: Sendable {
     ) async throws -> [Ended] {
         var query = SQLBuilder(
             """
-            UPDATE task_instances i SET state = 'FAILED', dispatched = false, not_before = NULL,
+            UPDATE task_instances i SET state = \(ExecutionState.failed.sql), dispatched = false, not_before = NULL,
                 end_time = now(), state_reason =
             """)
         query.append(" \(query.bind(reason)) FROM tasks t")
@@ -293,8 +293,8 @@ public struct SchedulerStore: Sendable {
             " WHERE t.job_id = i.job_id AND t.task_name = i.task_name AND i.job_id = \(query.bind(job.rawValue))")
         query.append(
             notStarted
-                ? " AND i.state IN ('SUBMITTED', 'PENDING', 'RUNNABLE', 'STARTING')"
-                : " AND i.state NOT IN ('SUCCEED', 'FAILED')")
+                ? " AND i.state IN \([ExecutionState.submitted, .pending, .runnable, .starting].sql)"
+                : " AND i.state NOT IN \([ExecutionState.succeed, .failed].sql)")
         if let task { query.append(" AND i.task_name = \(query.bind(task))") }
         if let index { query.append(" AND i.instance_index = \(query.bind(index))") }
         query.append(" RETURNING i.task_name, i.instance_index, i.attempt, i.node_id, t.env_id")
@@ -405,7 +405,7 @@ public struct SchedulerStore: Sendable {
                 node_id = NULL, state_reason = NULL, not_before = NULL
             WHERE ctid = ANY(ARRAY(
                 SELECT ctid FROM task_instances
-                WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task) AND state = 'RUNNABLE'
+                WHERE job_id = \(task.job.rawValue) AND task_name = \(task.task) AND state = \(unescaped: ExecutionState.runnable.sql)
                     AND NOT dispatched AND (not_before IS NULL OR not_before <= now())
                 ORDER BY instance_index LIMIT \(limit) FOR UPDATE))
             RETURNING instance_index, attempt
@@ -448,7 +448,7 @@ public struct SchedulerStore: Sendable {
             """
             SELECT i.job_id, i.task_name, i.instance_index, i.attempt, i.node_id, t.timeout_seconds
             FROM task_instances i JOIN tasks t USING (job_id, task_name)
-            WHERE i.dispatched AND i.state IN ('STARTING', 'RUNNING')
+            WHERE i.dispatched AND i.state IN \(unescaped: [ExecutionState.starting, .running].sql)
                 AND i.launch_time + (t.timeout_seconds + \(Int(grace.components.seconds))) * interval '1 s' < now()
             LIMIT 1000
             """, on: connection)

@@ -1,3 +1,4 @@
+import BatchCore
 import PostgresNIO
 
 /// The scheduler's statements that run in every batch, prepared once per connection: PostgreSQL plans an unnamed
@@ -45,7 +46,7 @@ enum Statements {
     struct CapacityAndActive: Bound {
         static let sql = """
             SELECT NULL, NULL, env_id, sum(slots)::integer, min(slots)::integer, count(*)::integer FROM compute_nodes
-            WHERE state = 'RUNNING' AND coalesce(last_heartbeat, created_at) > now() - $1 * interval '1 s'
+            WHERE state = \(ComputeNodeState.running.sql) AND coalesce(last_heartbeat, created_at) > now() - $1 * interval '1 s'
             GROUP BY env_id
             UNION ALL
             SELECT i.job_id, i.task_name, t.env_id, count(*)::integer, NULL, NULL
@@ -73,15 +74,15 @@ enum Statements {
                     SELECT
                         (SELECT count(*)::integer FROM (
                             SELECT 1 FROM task_instances i
-                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = \(ExecutionState.runnable.sql)
                                 AND NOT i.dispatched AND (i.not_before IS NULL OR i.not_before <= now())
                             LIMIT $1) r) AS ready,
                         (SELECT min(i.not_before) FROM task_instances i
-                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = 'RUNNABLE'
+                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name AND i.state = \(ExecutionState.runnable.sql)
                                 AND NOT i.dispatched AND i.not_before > now()) AS backoff_end
                     -- Not pulled up into the outer query, which would count the ready instances once per use.
                     OFFSET 0) w
-                WHERE t.state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND t.env_id IS NOT NULL
+                WHERE t.state IN \([ExecutionState.runnable, .starting, .running].sql) AND t.env_id IS NOT NULL
                     AND (t.env_id = ANY($2::text[]) OR t.state_reason IS NULL)
                     AND (w.ready > 0 OR w.backoff_end IS NOT NULL)
             )

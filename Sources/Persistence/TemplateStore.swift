@@ -26,7 +26,7 @@ public struct TemplateStore: Sendable {
             try await JobStore.lockUser(user, on: connection, logger: logger)
             let count = try await JobStore.count(
                 "SELECT count(*) FROM task_templates WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
-            if let violation = quotas.check(.taskTemplates, current: count) { throw violation.apiError }
+            if let violation = quotas.check(.taskTemplates, current: count) { throw StoreRefusal.quota(violation) }
             try await connection.query(
                 """
                 INSERT INTO task_templates (template_id, user_id, name, description, spec_sealed, tags)
@@ -98,7 +98,7 @@ public struct TemplateStore: Sendable {
             guard
                 let (oldName, oldDescription, sealed) = try await rows.decode((String, String?, String).self).first(
                     where: { _ in true })
-            else { throw APIError(.taskTemplateNotFound, "TaskTemplateId: no task template \(id)") }
+            else { throw StoreRefusal.taskTemplateNotFound(id, field: "TaskTemplateId") }
             let template = TaskTemplateSpec(
                 taskTemplateName: name ?? oldName,
                 taskTemplateInfo: try info
@@ -106,7 +106,7 @@ public struct TemplateStore: Sendable {
                         TaskSpec.self, from: try sealer.openBytes(sealed, context: "templates.spec:\(id)")),
                 taskTemplateDescription: description ?? oldDescription)
             let problems = template.validate()
-            guard problems.isEmpty else { throw APIError(problems: problems) }
+            guard problems.isEmpty else { throw StoreRefusal.invalid(problems) }
             try await connection.query(
                 """
                 UPDATE task_templates SET name = \(template.taskTemplateName),
@@ -132,7 +132,7 @@ public struct TemplateStore: Sendable {
                 found.insert(id)
             }
             if let missing = ids.first(where: { !found.contains($0.rawValue) }) {
-                throw APIError(.taskTemplateNotFound, "TaskTemplateIds: no task template \(missing)")
+                throw StoreRefusal.taskTemplateNotFound(missing, field: "TaskTemplateIds")
             }
         }
     }

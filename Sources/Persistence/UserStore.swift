@@ -26,9 +26,9 @@ public struct UserStore: Sendable {
 
     public init(database: Database) { self.database = database }
 
-    /// Creates a user and a first key pair; an operator may call the admin actions. Throws ``UserStoreError``.
+    /// Creates a user and a first key pair; an operator may call the admin actions. Throws ``StoreRefusal``.
     public func createUser(name: String, operator isOperator: Bool = false) async throws -> NewCredentials {
-        guard Self.isValidName(name) else { throw UserStoreError.invalidName }
+        guard Self.isValidName(name) else { throw StoreRefusal.userNameInvalid }
         let userID = UserID.generate()
         let (secretID, secretKey) = Self.generateKeyPair()
         let sealed = try database.sealer.seal(secretKey, context: "credentials:\(secretID)")
@@ -45,14 +45,14 @@ public struct UserStore: Sendable {
                     """, logger: database.logger)
             }
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
-            throw UserStoreError.nameTaken(name)
+            throw StoreRefusal.userNameTaken(name)
         }
         return NewCredentials(
             userID: userID, name: name, secretID: secretID, secretKey: secretKey, isOperator: isOperator)
     }
 
     /// A new key pair for the operator `name`, made with the user if there is none: how a gateway hands its
-    /// operator a credential on first start. Throws ``UserStoreError/nameTaken(_:)`` if `name` is a user who is not
+    /// operator a credential on first start. Throws ``StoreRefusal/userNameTaken(_:)`` if `name` is a user who is not
     /// an operator.
     public func operatorKeyPair(name: String) async throws -> NewCredentials {
         let rows = try await database.client.query(
@@ -60,12 +60,12 @@ public struct UserStore: Sendable {
         guard let (userID, isOperator) = try await rows.decode((String, Bool).self).first(where: { _ in true }) else {
             do {
                 return try await createUser(name: name, operator: true)
-            } catch UserStoreError.nameTaken {
+            } catch StoreRefusal.userNameTaken {
                 // Another gateway made it at the same moment: add a key pair of this gateway's own.
                 return try await operatorKeyPair(name: name)
             }
         }
-        guard isOperator else { throw UserStoreError.nameTaken(name) }
+        guard isOperator else { throw StoreRefusal.userNameTaken(name) }
         let (secretID, secretKey) = Self.generateKeyPair()
         let sealed = try database.sealer.seal(secretKey, context: "credentials:\(secretID)")
         try await database.client.query(
@@ -119,19 +119,5 @@ public struct UserStore: Sendable {
             String((0..<count).map { _ in alphabet.randomElement(using: &generator)! })
         }
         return ("AKID" + random(32), random(32))
-    }
-}
-
-/// Why a user cannot be made.
-public enum UserStoreError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// Not 1 to 64 letters, digits, `-`, `_`, `.` or `@`.
-    case invalidName
-    case nameTaken(String)
-
-    public var description: String {
-        switch self {
-        case .invalidName: "a user name is 1 to 64 letters, digits, -, _, . or @"
-        case .nameTaken(let name): "a user named \(name) exists already"
-        }
     }
 }

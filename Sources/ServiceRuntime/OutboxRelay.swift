@@ -199,7 +199,7 @@ public struct OutboxRelay: Service {
                 \(runs.map(\.run.taskName))::text[], \(runs.map(\.run.instanceIndex))::integer[],
                 \(runs.map(\.run.attempt))::integer[]) AS r(id, job_id, task_name, instance_index, attempt)
             JOIN task_instances i USING (job_id, task_name, instance_index, attempt)
-            WHERE i.state = 'RUNNABLE' AND i.dispatched AND i.node_id IS NULL
+            WHERE i.state = \(unescaped: ExecutionState.runnable.sql) AND i.dispatched AND i.node_id IS NULL
             """, logger: logger
         ).decode(Int.self) {
             waiting.insert(id)

@@ -36,8 +36,22 @@ let nodeRows: [NodeRow] = [
     NodeRow(
         name: "running, heartbeat", start: node(.running), event: .heartbeat(at: t0 + 3, freeSlots: 1), to: .running),
     NodeRow(
-        name: "abnormal, heartbeat again", start: node(.abnormal), event: .heartbeat(at: t0 + 30, freeSlots: 2),
-        to: .running, actions: [.publish(.computeNodeRunning)]),
+        name: "creating, first heartbeat", start: node(.creating, heartbeat: nil),
+        event: .heartbeat(at: t0, freeSlots: 2), to: .running,
+        actions: [.publish(.computeNodeCreated), .publish(.computeNodeRunning)]),
+    NodeRow(
+        name: "abnormal, heartbeat again, NOTHING", start: node(.abnormal),
+        event: .heartbeat(at: t0 + 30, freeSlots: 2),
+        recreate: false, to: .running, actions: [.publish(.computeNodeRunning)]),
+    NodeRow(
+        name: "abnormal and being replaced, heartbeat again", start: node(.abnormal),
+        event: .heartbeat(at: t0 + 30, freeSlots: 2), to: .abnormal, ignored: true),
+    NodeRow(
+        name: "deleting, heartbeat", start: node(.deleting), event: .heartbeat(at: t0 + 3, freeSlots: 2),
+        to: .deleting, ignored: true),
+    NodeRow(
+        name: "creation failed, heartbeat", start: node(.creationFailed), event: .heartbeat(at: t0 + 3, freeSlots: 2),
+        to: .creationFailed, ignored: true),
     NodeRow(
         name: "running, silent too long", start: node(.running), event: .heartbeatCheck(now: t0 + 31, timeout: 30),
         to: .abnormal, actions: [.reportLost, .publish(.computeNodeAbnormal), .replace]),
@@ -65,9 +79,6 @@ let nodeRows: [NodeRow] = [
     NodeRow(name: "creation failed, destroyed", start: node(.creationFailed), event: .destroyed, to: .creationFailed),
     // Ignored.
     NodeRow(name: "running, submitted", start: node(.running), event: .submitted, to: .running, ignored: true),
-    NodeRow(
-        name: "pending, heartbeat", start: node(.pending), event: .heartbeat(at: t0, freeSlots: 2), to: .pending,
-        ignored: true),
     NodeRow(
         name: "running, older heartbeat", start: node(.running), event: .heartbeat(at: t0 - 5, freeSlots: 0),
         to: .running, ignored: true),
