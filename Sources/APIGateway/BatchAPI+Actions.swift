@@ -45,6 +45,7 @@ extension BatchAPI {
         "CreateUser": { try await $0.createUser($1) },
         "DisableUser": { try await $0.setUserDisabled($1, true) },
         "EnableUser": { try await $0.setUserDisabled($1, false) },
+        "ModifyUserQuota": { try await $0.modifyUserQuota($1) },
         "DescribeComputeEnvNodeKey": { try await $0.describeComputeEnvNodeKey($1) },
     ]
 

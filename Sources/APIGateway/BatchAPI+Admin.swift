@@ -6,31 +6,6 @@ import Persistence
 /// operator's key pair may call them (`batchctl admin`). A gateway started with `--operator-credentials FILE` writes
 /// an operator's key pair there on first start.
 extension BatchAPI {
-    struct CreateUserRequest: Decodable {
-        var userName: String
-        var `operator`: Bool?
-    }
-
-    struct CreateUserResponse: Encodable, Sendable {
-        var userId: String
-        var userName: String
-        var secretId: String
-        var secretKey: String
-        var `operator`: Bool
-    }
-
-    struct UserNameRequest: Decodable {
-        var userName: String
-    }
-
-    struct NodeKeyRequest: Decodable {
-        var envId: String
-    }
-
-    struct NodeKeyResponse: Encodable, Sendable {
-        var envId: String
-        var nodeKey: String
-    }
 
     /// Refuses a caller who is not an operator.
     static func requireOperator(_ context: ActionContext, _ action: String) throws {
@@ -39,21 +14,21 @@ extension BatchAPI {
         }
     }
 
-    func createUser(_ context: ActionContext) async throws -> CreateUserResponse {
+    func createUser(_ context: ActionContext) async throws -> AdminAPI.CreateUserResponse {
         try Self.requireOperator(context, "CreateUser")
-        let request = try context.decode(CreateUserRequest.self)
+        let request = try context.decode(AdminAPI.CreateUserRequest.self)
         let created = try await UserStore(database: database).createUser(
             name: request.userName, operator: request.operator ?? false)
         context.logger.notice(
             "user created", metadata: ["created.user.id": "\(created.userID)", "operator": "\(created.isOperator)"])
-        return CreateUserResponse(
+        return AdminAPI.CreateUserResponse(
             userId: created.userID.rawValue, userName: created.name, secretId: created.secretID,
             secretKey: created.secretKey, operator: created.isOperator)
     }
 
     func setUserDisabled(_ context: ActionContext, _ disabled: Bool) async throws -> EmptyResponse {
         try Self.requireOperator(context, disabled ? "DisableUser" : "EnableUser")
-        let request = try context.decode(UserNameRequest.self)
+        let request = try context.decode(AdminAPI.UserNameRequest.self)
         guard try await UserStore(database: database).setDisabled(name: request.userName, disabled) else {
             throw APIError(.userNotFound, "UserName: no user named \(request.userName.prefix(64))")
         }
@@ -61,14 +36,40 @@ extension BatchAPI {
         return EmptyResponse()
     }
 
+    /// Sets a user's quotas over the gateway's defaults (`--quota-jobs` …); 0 returns one to the default.
+    func modifyUserQuota(_ context: ActionContext) async throws -> EmptyResponse {
+        try Self.requireOperator(context, "ModifyUserQuota")
+        let request = try context.decode(AdminAPI.ModifyUserQuotaRequest.self)
+        for (field, value) in [
+            ("JobQuota", request.jobQuota), ("TaskTemplateQuota", request.taskTemplateQuota),
+            ("ComputeEnvQuota", request.computeEnvQuota),
+        ] {
+            if let value, value < 0 || value > 10_000_000 {
+                throw APIError(.invalidParameterValue, "\(field): 0 (the default) to 10000000")
+            }
+        }
+        guard request.jobQuota != nil || request.taskTemplateQuota != nil || request.computeEnvQuota != nil else {
+            throw APIError(.atLeastOneAttribute, "give JobQuota, TaskTemplateQuota or ComputeEnvQuota")
+        }
+        guard
+            try await UserStore(database: database).setQuotas(
+                name: request.userName, jobs: request.jobQuota, taskTemplates: request.taskTemplateQuota,
+                computeEnvs: request.computeEnvQuota)
+        else {
+            throw APIError(.userNotFound, "UserName: no user named \(request.userName.prefix(64))")
+        }
+        context.logger.notice("user quota changed", metadata: ["name": "\(request.userName)"])
+        return EmptyResponse()
+    }
+
     /// The key an environment's nodes hold, for a host attached by hand (`batchctl admin node-key`).
-    func describeComputeEnvNodeKey(_ context: ActionContext) async throws -> NodeKeyResponse {
+    func describeComputeEnvNodeKey(_ context: ActionContext) async throws -> AdminAPI.NodeKeyResponse {
         try Self.requireOperator(context, "DescribeComputeEnvNodeKey")
-        let env = try Self.envID(try context.decode(NodeKeyRequest.self).envId)
+        let env = try Self.envID(try context.decode(AdminAPI.NodeKeyRequest.self).envId)
         guard try await envs.find(env) != nil else {
             throw APIError(.computeEnvNotFound, "EnvId: no compute environment \(env)")
         }
         context.logger.notice("node key read", metadata: ["env.id": "\(env)"])
-        return NodeKeyResponse(envId: env.rawValue, nodeKey: database.sealer.nodeKey(env: env).base64)
+        return AdminAPI.NodeKeyResponse(envId: env.rawValue, nodeKey: database.sealer.nodeKey(env: env).base64)
     }
 }

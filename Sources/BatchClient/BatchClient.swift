@@ -79,12 +79,13 @@ public struct BatchClient: Sendable {
         try await call(action, payload: Array(try JSONSerialization.data(withJSONObject: body)), as: user)
     }
 
-    /// Calls `action` with a typed request and decodes the `Response` object as `Response`.
+    /// Calls `action` with a typed request and decodes the `Response` object as `Response`, both in the API's
+    /// field names (``BatchJSON``: `jobName` is `JobName`).
     public func call<Request: Encodable, Response: Decodable>(
         _ action: String, _ request: Request, as user: KeyPair? = nil, returning: Response.Type = Response.self
     ) async throws -> Response {
-        let answer = try await call(action, payload: Array(try JSONEncoder().encode(request)), as: user)
-        return try JSONDecoder().decode(Response.self, from: try JSONSerialization.data(withJSONObject: answer))
+        let answer = try await call(action, payload: try BatchJSON.encode(request), as: user)
+        return try BatchJSON.decode(Response.self, from: try JSONSerialization.data(withJSONObject: answer))
     }
 
     /// Calls `action` with a raw body and returns the `Response` object; throws ``Failure``.

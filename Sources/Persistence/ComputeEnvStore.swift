@@ -31,7 +31,7 @@ public struct ComputeEnvStore: Sendable {
         try await withEvent(
             routingKey: Topology.Event.computeEnvCreated, ComputeEnvCreated(envID: envID), env: envID
         ) { connection in
-            try await JobStore.lockUser(user, on: connection, logger: logger)
+            let quotas = try await JobStore.lockUser(user, defaults: quotas, on: connection, logger: logger)
             let count = try await JobStore.count(
                 "SELECT count(*) FROM compute_envs WHERE user_id = \(user.rawValue) AND anonymous_for IS NULL",
                 on: connection, logger: logger)

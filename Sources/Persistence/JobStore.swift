@@ -107,7 +107,7 @@ public struct JobStore: Sendable {
         return """
             WITH quota AS (
                 UPDATE users SET job_count = job_count + 1
-                WHERE user_id = \(user.rawValue) AND job_count < \(quotas.jobsPerUser)
+                WHERE user_id = \(user.rawValue) AND job_count < coalesce(job_quota, \(quotas.jobsPerUser))
                     AND (SELECT count(*) FROM compute_envs WHERE env_id = ANY(\(named)) AND user_id = \(user.rawValue)
                         AND next_action IS NULL) = \(named.count)
                 RETURNING user_id
@@ -151,11 +151,13 @@ public struct JobStore: Sendable {
                 return .computeEnvNotFound(EnvID(rawValue: env), field: "Job.Tasks[\(index)].EnvId")
             }
         }
-        let current = try await Self.count(
-            "SELECT job_count FROM users WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
-        return .quota(
-            quotas.check(.jobs, current: current)
-                ?? Quotas.Violation(kind: .jobs, limit: quotas.jobsPerUser, current: current))
+        let (current, limit) =
+            try await connection.query(
+                """
+                SELECT job_count, coalesce(job_quota, \(quotas.jobsPerUser)) FROM users WHERE user_id = \(user.rawValue)
+                """, logger: logger
+            ).decode((Int, Int).self).first { _ in true } ?? (0, quotas.jobsPerUser)
+        return .quota(Quotas.Violation(kind: .jobs, limit: limit, current: current))
     }
 
     // MARK: Reads
@@ -417,29 +419,66 @@ public struct JobStore: Sendable {
             guard state == .succeed || state == .failed, unfinished == 0 else {
                 throw StoreRefusal.jobInUse(jobID, state: state, unfinished: unfinished)
             }
-            try await connection.query("DELETE FROM jobs WHERE job_id = \(jobID.rawValue)", logger: logger)
-            // The job's anonymous environments go too (their nodes went when their tasks ended, or are kept for
-            // inspection after an INTERRUPT: they go now).
-            var anonymous: [String] = []
-            for try await env in try await connection.query(
-                """
-                UPDATE compute_envs SET next_action = \(unescaped: ComputeEnvNextAction.deleting.sql), desired_node_count = 0
-                WHERE anonymous_for LIKE \(jobID.rawValue + "/%") RETURNING env_id
-                """, logger: logger
-            ).decode(String.self) {
-                anonymous.append(env)
-            }
-            try await Outbox.enqueue(
-                try anonymous.map {
-                    try OutgoingMessage(
-                        exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvDeletionRequested,
-                        payload: ComputeEnvDeletionRequested(envID: EnvID(rawValue: $0)))
-                }, on: connection, sealer: database.sealer, logger: logger)
-            try await connection.query(
-                "UPDATE users SET job_count = greatest(0, job_count - 1) WHERE user_id = \(user.rawValue)",
-                logger: logger)
+            try await Self.remove([jobID], on: connection, sealer: database.sealer, logger: logger)
             return nil
         }
+    }
+
+    /// Removes up to `limit` jobs that ended (`SUCCEED` or `FAILED`, every instance final) more than `age` ago,
+    /// as `DeleteJob` would: the retention the operator sets, so that ended jobs stop counting against quotas.
+    /// Returns how many went. Jobs kept `FAILED_INTERRUPTED` (their nodes held for inspection) stay until deleted.
+    public func removeEnded(olderThan age: Duration, limit: Int = 500) async throws -> Int {
+        let logger = self.logger
+        let sealer = database.sealer
+        return try await database.transaction { connection in
+            var jobs: [JobID] = []
+            for try await id in try await connection.query(
+                """
+                SELECT j.job_id FROM jobs j
+                WHERE j.end_time < now() - \(Int(age.components.seconds)) * interval '1 s'
+                    AND j.state IN \(unescaped: [ExecutionState.succeed, .failed].sql)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM task_instances i WHERE i.job_id = j.job_id
+                            AND i.state NOT IN \(unescaped: [ExecutionState.succeed, .failed].sql))
+                ORDER BY j.end_time LIMIT \(limit) FOR UPDATE OF j SKIP LOCKED
+                """, logger: logger
+            ).decode(String.self) {
+                jobs.append(JobID(rawValue: id))
+            }
+            try await Self.remove(jobs, on: connection, sealer: sealer, logger: logger)
+            return jobs.count
+        }
+    }
+
+    /// Deletes `jobs` (their tasks and instances with them), gives their users' quota back, and starts deleting
+    /// their anonymous environments (their nodes went when their tasks ended, or are kept for inspection after an
+    /// INTERRUPT: they go now).
+    static func remove(_ jobs: [JobID], on connection: PostgresConnection, sealer: Sealer, logger: Logger)
+        async throws
+    {
+        guard !jobs.isEmpty else { return }
+        let ids = jobs.map(\.rawValue)
+        try await connection.query(
+            """
+            WITH gone AS (DELETE FROM jobs WHERE job_id = ANY(\(ids)) RETURNING user_id)
+            UPDATE users u SET job_count = greatest(0, u.job_count - g.count)
+            FROM (SELECT user_id, count(*)::integer AS count FROM gone GROUP BY user_id) g WHERE u.user_id = g.user_id
+            """, logger: logger)
+        var anonymous: [String] = []
+        for try await env in try await connection.query(
+            """
+            UPDATE compute_envs SET next_action = \(unescaped: ComputeEnvNextAction.deleting.sql), desired_node_count = 0
+            WHERE anonymous_for LIKE ANY(\(ids.map { $0 + "/%" })) RETURNING env_id
+            """, logger: logger
+        ).decode(String.self) {
+            anonymous.append(env)
+        }
+        try await Outbox.enqueue(
+            try anonymous.map {
+                try OutgoingMessage(
+                    exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvDeletionRequested,
+                    payload: ComputeEnvDeletionRequested(envID: EnvID(rawValue: $0)))
+            }, on: connection, sealer: sealer, logger: logger)
     }
 
     /// Locks the user's job, runs `body` with its state, and enqueues the message it returns; all in one
@@ -520,8 +559,23 @@ public struct JobStore: Sendable {
     }
 
     /// Serializes a user's quota checks.
-    static func lockUser(_ user: UserID, on connection: PostgresConnection, logger: Logger) async throws {
-        try await connection.query("SELECT 1 FROM users WHERE user_id = \(user.rawValue) FOR UPDATE", logger: logger)
+    /// Locks the user's row until the transaction ends and returns their quotas: `defaults` with the operator's
+    /// settings for this user (``UserStore/setQuotas(name:_:)``) on top.
+    static func lockUser(_ user: UserID, defaults: Quotas, on connection: PostgresConnection, logger: Logger)
+        async throws -> Quotas
+    {
+        let rows = try await connection.query(
+            """
+            SELECT job_quota, task_template_quota, compute_env_quota FROM users WHERE user_id = \(user.rawValue)
+            FOR UPDATE
+            """, logger: logger)
+        var quotas = defaults
+        if let (jobs, templates, envs) = try await rows.decode((Int?, Int?, Int?).self).first(where: { _ in true }) {
+            quotas.jobsPerUser = jobs ?? quotas.jobsPerUser
+            quotas.taskTemplatesPerUser = templates ?? quotas.taskTemplatesPerUser
+            quotas.computeEnvsPerUser = envs ?? quotas.computeEnvsPerUser
+        }
+        return quotas
     }
 
     static func count(_ query: PostgresQuery, on connection: PostgresConnection, logger: Logger) async throws -> Int {

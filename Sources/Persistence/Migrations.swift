@@ -325,5 +325,16 @@ extension Migration {
             version: 10, name: "operators: users who may call the admin actions",
             statements: ["ALTER TABLE users ADD COLUMN operator boolean NOT NULL DEFAULT false"]
         ),
+        Migration(
+            version: 11, name: "quotas per user; ended jobs found by age for retention",
+            statements: [
+                // NULL: the gateway's default for everyone.
+                """
+                ALTER TABLE users ADD COLUMN job_quota integer, ADD COLUMN task_template_quota integer,
+                    ADD COLUMN compute_env_quota integer
+                """,
+                "CREATE INDEX jobs_ended ON jobs (end_time) WHERE end_time IS NOT NULL",
+            ]
+        ),
     ]
 }

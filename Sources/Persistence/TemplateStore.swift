@@ -23,7 +23,7 @@ public struct TemplateStore: Sendable {
         let logger = self.logger
         let quotas = self.quotas
         try await database.transaction { connection in
-            try await JobStore.lockUser(user, on: connection, logger: logger)
+            let quotas = try await JobStore.lockUser(user, defaults: quotas, on: connection, logger: logger)
             let count = try await JobStore.count(
                 "SELECT count(*) FROM task_templates WHERE user_id = \(user.rawValue)", on: connection, logger: logger)
             if let violation = quotas.check(.taskTemplates, current: count) { throw StoreRefusal.quota(violation) }

@@ -111,6 +111,22 @@ public struct UserStore: Sendable {
         return try await rows.decode(String.self).first { _ in true } != nil
     }
 
+    /// Sets a user's quotas; nil leaves one as it is, 0 or less returns it to the gateway's default. Returns false
+    /// if there is no such user.
+    public func setQuotas(name: String, jobs: Int?, taskTemplates: Int?, computeEnvs: Int?) async throws -> Bool {
+        func value(_ quota: Int?) -> Int? { quota.flatMap { $0 > 0 ? $0 : nil } }
+        let rows = try await database.client.query(
+            """
+            UPDATE users SET
+                job_quota = CASE WHEN \(jobs != nil) THEN \(value(jobs)) ELSE job_quota END,
+                task_template_quota = CASE WHEN \(taskTemplates != nil) THEN \(value(taskTemplates))
+                    ELSE task_template_quota END,
+                compute_env_quota = CASE WHEN \(computeEnvs != nil) THEN \(value(computeEnvs)) ELSE compute_env_quota END
+            WHERE name = \(name) RETURNING user_id
+            """, logger: database.logger)
+        return try await rows.decode(String.self).first { _ in true } != nil
+    }
+
     /// A SecretId in Tencent Cloud's style (`AKID` and 32 letters and digits) and a 32-character SecretKey.
     static func generateKeyPair() -> (String, String) {
         let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")

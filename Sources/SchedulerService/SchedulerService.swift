@@ -46,6 +46,14 @@ struct SchedulerService: AsyncParsableCommand {
     @Option(help: "Seconds a batch may take before the scheduler exits to be restarted (BATCH_STALL_LIMIT).")
     var stallLimit: Int = Environment.int("BATCH_STALL_LIMIT", default: 120)
 
+    /// Seconds an ended job is kept before it is removed (as `DeleteJob` removes it); 0 keeps jobs until deleted.
+    @Option(help: "Seconds ended jobs are kept, then removed; 0 keeps them (BATCH_JOB_RETENTION, default 7 days).")
+    var jobRetention: Int = Environment.int("BATCH_JOB_RETENTION", default: 7 * 24 * 3600)
+
+    func validate() throws {
+        guard jobRetention >= 0 else { throw ValidationError("--job-retention must be 0 (keep) or seconds") }
+    }
+
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let bootstrap = ServiceBootstrap(
@@ -70,6 +78,10 @@ struct SchedulerService: AsyncParsableCommand {
                     tick: .init(every: .seconds(1), scheduler.tick), stallLimit: .seconds(stallLimit), logger: logger,
                     handle: scheduler.handle),
             ]
+            if jobRetention > 0 {
+                services.append(
+                    JobRetention(jobs: JobStore(database: database), retention: .seconds(jobRetention), logger: logger))
+            }
             if opsPort > 0 {
                 services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })
             }

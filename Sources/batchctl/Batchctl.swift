@@ -40,51 +40,21 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 // MARK: - admin
 
-/// Users, key pairs and node keys through the gateway's admin actions, signed with an operator's key pair.
+/// Users, key pairs, quotas and node keys through the gateway's admin actions, signed with an operator's key pair.
 struct Admin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage users, key pairs and node keys (admin actions; needs an operator's key pair).",
+        abstract: "Manage users, key pairs, quotas and node keys (admin actions; needs an operator's key pair).",
         discussion: """
             Example: BATCH_CREDENTIALS=.batch/operator.json batchctl admin create-user alice --output json
             The operator's key pair is the file the gateway writes on first start (APIGateway \
             --operator-credentials FILE), given as BATCH_CREDENTIALS or --secret-id/--secret-key.
             """,
-        subcommands: [CreateUser.self, DisableUser.self, EnableUser.self, NodeKeyCommand.self])
-
-    struct CreatedUser: Decodable {
-        var userId: String
-        var userName: String
-        var secretId: String
-        var secretKey: String
-        var `operator`: Bool
-
-        enum CodingKeys: String, CodingKey {
-            case userId = "UserId"
-            case userName = "UserName"
-            case secretId = "SecretId"
-            case secretKey = "SecretKey"
-            case `operator` = "Operator"
-        }
-    }
-
-    struct UserName: Encodable {
-        var userName: String
-        enum CodingKeys: String, CodingKey { case userName = "UserName" }
-    }
+        subcommands: [CreateUser.self, DisableUser.self, EnableUser.self, SetQuota.self, NodeKeyCommand.self])
 
     struct CreateUser: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a user and a key pair; prints the SecretId and the SecretKey (shown only here).",
             discussion: "Example: batchctl admin create-user alice")
-
-        struct Request: Encodable {
-            var userName: String
-            var `operator`: Bool
-            enum CodingKeys: String, CodingKey {
-                case userName = "UserName"
-                case `operator` = "Operator"
-            }
-        }
 
         @Argument(help: "The user's name: letters, digits, - _ . @")
         var name: String
@@ -96,7 +66,8 @@ struct Admin: AsyncParsableCommand {
 
         func run() async throws {
             let created = await client.gateway.call(
-                "CreateUser", Request(userName: name, operator: `operator`), returning: CreatedUser.self)
+                "CreateUser", AdminAPI.CreateUserRequest(userName: name, operator: `operator`),
+                returning: AdminAPI.CreateUserResponse.self)
             switch client.output {
             case .text:
                 print("UserId:    \(created.userId)\nSecretId:  \(created.secretId)\nSecretKey: \(created.secretKey)")
@@ -123,16 +94,6 @@ struct Admin: AsyncParsableCommand {
                 take the environment's work and read its run messages.
                 """)
 
-        struct Request: Encodable {
-            var envId: String
-            enum CodingKeys: String, CodingKey { case envId = "EnvId" }
-        }
-
-        struct Response: Decodable {
-            var nodeKey: String
-            enum CodingKeys: String, CodingKey { case nodeKey = "NodeKey" }
-        }
-
         @Argument(help: "The compute environment's id.")
         var envId: String
 
@@ -140,7 +101,8 @@ struct Admin: AsyncParsableCommand {
 
         func run() async throws {
             let answer = await client.gateway.call(
-                "DescribeComputeEnvNodeKey", Request(envId: envId), returning: Response.self)
+                "DescribeComputeEnvNodeKey", AdminAPI.NodeKeyRequest(envId: envId),
+                returning: AdminAPI.NodeKeyResponse.self)
             print(answer.nodeKey)
         }
     }
@@ -154,7 +116,8 @@ struct Admin: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            _ = await client.gateway.call("DisableUser", UserName(userName: name), returning: Empty.self)
+            _ = await client.gateway.call(
+                "DisableUser", AdminAPI.UserNameRequest(userName: name), returning: AdminAPI.Empty.self)
         }
     }
 
@@ -166,11 +129,32 @@ struct Admin: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            _ = await client.gateway.call("EnableUser", UserName(userName: name), returning: Empty.self)
+            _ = await client.gateway.call(
+                "EnableUser", AdminAPI.UserNameRequest(userName: name), returning: AdminAPI.Empty.self)
         }
     }
 
-    struct Empty: Decodable {}
+    struct SetQuota: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-quota",
+            abstract: "Set a user's quotas over the gateway's defaults; 0 returns one to the default.",
+            discussion: "Example: batchctl admin set-quota snakemake --jobs 20000")
+
+        @Argument var name: String
+        @Option(help: "Jobs the user may keep (ended ones count until deleted or past the retention).")
+        var jobs: Int?
+        @Option(help: "Task templates the user may keep.")
+        var templates: Int?
+        @Option(help: "Compute environments the user may keep.")
+        var envs: Int?
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let request = AdminAPI.ModifyUserQuotaRequest(
+                userName: name, jobQuota: jobs, taskTemplateQuota: templates, computeEnvQuota: envs)
+            _ = await client.gateway.call("ModifyUserQuota", request, returning: AdminAPI.Empty.self)
+        }
+    }
 }
 
 // MARK: - call

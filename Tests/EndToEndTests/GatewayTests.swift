@@ -99,6 +99,47 @@ struct GatewayTests {
         }
     }
 
+    @Test("quotas per user set by the operator; ended jobs leave after the retention and stop counting")
+    func quotasAndRetention() async throws {
+        try await Stack.run(settings: ["BATCH_QUOTA_JOBS": "1", "BATCH_JOB_RETENTION": "2"]) { stack in
+            let env = try await stack.createEnv(nodes: 1)
+            let first = try unwrap(try await stack.call("SubmitJob", jobBody(env))["JobId"] as? String)
+            await expectCode("LimitExceeded.JobQuota") { try await stack.call("SubmitJob", jobBody(env)) }
+
+            // The operator gives this user three; others keep the default.
+            let bob = try await stack.createUser("bob")
+            #expect(try await stack.admin(["set-quota", "e2e-user", "--jobs", "3"]).status == 0)
+            let second = try unwrap(try await stack.call("SubmitJob", jobBody(env))["JobId"] as? String)
+            _ = try await stack.call("SubmitJob", jobBody(env, command: "sleep 300"))
+            do {
+                _ = try await stack.call("SubmitJob", jobBody(env))
+                Issue.record("a fourth job was accepted")
+            } catch let error as APICallError {
+                #expect(error.code == "LimitExceeded.JobQuota")
+                #expect(error.message.contains("quota of 3 jobs"), "\(error.message)")
+            }
+            let bobEnv = try unwrap(
+                try await stack.call(
+                    "CreateComputeEnv", ["ComputeEnv": ["EnvName": "bob", "DesiredComputeNodeCount": 0]], as: bob)[
+                        "EnvId"] as? String)
+            _ = try await stack.call("SubmitJob", jobBody(bobEnv), as: bob)
+            await expectCode("LimitExceeded.JobQuota") { try await stack.call("SubmitJob", jobBody(bobEnv), as: bob) }
+            let refused = try await stack.admin(["set-quota", "e2e-user", "--jobs=-1"])
+            #expect(refused.status == 1 && refused.stderr.contains("JobQuota"), "\(refused.stderr)")
+
+            // Two seconds after they end, the finished jobs are gone as DeleteJob removes them; the running one stays
+            // and the quota has room again.
+            for job in [first, second] { _ = try await stack.waitForJob(job) }
+            try await waitUntil("the ended jobs are removed") {
+                try await stack.rowCount("jobs") == 2  // the running job and bob's, which never runs
+            }
+            await expectCode("ResourceNotFound.Job") { try await stack.call("DescribeJob", ["JobId": first]) }
+            _ = try await stack.call("SubmitJob", jobBody(env))
+            _ = try await stack.call("SubmitJob", jobBody(env))
+            await expectCode("LimitExceeded.JobQuota") { try await stack.call("SubmitJob", jobBody(env)) }
+        }
+    }
+
     @Test("bad input answers its code and leaves no row behind")
     func badInput() async throws {
         try await Stack.run(settings: ["BATCH_QUOTA_JOBS": "2", "BATCH_QUOTA_TEMPLATES": "1", "BATCH_QUOTA_ENVS": "1"])
