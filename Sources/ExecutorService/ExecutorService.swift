@@ -30,8 +30,31 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "This node's id (BATCH_NODE_ID, default a new node-… id).")
     var nodeId: String = Environment.value("BATCH_NODE_ID", default: NodeID.generate().rawValue)
 
-    @Option(help: "Instances run at once (BATCH_NODE_SLOTS, default the number of CPUs).")
-    var slots: Int = Environment.int("BATCH_NODE_SLOTS", default: ProcessInfo.processInfo.activeProcessorCount)
+    @Option(
+        name: .customLong("slots"),
+        help: """
+            Instances run at once (BATCH_NODE_SLOTS; default from the node's CPUs, its memory and --instance-memory, \
+            see NodeSizing: 8 a CPU, 256 MiB each at least, 64 at most).
+            """)
+    var slotsOption: Int?
+
+    /// The slots given, or the node's size (``NodeSizing``).
+    var slots: Int {
+        slotsOption ?? Environment.value("BATCH_NODE_SLOTS").flatMap(Int.init)
+            ?? NodeSizing.slots(
+                cpus: ProcessInfo.processInfo.activeProcessorCount, memoryBytes: Self.nodeMemoryBytes,
+                instanceMemoryBytes: (instanceMemory ?? Environment.value("BATCH_INSTANCE_MEMORY").flatMap(Int.init))
+                    .map { Int64($0) << 20 })
+    }
+
+    /// The node's memory: the machine's, or its cgroup's limit if lower (an executor in a container).
+    static var nodeMemoryBytes: Int64 {
+        let physical = Int64(ProcessInfo.processInfo.physicalMemory)
+        let limited =
+            (try? String(contentsOfFile: "/sys/fs/cgroup/memory/memory.limit_in_bytes", encoding: .utf8))
+            .flatMap { Int64($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? physical
+        return min(physical, limited)
+    }
 
     @Option(help: "Where instances' work dirs and logs go (BATCH_WORK_DIR, default .batch/nodes/<node id>).")
     var workDir: String?
@@ -128,11 +151,7 @@ struct ExecutorService: AsyncParsableCommand {
 
     /// Each instance's limits: the memory given, or the node's (its cgroup's limit, if lower) over its slots.
     func instanceLimits() -> InstanceLimits {
-        let physical = Int64(ProcessInfo.processInfo.physicalMemory)
-        let limited =
-            (try? String(contentsOfFile: "/sys/fs/cgroup/memory/memory.limit_in_bytes", encoding: .utf8))
-            .flatMap { Int64($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? physical
-        var limits = InstanceLimits.defaults(nodeMemoryBytes: min(physical, limited), slots: slots)
+        var limits = InstanceLimits.defaults(nodeMemoryBytes: Self.nodeMemoryBytes, slots: slots)
         if let memory = instanceMemory ?? Environment.value("BATCH_INSTANCE_MEMORY").flatMap(Int.init) {
             limits.memoryBytes = Int64(memory) << 20
         }

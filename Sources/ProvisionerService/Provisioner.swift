@@ -17,7 +17,8 @@ struct Provisioner: Service {
     /// Makes each environment's nodes' broker user (nil: nodes share the executors' user).
     let brokerUsers: BrokerUsers?
     let envs: ComputeEnvStore
-    let nodeSlots: Int
+    /// Slots of each node; nil: sized from the host (``NodeSizing``) and the environment's instance memory.
+    let nodeSlots: Int?
     let logger: Logger
     let interval: Duration = .seconds(5)
     /// A node not heard from for this long is `ABNORMAL` and replaced (the scheduler reruns its instances after
@@ -25,7 +26,7 @@ struct Provisioner: Service {
     let silentAfter: Duration = .seconds(30)
 
     init(
-        database: Database, amqp: AMQPClient, driver: any NodeDriver, brokerUsers: BrokerUsers? = nil, nodeSlots: Int,
+        database: Database, amqp: AMQPClient, driver: any NodeDriver, brokerUsers: BrokerUsers? = nil, nodeSlots: Int?,
         logger: Logger
     ) {
         self.database = database
@@ -168,6 +169,12 @@ struct Provisioner: Service {
 
     func create(in env: ComputeEnvStore.Provisioned, cause: String) async throws {
         let node = NodeID.generate()
+        let nodeSlots =
+            self.nodeSlots
+            ?? NodeSizing.slots(
+                cpus: ProcessInfo.processInfo.activeProcessorCount,
+                memoryBytes: Int64(ProcessInfo.processInfo.physicalMemory),
+                instanceMemoryBytes: env.instanceMemoryLimit.map { Int64($0) << 20 })
         try await envs.nodeCreating(
             node, env: env.envID, slots: nodeSlots, host: ProcessInfo.processInfo.hostName, cause: cause)
         do {

@@ -230,3 +230,17 @@ struct AllotmentTests {
         #expect(allotments == [DispatchPlanner.Allotment(count: 1, reason: .retryBackoff(until: end))])
     }
 }
+
+@Suite("Node sizing: slots from CPUs, memory and what instances ask for")
+struct NodeSizingTests {
+    @Test("several slots a CPU; memory and the instances' memory limit cap them; 64 at most, 1 at least")
+    func slots() {
+        let gib: Int64 = 1 << 30
+        #expect(NodeSizing.slots(cpus: 2, memoryBytes: 24 * gib) == 16)
+        #expect(NodeSizing.slots(cpus: 2, memoryBytes: 2 * gib) == 8)
+        #expect(NodeSizing.slots(cpus: 2, memoryBytes: 24 * gib, instanceMemoryBytes: 4 * gib) == 6)
+        #expect(NodeSizing.slots(cpus: 64, memoryBytes: 512 * gib) == 64)
+        #expect(NodeSizing.slots(cpus: 1, memoryBytes: 100 << 20) == 1)
+        #expect(NodeSizing.slots(cpus: 0, memoryBytes: 0) == 1)
+    }
+}
