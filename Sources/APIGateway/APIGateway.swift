@@ -125,8 +125,8 @@ struct APIGateway: AsyncParsableCommand {
                 unsandboxedUsers: Set(
                     unsandboxedUsers.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }),
                 logger: logger)
-            let router = Router()
-            router.post("/") { request, context in try await api.respond(to: request, context: context) }
+            let router = Router(context: BatchRequestContext.self)
+            api.addRoutes(to: router)
             Observability.addOperationalRoutes(to: router) {
                 guard amqp.isConnected else { return false }
                 return (try? await database.client.query("SELECT 1")) != nil

@@ -54,75 +54,31 @@ struct BatchAPI: Sendable {
         self.maxBodySize = maxBodySize
     }
 
-    func respond(to request: Request, context: some RequestContext) async throws -> Response {
-        let start = ContinuousClock.now
-        let requestID = UUID().uuidString.lowercased()
-        let action = request.headers[.tcAction] ?? ""
-        let metricAction = Self.actions[action] == nil ? "unknown" : action
-        var logger = self.logger
-        logger[metadataKey: "request.id"] = "\(requestID)"
-        logger[metadataKey: "api.action"] = "\(action.prefix(64))"
-        let response: Response
-        var outcome = "ok"
-        do {
-            // Refuse an oversized body before reading it, by its declared length, and while reading it otherwise.
-            if let length = request.headers[.contentLength].flatMap(Int.init), length > maxBodySize {
-                throw BodyTooLarge()
-            }
-            let body = try await request.body.collect(upTo: maxBodySize)
-            let bytes = Array(body.readableBytesView)
-            let caller = try await authenticate(request, body: bytes)
-            let user = caller.userID
-            logger[metadataKey: "user.id"] = "\(user)"
-            if let limiter, !limiter.admit(user) {
-                throw APIError(
-                    .requestLimitExceeded,
-                    "more than \(limiter.rate) requests a second from this user (\(limiter.burst) at once); retry later"
-                )
-            }
-            guard request.headers[.tcVersion] == Self.version else {
-                throw APIError(.invalidParameterValue, "X-TC-Version must be \(Self.version)")
-            }
-            let payload = try await perform(
-                action: action,
-                context: ActionContext(user: user, isOperator: caller.isOperator, body: bytes, logger: logger))
-            response = Self.jsonResponse(payload, requestID: requestID)
-        } catch is BodyTooLarge {
-            outcome = APIError.Code.requestSizeLimitExceeded.rawValue
-            response = Self.errorResponse(
-                APIError(.requestSizeLimitExceeded, "the request body is larger than \(maxBodySize) bytes"),
-                requestID: requestID, status: .contentTooLarge)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
-            outcome = APIError.Code.requestSizeLimitExceeded.rawValue
-            response = Self.errorResponse(
-                APIError(.requestSizeLimitExceeded, "the request body is larger than \(maxBodySize) bytes"),
-                requestID: requestID, status: .contentTooLarge)
-        } catch let error as APIError {
-            outcome = error.code.rawValue
-            logger.info("request refused", metadata: ["error.code": "\(error.code.rawValue)"])
-            response = Self.errorResponse(error, requestID: requestID)
-        } catch let refusal as StoreRefusal {
-            let apiError = Self.apiError(refusal)
-            outcome = apiError.code.rawValue
-            logger.info("request refused", metadata: ["error.code": "\(apiError.code.rawValue)"])
-            response = Self.errorResponse(apiError, requestID: requestID)
-        } catch let error as Quotas.Violation {
-            outcome = error.code.rawValue
-            response = Self.errorResponse(error.apiError, requestID: requestID)
-        } catch {
-            outcome = APIError.Code.internalError.rawValue
-            logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
-            response = Self.errorResponse(
-                APIError(.internalError, "internal error; quote request id \(requestID)"), requestID: requestID)
-        }
-        let outcomeClass = outcome == "ok" ? "ok" : String(outcome.prefix { $0 != "." })
-        let metrics = RequestMetrics.shared
-        metrics.counter(action: metricAction, outcome: outcomeClass).increment()
-        metrics.timer(action: metricAction).recordNanoseconds((ContinuousClock.now - start).nanoseconds)
-        return response
+    /// The Batch API on `router`: `POST /` through the middleware that answers every error in the API's shape and
+    /// counts it (``APIResponseMiddleware``), reads and authenticates the signed body (``AuthenticationMiddleware``)
+    /// and holds each user to the rate limit (``RateLimitMiddleware``), then the action.
+    func addRoutes(to router: Router<BatchRequestContext>) {
+        router.group()
+            .add(middleware: APIResponseMiddleware(maxBodySize: maxBodySize, logger: logger))
+            .add(middleware: AuthenticationMiddleware(api: self))
+            .add(middleware: RateLimitMiddleware(limiter: limiter))
+            .post("/") { request, context in try await respond(to: request, context: context) }
     }
 
-    struct BodyTooLarge: Error {}
+    /// Runs an authenticated request's action and wraps its answer.
+    func respond(to request: Request, context: BatchRequestContext) async throws -> Response {
+        guard request.headers[.tcVersion] == Self.version else {
+            throw APIError(.invalidParameterValue, "X-TC-Version must be \(Self.version)")
+        }
+        guard let caller = context.caller else {
+            throw APIError(.missingAuthorization, "the Authorization header is missing")
+        }
+        let payload = try await perform(
+            action: context.action,
+            context: ActionContext(
+                user: caller.userID, isOperator: caller.isOperator, body: context.body, logger: context.logger))
+        return Self.jsonResponse(payload, requestID: context.requestID)
+    }
 
     // MARK: Authentication
 
