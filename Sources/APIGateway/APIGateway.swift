@@ -76,11 +76,16 @@ struct APIGateway: AsyncParsableCommand {
 
     /// Where an operator's key pair is written on first start: the credential `batchctl admin` signs with.
     @Option(
+        name: .customLong("operator-credentials"),
         help: """
             Write a new key pair of the operator user (`operator`) to this file (mode 0600) when the file does not \
             exist, before serving; `batchctl admin` signs with it (BATCH_OPERATOR_CREDENTIALS).
             """)
-    var operatorCredentials: String? = Environment.value("BATCH_OPERATOR_CREDENTIALS")
+    var operatorCredentialsOption: String?
+
+    var operatorCredentials: String? {
+        operatorCredentialsOption ?? Environment.value("BATCH_OPERATOR_CREDENTIALS")
+    }
 
     @OptionGroup var connections: ConnectionOptions
 

@@ -21,11 +21,14 @@ struct ProvisionerService: AsyncParsableCommand {
     @OptionGroup var connections: ConnectionOptions
 
     @Option(
+        name: .customLong("node-slots"),
         help: """
             Slots of each node the process driver starts (BATCH_NODE_SLOTS; default from this host's CPUs and memory \
             and the environment's InstanceMemoryLimit, see NodeSizing).
             """)
-    var nodeSlots: Int? = Environment.value("BATCH_NODE_SLOTS").flatMap(Int.init)
+    var nodeSlotsOption: Int?
+
+    var nodeSlots: Int? { nodeSlotsOption ?? Environment.value("BATCH_NODE_SLOTS").flatMap(Int.init) }
 
     @Option(help: "The ExecutorService binary (BATCH_EXECUTOR_PATH, default next to this one).")
     var executorPath: String = Environment.value("BATCH_EXECUTOR_PATH") ?? ProvisionerService.siblingExecutable
