@@ -10,34 +10,36 @@ enum Statements {
         var bindings: PostgresBindings { get }
     }
 
-    /// The job's tasks in order with the counts of their instances per state; only `counting` tasks' (all when nil).
+    /// The jobs' tasks in order with the counts of their instances per state: all tasks' of the jobs in
+    /// `countingAll`, and those of the job and task pairs given.
     struct Progress: Bound {
         static let sql = """
-            SELECT t.task_name, t.state, c.state, c.count
+            SELECT t.job_id, t.task_name, t.state, c.state, c.count
             FROM tasks t LEFT JOIN task_instance_counts c
-                ON c.job_id = t.job_id AND c.task_name = t.task_name AND ($2 OR t.task_name = ANY($3::text[]))
-            WHERE t.job_id = $1 ORDER BY t.position
+                ON c.job_id = t.job_id AND c.task_name = t.task_name AND (t.job_id = ANY($2::text[])
+                    OR (t.job_id, t.task_name) IN (SELECT * FROM unnest($3::text[], $4::text[])))
+            WHERE t.job_id = ANY($1::text[]) ORDER BY t.job_id, t.position
             """
         let bindings: PostgresBindings
 
-        init(job: String, counting: [String]?) {
-            bindings = Statements.bind(job, counting == nil, counting ?? [])
+        init(jobs: [String], countingAll: [String], countedJobs: [String], countedTasks: [String]) {
+            bindings = Statements.bind(jobs, countingAll, countedJobs, countedTasks)
         }
     }
 
-    /// The rows of instances by task and index.
+    /// The rows of instances by job, task and index.
     struct Instances: Bound {
         static let sql = """
-            SELECT i.task_name, i.instance_index, i.state, i.attempt, i.dispatched, i.failures, i.node_id,
+            SELECT i.job_id, i.task_name, i.instance_index, i.state, i.attempt, i.dispatched, i.failures, i.node_id,
                 i.exit_code, i.state_reason, i.not_before, i.launch_time, i.end_time
-            FROM task_instances i JOIN unnest($2::text[], $3::integer[]) AS k(task_name, instance_index)
-                USING (task_name, instance_index)
-            WHERE i.job_id = $1
+            FROM task_instances i
+                JOIN unnest($1::text[], $2::text[], $3::integer[]) AS k(job_id, task_name, instance_index)
+                USING (job_id, task_name, instance_index)
             """
         let bindings: PostgresBindings
 
-        init(job: String, tasks: [String], indices: [Int]) {
-            bindings = Statements.bind(job, tasks, indices)
+        init(jobs: [String], tasks: [String], indices: [Int]) {
+            bindings = Statements.bind(jobs, tasks, indices)
         }
     }
 

@@ -48,6 +48,19 @@ enum SchedulerEvent: Sendable {
         }
     }
 
+    /// Whether the event acts on the database as the events before it left it (a termination or a retry): a job
+    /// with one among its events has them applied in order, not together with other jobs'.
+    var needsOrder: Bool {
+        switch self {
+        case .terminateJob, .terminateInstance, .retry: true
+        default: false
+        }
+    }
+
+    var isSubmitted: Bool {
+        if case .submitted = self { true } else { false }
+    }
+
     /// Whether the event may free a slot or make instances runnable (all but a claim or a start).
     var mayFreeSlots: Bool {
         switch self {
@@ -214,21 +227,38 @@ struct JobScheduler: Sendable {
 
     /// Applies the events and writes the messages they cause to the outbox; returns the clearances of the starts
     /// it recorded (on the `alive` nodes only), for the caller to send once the transaction commits.
+    ///
+    /// The work is done set-wise, in a handful of statements whatever the number of jobs: the jobs are locked, the
+    /// instances the events are about loaded, changed in memory (``InstanceLifecycle``) and saved, each job's
+    /// progress loaded, decided (``JobProgress``) and saved, each in one round trip for the whole batch. Only a job
+    /// with a termination or retry among its events is handled on its own, its events in order.
     private func apply(
         _ events: [JobID: [SchedulerEvent]], alive: [NodeID: EnvID], proven: [NodeID: EnvID] = [:],
         exactPositions: Bool = false, on connection: PostgresConnection
     ) async throws -> [OutgoingMessage] {
         var messages: [OutgoingMessage] = []
-        var clearances: [NodeID: [InstanceCleared.Attempt]] = [:]
-        for job in events.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
-            let effects = try await handle(job, events[job]!, alive: alive, proven: proven, on: connection)
-            messages += effects.outbox
-            for clearance in effects.clearances {
-                clearances[clearance.node, default: []].append(
-                    .init(
-                        jobID: job, taskName: clearance.task, instanceIndex: clearance.index, attempt: clearance.attempt
-                    ))
+        var batch = Batch(alive: alive, proven: proven)
+        if !events.isEmpty {
+            try await lock(Array(events.keys), into: &batch, on: connection)
+            let ids = events.keys.filter { batch.jobs[$0] != nil }.sorted { $0.rawValue < $1.rawValue }
+            let (inOrder, together) = ids.partitioned { id in events[id]!.contains { $0.needsOrder } }
+            if !together.isEmpty {
+                let instanceEvents = together.map { (job: $0, events: events[$0]!.filter { $0.instance != nil }) }
+                let touched = try await applyInstanceEvents(instanceEvents, to: &batch, on: connection)
+                var decisions: [Decision] = []
+                for id in together where !touched[id, default: []].isEmpty || events[id]!.contains(where: \.isSubmitted)
+                {
+                    decisions.append(Decision(job: id, counting: touched[id, default: []]) { $0.advance() })
+                }
+                try await decide(decisions, in: &batch, on: connection)
             }
+            for id in inOrder { try await handleInOrder(id, events[id]!, in: &batch, on: connection) }
+            for id in ids { messages += try self.messages(for: batch.jobs[id]!, batch.effects[id]!) }
+        }
+        messages += try batch.resized.map {
+            try OutgoingMessage(
+                exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvModified,
+                payload: ComputeEnvModified(envID: $0))
         }
         // A start frees no slot and makes nothing runnable: a batch of starts alone skips the dispatch pass (the
         // watchdog's pass every second covers nodes that joined and back-offs that ended).
@@ -237,6 +267,15 @@ struct JobScheduler: Sendable {
         }
         try await Outbox.enqueue(messages, on: connection, sealer: database.sealer, logger: logger)
         // One clearance message per node, however many of its starts the batch recorded.
+        var clearances: [NodeID: [InstanceCleared.Attempt]] = [:]
+        for (job, effects) in batch.effects.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            for clearance in effects.clearances {
+                clearances[clearance.node, default: []].append(
+                    .init(
+                        jobID: job, taskName: clearance.task, instanceIndex: clearance.index, attempt: clearance.attempt
+                    ))
+            }
+        }
         return try clearances.sorted { $0.key.rawValue < $1.key.rawValue }.map { node, attempts in
             try OutgoingMessage(
                 exchange: Topology.commandsExchange, routingKey: Topology.nodeRoutingKey(node: node.rawValue),
@@ -244,79 +283,128 @@ struct JobScheduler: Sendable {
         }
     }
 
-    // MARK: One job
-
-    /// Applies one job's events in order, holding its row lock; returns the messages they cause.
-    private func handle(
-        _ jobID: JobID, _ events: [SchedulerEvent], alive: [NodeID: EnvID], proven: [NodeID: EnvID],
-        on connection: PostgresConnection
-    ) async throws
-        -> (outbox: [OutgoingMessage], clearances: [Effects.Clearance])
-    {
-        let known = cache.notifications(of: jobID)
-        guard var job = try await store.lockJob(jobID, withNotifications: known == nil, on: connection) else {
-            logger.warning("event for an unknown job ignored", metadata: ["job.id": "\(jobID)"])
-            return ([], [])
+    /// Locks the jobs `ids` (their `Notifications` are read once and kept); warns of those that do not exist.
+    private func lock(_ ids: [JobID], into batch: inout Batch, on connection: PostgresConnection) async throws {
+        var known: [JobID: [JobNotification]] = [:]
+        for id in ids { known[id] = cache.notifications(of: id) }
+        let unknown = Set(ids.filter { known[$0] == nil })
+        batch.jobs = try await store.lockJobs(ids, withNotifications: unknown, on: connection)
+        for id in ids {
+            guard batch.jobs[id] != nil else {
+                logger.warning("event for an unknown job ignored", metadata: ["job.id": "\(id)"])
+                continue
+            }
+            if let loaded = batch.jobs[id]!.notifications {
+                cache.remember(loaded, of: id)
+            } else {
+                batch.jobs[id]!.notifications = known[id]
+            }
+            batch.effects[id] = Effects(alive: batch.alive, proven: batch.proven)
         }
-        if let loaded = job.notifications { cache.remember(loaded, of: jobID) } else { job.notifications = known }
-        var effects = Effects(alive: alive, proven: proven)
+    }
+
+    // MARK: A job's events in order
+
+    /// Applies the events of a job with a termination or retry among them, in order: each of those acts on the
+    /// database as the events before it left it.
+    private func handleInOrder(
+        _ id: JobID, _ events: [SchedulerEvent], in batch: inout Batch, on connection: PostgresConnection
+    ) async throws {
         var segment: [SchedulerEvent] = []
         var touched: Set<String> = []
         var advance = false
+        func flush() async throws {
+            guard !segment.isEmpty else { return }
+            touched.formUnion(try await applyInstanceEvents([(id, segment)], to: &batch, on: connection)[id] ?? [])
+            segment = []
+        }
         for event in events {
             if event.instance != nil {
                 segment.append(event)
                 continue
             }
-            touched.formUnion(try await applyInstanceEvents(segment, of: job, on: connection, effects: &effects))
-            segment = []
+            try await flush()
             switch event {
             case .submitted:
                 advance = true
             case .terminateJob(let reason):
-                let ended = try await store.terminateInstances(of: job.id, reason: reason, on: connection)
-                effects.ended(ended, reason: reason)
-                try await store.clearNextAction(job, on: connection)
-                try await decide(&job, counting: nil, reason: reason, on: connection, effects: &effects) {
-                    $0.terminate(reason: reason) + $0.advance()
-                }
+                let ended = try await store.terminateInstances(of: id, reason: reason, on: connection)
+                batch.effects[id]!.ended(ended, reason: reason)
+                try await store.clearNextAction(batch.jobs[id]!, on: connection)
+                try await decide(
+                    [Decision(job: id, counting: nil, reason: reason) { $0.terminate(reason: reason) + $0.advance() }],
+                    in: &batch, on: connection)
                 touched = []
                 advance = false
             case .terminateInstance(let task, let index):
                 let reason = "terminated by the user (TerminateTaskInstance)"
                 let ended = try await store.terminateInstances(
-                    of: job.id, task: task, index: index, reason: reason, on: connection)
-                effects.ended(ended, reason: reason)
+                    of: id, task: task, index: index, reason: reason, on: connection)
+                batch.effects[id]!.ended(ended, reason: reason)
                 touched.insert(task)
                 advance = true
             case .retry:
-                try await decide(&job, counting: nil, on: connection, effects: &effects) { $0.retry() }
+                try await decide([Decision(job: id, counting: nil) { $0.retry() }], in: &batch, on: connection)
             default:
                 break
             }
         }
-        touched.formUnion(try await applyInstanceEvents(segment, of: job, on: connection, effects: &effects))
+        try await flush()
         if advance || !touched.isEmpty {
-            try await decide(&job, counting: touched, on: connection, effects: &effects) { $0.advance() }
+            try await decide([Decision(job: id, counting: touched) { $0.advance() }], in: &batch, on: connection)
         }
-        return (try messages(for: job, effects), effects.clearances)
     }
 
-    /// Applies instance events with ``InstanceLifecycle`` on the rows they are about and writes the changed rows in
-    /// one statement. Returns the tasks whose instances changed.
+    // MARK: Instances
+
+    /// Applies instance events with ``InstanceLifecycle``: the rows they are about are loaded for all jobs in one
+    /// statement, changed in memory, and written back in one statement. Returns the tasks whose instances changed,
+    /// by job.
     private func applyInstanceEvents(
-        _ events: [SchedulerEvent], of job: SchedulerStore.LockedJob, on connection: PostgresConnection,
-        effects: inout Effects
-    ) async throws -> Set<String> {
-        guard !events.isEmpty else { return [] }
-        var rows = try await store.instances(Set(events.compactMap(\.instance)), of: job.id, on: connection)
+        _ events: [(job: JobID, events: [SchedulerEvent])], to batch: inout Batch, on connection: PostgresConnection
+    ) async throws -> [JobID: Set<String>] {
+        var keys: [JobID: Set<SchedulerStore.InstanceKey>] = [:]
+        for (job, events) in events { keys[job, default: []].formUnion(events.compactMap(\.instance)) }
+        guard !keys.isEmpty else { return [:] }
+        let configs = try await cache.tasks(
+            keys.flatMap { job, keys in Set(keys.map(\.task)).map { DispatchPlanner.TaskKey(job: job, task: $0) } },
+            store: store, on: connection)
+        var rows = try await store.instances(keys, on: connection)
+        var changedRows: [JobID: [SchedulerStore.InstanceRow]] = [:]
+        var stops: [(job: JobID, task: String, reason: String)] = []
+        var touched: [JobID: Set<String>] = [:]
+        for (job, jobEvents) in events {
+            var effects = batch.effects[job] ?? Effects(alive: batch.alive, proven: batch.proven)
+            let (changed, stopTasks) = try apply(
+                jobEvents, of: job, rows: &rows[job, default: [:]], configs: configs, effects: &effects)
+            batch.effects[job] = effects
+            changedRows[job] = changed.map { rows[job]![$0]! }
+            touched[job] = Set(changed.map(\.task))
+            stops += stopTasks.sorted { $0.key < $1.key }.map { (job, $0.key, $0.value) }
+        }
+        try await store.saveInstances(changedRows, on: connection)
+        for stop in stops {
+            let reason = "FAST_INTERRUPT after \(stop.reason)"
+            let ended = try await store.terminateInstances(
+                of: stop.job, task: stop.task, notStarted: true, reason: reason, on: connection)
+            batch.effects[stop.job]!.ended(ended, reason: reason)
+        }
+        return touched
+    }
+
+    /// Applies one job's instance events to its `rows` in memory. Returns the instances changed, and the tasks to
+    /// stop (`FAST_INTERRUPT`) with why.
+    private func apply(
+        _ events: [SchedulerEvent], of job: JobID, rows: inout [SchedulerStore.InstanceKey: SchedulerStore.InstanceRow],
+        configs: [DispatchPlanner.TaskKey: SchedulerStore.TaskConfig], effects: inout Effects
+    ) throws -> (changed: Set<SchedulerStore.InstanceKey>, stopTasks: [String: String]) {
         var changed: Set<SchedulerStore.InstanceKey> = []
         var stopTasks: [String: String] = [:]
         for event in events {
             guard let key = event.instance, var row = rows[key],
-                let config = try await cache.task(job.id, key.task, store: store, on: connection)
+                let config = configs[DispatchPlanner.TaskKey(job: job, task: key.task)]
             else {
-                logger.warning("event for an unknown instance ignored", metadata: ["job.id": "\(job.id)"])
+                logger.warning("event for an unknown instance ignored", metadata: ["job.id": "\(job)"])
                 continue
             }
             let now = Date()
@@ -328,7 +416,7 @@ struct JobScheduler: Sendable {
                 logger.warning(
                     "\(event.report == nil ? "end" : "claim") from a node outside the task's environment refused",
                     metadata: [
-                        "job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(node)",
+                        "job.id": "\(job)", "task.name": "\(key.task)", "node.id": "\(node)",
                         "env.id": "\(nodeEnv)", "task.env.id": "\(taskEnv)",
                     ])
                 // The node is told to stop it only when it is the node it says (its row's environment is the one
@@ -376,7 +464,7 @@ struct JobScheduler: Sendable {
                 if let node = row.lifecycle.node, node != finished.nodeID, row.lifecycle.attempt == finished.attempt {
                     logger.info(
                         "result of a duplicate run ignored",
-                        metadata: ["job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(finished.nodeID)"])
+                        metadata: ["job.id": "\(job)", "task.name": "\(key.task)", "node.id": "\(finished.nodeID)"])
                     continue
                 }
                 transition =
@@ -395,7 +483,7 @@ struct JobScheduler: Sendable {
                     (row.launchTime, row.endTime) = (nil, nil)
                 }
                 if finished.interrupted != true {
-                    let context = "logs:\(job.id)/\(key.task)/\(key.index)"
+                    let context = "logs:\(job)/\(key.task)/\(key.index)"
                     row.stdoutSealed = try finished.stdoutTail.map {
                         try database.sealer.seal($0, context: "\(context)/stdout")
                     }
@@ -416,7 +504,7 @@ struct JobScheduler: Sendable {
                 (row.launchTime, row.endTime) = (nil, nil)
                 logger.warning(
                     "instance runs again: its node is lost",
-                    metadata: ["job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(node)"])
+                    metadata: ["job.id": "\(job)", "task.name": "\(key.task)", "node.id": "\(node)"])
             default:
                 continue
             }
@@ -437,58 +525,71 @@ struct JobScheduler: Sendable {
                 case .keepNode(let node):
                     logger.info(
                         "node kept for inspection of a failed instance",
-                        metadata: ["job.id": "\(job.id)", "task.name": "\(key.task)", "node.id": "\(node)"])
+                        metadata: ["job.id": "\(job)", "task.name": "\(key.task)", "node.id": "\(node)"])
                 case .releaseNode, .dispatch:
                     break
                 }
             }
         }
-        try await store.saveInstances(changed.map { rows[$0]! }, of: job.id, on: connection)
-        for (task, reason) in stopTasks.sorted(by: { $0.key < $1.key }) {
-            let ended = try await store.terminateInstances(
-                of: job.id, task: task, notStarted: true, reason: "FAST_INTERRUPT after \(reason)", on: connection)
-            effects.ended(ended, reason: "FAST_INTERRUPT after \(reason)")
-        }
-        return Set(changed.map(\.task))
+        return (changed, stopTasks)
     }
 
-    /// Loads the job's progress (instance counts of `counting` tasks, all when nil), lets `transform` decide, and
-    /// carries out the decisions. `reason` explains a job that ends `FAILED` (otherwise: the tasks that failed).
-    private func decide(
-        _ job: inout SchedulerStore.LockedJob, counting: Set<String>?, reason: String? = nil,
-        on connection: PostgresConnection, effects: inout Effects,
-        _ transform: (inout JobProgress) -> [JobProgress.Action]
-    ) async throws {
-        var progress = try await store.progress(of: job, counting: counting, on: connection)
-        for action in transform(&progress) {
-            switch action {
-            case .startTask(let name):
-                let (count, resized) = try await store.startTask(
-                    name, of: job, maxNodes: settings.anonymousNodes, on: connection)
-                created.add(count)
-                if let resized { effects.resized.append(resized) }
-                logger.info("task started", metadata: ["job.id": "\(job.id)", "task.name": "\(name)"])
-            case .skipTask(let name, let why):
-                try await store.skipTask(name, of: job, reason: why, on: connection)
-                effects.notify(.taskFailed, task: name, state: .failed, reason: why)
-                logger.info(
-                    "task cannot run", metadata: ["job.id": "\(job.id)", "task.name": "\(name)", "reason": "\(why)"])
-            case .setTaskState(let name, let state):
-                if let released = try await store.setTaskState(name, of: job, state, on: connection) {
-                    effects.resized.append(released)
+    // MARK: Decisions
+
+    /// A job to decide with ``JobProgress``: its progress counts the instances of `counting` tasks (all when nil);
+    /// `reason` explains a job that ends `FAILED` (otherwise: the tasks that failed).
+    struct Decision {
+        var job: JobID
+        var counting: Set<String>?
+        var reason: String?
+        var transform: (inout JobProgress) -> [JobProgress.Action]
+    }
+
+    /// Loads the jobs' progress in one statement, lets each decision's `transform` decide, and writes what they
+    /// decided in at most four more (``SchedulerStore/save(_:maxNodes:on:)``).
+    private func decide(_ decisions: [Decision], in batch: inout Batch, on connection: PostgresConnection)
+        async throws
+    {
+        guard !decisions.isEmpty else { return }
+        var progress = try await store.progress(
+            of: decisions.map { (batch.jobs[$0.job]!, $0.counting) }, on: connection)
+        var decided = SchedulerStore.Decided()
+        for decision in decisions {
+            guard var jobProgress = progress[decision.job] else { continue }
+            let job = batch.jobs[decision.job]!
+            var effects = batch.effects[job.id] ?? Effects(alive: batch.alive, proven: batch.proven)
+            for action in decision.transform(&jobProgress) {
+                switch action {
+                case .startTask(let name):
+                    decided.started.append((job.id, name))
+                    logger.info("task started", metadata: ["job.id": "\(job.id)", "task.name": "\(name)"])
+                case .skipTask(let name, let why):
+                    decided.skipped.append((job.id, name, why))
+                    effects.notify(.taskFailed, task: name, state: .failed, reason: why)
+                    logger.info(
+                        "task cannot run",
+                        metadata: ["job.id": "\(job.id)", "task.name": "\(name)", "reason": "\(why)"])
+                case .setTaskState(let name, let state):
+                    decided.taskStates.append((job.id, name, state))
+                    if let event = EventName.task(state) { effects.notify(event, task: name, state: state) }
+                case .setJobState(let state):
+                    let failedTasks = jobProgress.tasks.values.filter { $0.state == .failed }.map(\.name).sorted()
+                    let why =
+                        state == .failed || state == .failedInterrupted
+                        ? decision.reason ?? "task \(failedTasks.joined(separator: ", ")) failed" : nil
+                    decided.jobStates.append((job.id, state, why))
+                    if let event = EventName.job(state) { effects.notify(event, state: state, reason: why) }
+                    logger.info(
+                        "job state changed", metadata: ["job.id": "\(job.id)", "job.state": "\(state.rawValue)"])
                 }
-                if let event = EventName.task(state) { effects.notify(event, task: name, state: state) }
-            case .setJobState(let state):
-                let failedTasks = progress.tasks.values.filter { $0.state == .failed }.map(\.name).sorted()
-                let why =
-                    state == .failed || state == .failedInterrupted
-                    ? reason ?? "task \(failedTasks.joined(separator: ", ")) failed" : nil
-                try await store.setJobState(job, state, reason: why, on: connection)
-                if let event = EventName.job(state) { effects.notify(event, state: state, reason: why) }
-                logger.info("job state changed", metadata: ["job.id": "\(job.id)", "job.state": "\(state.rawValue)"])
             }
+            batch.jobs[job.id]!.state = jobProgress.state
+            batch.effects[job.id] = effects
+            progress[decision.job] = jobProgress
         }
-        job.state = progress.state
+        let (count, resized) = try await store.save(decided, maxNodes: settings.anonymousNodes, on: connection)
+        created.add(count)
+        batch.resized += resized
     }
 
     // MARK: Dispatch
@@ -517,12 +618,15 @@ struct JobScheduler: Sendable {
                 task: $0.key, env: $0.env, ready: $0.ready, backoffEnd: $0.backoffEnd,
                 active: active[$0.key]?.count ?? 0, maxConcurrent: $0.maxConcurrent)
         }
+        let allotments = DispatchPlanner.allot(demands, freeSlots: free)
+        let picked = zip(waiting, allotments).filter { $0.1.count > 0 }
+        let configs = try await cache.tasks(picked.map(\.0.key), store: store, on: connection)
+        let dispatched = try await store.dispatch(
+            picked.filter { configs[$0.0.key] != nil }.map { ($0.0.key, $0.1.count) }, on: connection)
         var messages: [OutgoingMessage] = []
         var reasons: [(task: DispatchPlanner.TaskKey, reason: String?)] = []
-        for (task, allotment) in zip(waiting, DispatchPlanner.allot(demands, freeSlots: free)) {
-            if allotment.count > 0, let config = try await cache.task(task.job, task.task, store: store, on: connection)
-            {
-                let dispatched = try await store.dispatch(task, limit: allotment.count, on: connection)
+        for (task, allotment) in zip(waiting, allotments) {
+            if let config = configs[task.key], let dispatched = dispatched[task.key] {
                 let envNodes = nodes[task.env] ?? (count: 1, smallest: 1)
                 for positions in DispatchPlanner.runMessages(
                     count: dispatched.count, nodes: envNodes.count, smallestNode: envNodes.smallest)
@@ -566,11 +670,6 @@ struct JobScheduler: Sendable {
                     reason: kill.reason),
                 correlationID: job.id.rawValue)
         }
-        messages += try effects.resized.map {
-            try OutgoingMessage(
-                exchange: Topology.eventsExchange, routingKey: Topology.Event.computeEnvModified,
-                payload: ComputeEnvModified(envID: $0))
-        }
         guard !effects.notifications.isEmpty else { return messages }
         let topics = job.notifications ?? []
         let encoder = BatchJSON.encoder()
@@ -596,6 +695,23 @@ struct JobScheduler: Sendable {
             }
         }
         return messages
+    }
+}
+
+/// What the scheduler holds while it handles a batch: the jobs it locked, what each one's events ask for besides
+/// state, and the anonymous environments whose node count changed.
+struct Batch {
+    /// The nodes heard from lately, with their environments (``Effects/alive``).
+    let alive: [NodeID: EnvID]
+    /// The environments the reporting nodes proved they serve (``Effects/proven``).
+    let proven: [NodeID: EnvID]
+    var jobs: [JobID: SchedulerStore.LockedJob] = [:]
+    var effects: [JobID: Effects] = [:]
+    var resized: [EnvID] = []
+
+    init(alive: [NodeID: EnvID], proven: [NodeID: EnvID]) {
+        self.alive = alive
+        self.proven = proven
     }
 }
 
@@ -629,8 +745,6 @@ struct Effects {
     /// Starts recorded: the nodes may run these attempts (``InstanceCleared``, sent once the transaction commits).
     var clearances: [Clearance] = []
     var notifications: [Note] = []
-    /// Anonymous environments whose node count changed.
-    var resized: [EnvID] = []
 
     mutating func kill(node: NodeID, task: String, index: Int, attempt: Int, reason: String) {
         kills.append(Kill(node: node, task: task, index: index, attempt: attempt, reason: reason))
@@ -700,21 +814,29 @@ extension EventName {
 
 /// Task configurations and job notifications, which never change once a job is submitted: read and unsealed once.
 final class ConfigCache: Sendable {
-    private let tasks = Mutex<[String: SchedulerStore.TaskConfig]>([:])
+    private let tasks = Mutex<[DispatchPlanner.TaskKey: SchedulerStore.TaskConfig]>([:])
     private let topics = Mutex<[JobID: [JobNotification]]>([:])
     private let limit = 50_000
 
-    func task(_ job: JobID, _ task: String, store: SchedulerStore, on connection: PostgresConnection) async throws
-        -> SchedulerStore.TaskConfig?
+    /// The configurations of `tasks` (those that exist): those not kept yet are read in one statement.
+    func tasks(_ tasks: [DispatchPlanner.TaskKey], store: SchedulerStore, on connection: PostgresConnection)
+        async throws -> [DispatchPlanner.TaskKey: SchedulerStore.TaskConfig]
     {
-        let key = "\(job)/\(task)"
-        if let config = tasks.withLock({ $0[key] }) { return config }
-        guard let config = try await store.taskConfig(job: job, task: task, on: connection) else { return nil }
-        tasks.withLock {
-            if $0.count >= limit { $0.removeAll(keepingCapacity: true) }
-            $0[key] = config
+        var found: [DispatchPlanner.TaskKey: SchedulerStore.TaskConfig] = [:]
+        let missing = self.tasks.withLock { kept in
+            tasks.filter { task in
+                guard let config = kept[task] else { return true }
+                found[task] = config
+                return false
+            }
         }
-        return config
+        guard !missing.isEmpty else { return found }
+        let loaded = try await store.taskConfigs(missing, on: connection)
+        self.tasks.withLock {
+            if $0.count + loaded.count > limit { $0.removeAll(keepingCapacity: true) }
+            $0.merge(loaded) { _, new in new }
+        }
+        return found.merging(loaded) { _, new in new }
     }
 
     /// The notifications of a job, if known.
@@ -725,6 +847,18 @@ final class ConfigCache: Sendable {
             if $0.count >= limit { $0.removeAll(keepingCapacity: true) }
             $0[job] = notifications
         }
+    }
+}
+
+extension Array {
+    /// The elements for which `belongs` holds, and the others, each in their order.
+    func partitioned(by belongs: (Element) throws -> Bool) rethrows -> (matching: [Element], others: [Element]) {
+        var matching: [Element] = []
+        var others: [Element] = []
+        for element in self {
+            if try belongs(element) { matching.append(element) } else { others.append(element) }
+        }
+        return (matching, others)
     }
 }
 
