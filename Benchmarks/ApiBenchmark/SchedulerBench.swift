@@ -11,35 +11,40 @@ import Foundation
 ///   one's (the instances record their own start in `--work`);
 /// - many jobs: `--jobs` (default 2,000) jobs of one instance of `true`, submitted 16 at a time, from the first
 ///   SubmitJob to the last `SUCCEED` (a backlog of small jobs, as a flood of submissions leaves);
+/// - a backlog: `--backlog` (default none) one-instance jobs submitted 16 at a time to an environment of no nodes,
+///   where they wait scheduled; then the environment gets its nodes, and the rate at which they drain the backlog is
+///   set beside the steady stream's above (a scheduler whose every pass looked at each waiting job would slow down);
 /// - memory: with `--scheduler-pid`, the scheduler's resident memory while one task of `--large` (default 100,000)
 ///   instances runs, sampled at every tenth of the way, and its peak.
 ///
 ///   api-bench --scenario scheduler --endpoint … --credentials users.json --work DIR [--nodes 2]
-///       [--instances 5000] [--jobs 2000] [--large 100000 (0: none)] [--scheduler-pid PID] [--sandbox on|off]
+///       [--instances 5000] [--jobs 2000] [--backlog 20000 (default 0: none)]
+///       [--large 100000 (0: none)] [--scheduler-pid PID] [--sandbox on|off]
 enum SchedulerBench {
     static func run(_ bench: Bench) async throws {
         let user = bench.users[0]
         let work = option("--work") ?? NSTemporaryDirectory()
         let nodes = Int(option("--nodes") ?? "") ?? 2
         let sandbox = option("--sandbox") != "off"
-        let env =
+        let mode = sandbox ? "sandbox" : "bare"
+        func createEnv(_ name: String, nodes: Int) async throws -> String {
             try await bench.call(
                 "CreateComputeEnv",
-                [
-                    "ComputeEnv": [
-                        "EnvName": "sched-bench-\(sandbox ? "sandbox" : "bare")", "DesiredComputeNodeCount": nodes,
-                        "Sandbox": sandbox,
-                    ]
-                ], as: user
+                ["ComputeEnv": ["EnvName": name, "DesiredComputeNodeCount": nodes, "Sandbox": sandbox]], as: user
             )["EnvId"] as? String ?? ""
-        say("instances \(sandbox ? "in the node's sandbox" : "without a sandbox")")
-        try await waitUntil("\(nodes) nodes run") {
-            let view = try await bench.call("DescribeComputeEnv", ["EnvId": env], as: user)
-            let metrics = view["ComputeNodeMetrics"] as? [String: Any]
-            return metrics?["RunningCount"] as? Int == nodes
         }
-        // The nodes announce themselves with their first heartbeat; give the scheduler that one beat.
-        try await Task.sleep(for: .seconds(4))
+        func waitForNodes(_ env: String) async throws {
+            try await waitUntil("\(nodes) nodes run") {
+                let view = try await bench.call("DescribeComputeEnv", ["EnvId": env], as: user)
+                let metrics = view["ComputeNodeMetrics"] as? [String: Any]
+                return metrics?["RunningCount"] as? Int == nodes
+            }
+            // The nodes announce themselves with their first heartbeat; give the scheduler that one beat.
+            try await Task.sleep(for: .seconds(4))
+        }
+        let env = try await createEnv("sched-bench-\(mode)", nodes: nodes)
+        say("instances \(sandbox ? "in the node's sandbox" : "without a sandbox")")
+        try await waitForNodes(env)
 
         func task(_ name: String, _ count: Int, _ command: String) -> [String: Any] {
             [
@@ -78,12 +83,32 @@ enum SchedulerBench {
                 chain.seconds, gaps[gaps.count / 2], gaps[gaps.count * 9 / 10], gaps.last!))
 
         let jobs = Int(option("--jobs") ?? "") ?? 2000
+        var steady: Double?
         if jobs > 0 {
-            let many = try await runJobs(bench, jobs, name: "many-\(sandbox ? "sandbox" : "bare")", env: env)
+            let many = try await runJobs(bench, jobs, name: "many-\(mode)", env: env)
+            steady = Double(jobs) / many.done
             say(
                 String(
-                    format: "%d one-instance jobs of true, submitted 16 at a time: %.1f s, %.0f jobs/s", jobs, many,
-                    Double(jobs) / many))
+                    format:
+                        "%d one-instance jobs of true, submitted 16 at a time: %.1f s, %.0f jobs/s (all accepted after %.1f s)",
+                    jobs, many.done, Double(jobs) / many.done, many.submitted))
+        }
+
+        let backlog = Int(option("--backlog") ?? "") ?? 0
+        if backlog > 0 {
+            let idle = try await createEnv("backlog-\(mode)", nodes: 0)
+            let name = "backlog-\(mode)"
+            let submitted = try await submitJobs(bench, backlog, name: name, env: idle)
+            let scheduled = try await waitForJobs(bench, named: name, in: "RUNNABLE", count: backlog)
+            _ = try await bench.call("ModifyComputeEnv", ["EnvId": idle, "DesiredComputeNodeCount": nodes], as: user)
+            try await waitForNodes(idle)
+            let drained = try await waitForJobs(bench, named: name, in: "SUCCEED", count: backlog)
+            say(
+                String(
+                    format:
+                        "a backlog of %d one-instance jobs: accepted in %.1f s, all scheduled (waiting for nodes) after %.1f s; drained by %d nodes in %.1f s: %.0f jobs/s (the steady stream: %@)",
+                    backlog, submitted, scheduled, nodes, drained, Double(backlog) / drained,
+                    steady.map { String(format: "%.0f jobs/s", $0) } ?? "not run"))
         }
 
         let large = Int(option("--large") ?? "") ?? 100_000
@@ -129,8 +154,19 @@ enum SchedulerBench {
     }
 
     /// Submits `count` jobs named `name` of one instance of `true` each in `env`, 16 at a time, and waits until all
-    /// have succeeded; returns the seconds from the first submission to the last success.
-    static func runJobs(_ bench: Bench, _ count: Int, name: String, env: String) async throws -> Double {
+    /// have succeeded; returns the seconds from the first submission to the last one accepted, and to the last success.
+    static func runJobs(_ bench: Bench, _ count: Int, name: String, env: String) async throws
+        -> (submitted: Double, done: Double)
+    {
+        let start = ContinuousClock.now
+        let submitted = try await submitJobs(bench, count, name: name, env: env)
+        _ = try await waitForJobs(bench, named: name, in: "SUCCEED", count: count)
+        return (submitted, Bench.seconds(ContinuousClock.now - start))
+    }
+
+    /// Submits `count` jobs named `name` of one instance of `true` each in `env`, 16 at a time; returns the seconds
+    /// until the last was accepted.
+    static func submitJobs(_ bench: Bench, _ count: Int, name: String, env: String) async throws -> Double {
         let user = bench.users[0]
         let start = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -154,11 +190,17 @@ enum SchedulerBench {
             }
             try await group.waitForAll()
         }
+        return Bench.seconds(ContinuousClock.now - start)
+    }
+
+    /// Waits until `count` jobs named `name` are in `state`; returns the seconds it took.
+    static func waitForJobs(_ bench: Bench, named name: String, in state: String, count: Int) async throws -> Double {
+        let start = ContinuousClock.now
         let filters: [[String: Any]] = [
-            ["Name": "job-name", "Values": [name]], ["Name": "job-state", "Values": ["SUCCEED"]],
+            ["Name": "job-name", "Values": [name]], ["Name": "job-state", "Values": [state]],
         ]
         while true {
-            let view = try await bench.call("DescribeJobs", ["Filters": filters, "Limit": 1], as: user)
+            let view = try await bench.call("DescribeJobs", ["Filters": filters, "Limit": 1], as: bench.users[0])
             if view["TotalCount"] as? Int ?? 0 >= count { return Bench.seconds(ContinuousClock.now - start) }
             try await Task.sleep(for: .milliseconds(100))
         }

@@ -118,12 +118,12 @@ public struct JobStore: Sendable {
                     \(spec.priority ?? JobSpec.defaultPriority), \(unescaped: ExecutionState.submitted.sql), \(spec.dependencyRule.rawValue),
                     \(dependences), \(sealedJob), \(clientToken), \(zone), \(tags)::jsonb
                 FROM quota
-                ON CONFLICT (user_id, client_token) DO NOTHING RETURNING job_id
+                ON CONFLICT (user_id, client_token) DO NOTHING RETURNING job_id, priority, created_at
             ), tasks AS (
                 INSERT INTO tasks (job_id, task_name, position, state, instance_num, env_id, max_retry_count,
-                    timeout_seconds, spec_sealed, max_concurrent_num)
+                    timeout_seconds, spec_sealed, max_concurrent_num, job_priority, job_created_at)
                 SELECT job.job_id, name, position, \(unescaped: ExecutionState.submitted.sql), count, NULLIF(env, ''), retries, timeout, spec,
-                    NULLIF(concurrency, 0)
+                    NULLIF(concurrency, 0), job.priority, job.created_at
                 FROM job, unnest(\(spec.tasks.map(\.taskName))::text[], \(Array(spec.tasks.indices))::integer[],
                     \(spec.tasks.map(\.instanceCount))::integer[], \(taskEnvs)::text[],
                     \(spec.tasks.map { $0.maxRetryCount ?? 0 })::integer[],

@@ -336,5 +336,29 @@ extension Migration {
                 "CREATE INDEX jobs_ended ON jobs (end_time) WHERE end_time IS NOT NULL",
             ]
         ),
+        Migration(
+            version: 12, name: "started tasks in dispatch order per environment",
+            statements: [
+                // A task is dispatched in its job's order (priority, then age), kept on the task: the dispatch pass
+                // reads an environment's first waiting tasks from an index instead of ordering every started task.
+                """
+                ALTER TABLE tasks ADD COLUMN job_priority integer NOT NULL DEFAULT 0,
+                    ADD COLUMN job_created_at timestamptz NOT NULL DEFAULT now()
+                """,
+                """
+                UPDATE tasks t SET job_priority = j.priority, job_created_at = j.created_at
+                FROM jobs j WHERE j.job_id = t.job_id
+                """,
+                """
+                CREATE INDEX tasks_dispatch_order ON tasks (env_id, job_priority DESC, job_created_at, job_id, position)
+                    WHERE state IN ('RUNNABLE', 'STARTING', 'RUNNING')
+                """,
+                // Started tasks not told yet why they wait (or running with nothing waiting).
+                """
+                CREATE INDEX tasks_unexplained ON tasks (env_id)
+                    WHERE state IN ('RUNNABLE', 'STARTING', 'RUNNING') AND state_reason IS NULL
+                """,
+            ]
+        ),
     ]
 }

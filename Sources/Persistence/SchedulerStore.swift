@@ -426,18 +426,22 @@ public struct SchedulerStore: Sendable {
     /// the environments in `free` (those with free slots), and tasks without a pending reason yet: a task already
     /// told it waits for a full environment is not looked at again until a slot frees up there.
     ///
-    /// Unless `all`, a task told it waits for a free node is left out when the instances ready ahead of it in its
-    /// environment fill that environment's free slots: it gets none this time, and reading thousands of such tasks on
-    /// every pass would cost more than the pass (their queue positions are refreshed by a pass with `all`). Tasks held
-    /// by `MaxConcurrentNum` do not count ahead of others.
+    /// Unless `all`, only the first tasks of each environment in dispatch order are read: as many as it has free
+    /// slots, plus one (to know the next one waits), plus its `active` tasks (those with instances out, which may
+    /// be held by `MaxConcurrentNum`). So a pass costs in proportion to the slots, not to the jobs waiting: with a
+    /// backlog of 20,000 jobs, reading each on every pass would cost more than the pass. Of those read, a task told it
+    /// waits for a free node is left out when the instances ready ahead of it fill the free slots; tasks held by
+    /// `MaxConcurrentNum` do not count ahead of others. A pass with `all` reads every waiting task of the
+    /// environments, for the queue positions it writes.
     public func waitingTasks(
-        free: [EnvID: Int], all: Bool, readyCap: Int, on connection: PostgresConnection
+        free: [EnvID: Int], active: [EnvID: Int], all: Bool, readyCap: Int, on connection: PostgresConnection
     ) async throws -> [WaitingTask] {
         var tasks: [WaitingTask] = []
         let envs = Array(free.keys)
         for try await row in try await connection.execute(
             Statements.WaitingTasks(
-                readyCap: readyCap, envs: envs.map(\.rawValue), slots: envs.map { free[$0]! }, all: all),
+                readyCap: readyCap, envs: envs.map(\.rawValue), slots: envs.map { free[$0]! }, all: all,
+                caps: envs.map { free[$0]! + 1 + active[$0, default: 0] }),
             logger: logger)
         {
             let (job, task, env, limit, reason, ready, backoffEnd) = try row.decode(

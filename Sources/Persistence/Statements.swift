@@ -62,16 +62,35 @@ enum Statements {
         }
     }
 
-    /// Started tasks with instances waiting for dispatch, in dispatch order (``SchedulerStore/waitingTasks``).
+    /// Started tasks with instances waiting for dispatch, in dispatch order (``SchedulerStore/waitingTasks``): in
+    /// each environment of `$2` (with `$3` free slots), its first `$5` tasks with instances not dispatched (all of
+    /// them with `$4`), read in order from the `tasks_dispatch_order` index; and tasks not told yet why they wait.
     struct WaitingTasks: Bound {
         static let sql = """
-            WITH waiting AS (
-                SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, w.ready, w.backoff_end,
-                    j.priority, j.created_at, t.position,
+            WITH candidate AS (
+                SELECT c.* FROM unnest($2::text[], $5::integer[]) AS f(env_id, cap)
+                CROSS JOIN LATERAL (
+                    SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, t.job_priority,
+                        t.job_created_at, t.position
+                    FROM tasks t
+                    WHERE t.env_id = f.env_id AND t.state IN \([ExecutionState.runnable, .starting, .running].sql)
+                        AND EXISTS (SELECT 1 FROM task_instances i
+                            WHERE i.job_id = t.job_id AND i.task_name = t.task_name
+                                AND i.state = \(ExecutionState.runnable.sql) AND NOT i.dispatched)
+                    ORDER BY t.job_priority DESC, t.job_created_at, t.job_id, t.position
+                    LIMIT CASE WHEN $4 THEN NULL ELSE f.cap END) c
+                UNION
+                SELECT t.job_id, t.task_name, t.env_id, t.max_concurrent_num, t.state_reason, t.job_priority,
+                    t.job_created_at, t.position
+                FROM tasks t
+                WHERE t.state IN \([ExecutionState.runnable, .starting, .running].sql) AND t.state_reason IS NULL
+                    AND t.env_id IS NOT NULL
+            ), waiting AS (
+                SELECT t.*, w.ready, w.backoff_end,
                     coalesce(sum(CASE WHEN t.state_reason LIKE 'MAX_CONCURRENT_REACHED%' THEN 0 ELSE w.ready END)
-                        OVER (PARTITION BY t.env_id ORDER BY j.priority DESC, j.created_at, t.job_id, t.position
+                        OVER (PARTITION BY t.env_id ORDER BY t.job_priority DESC, t.job_created_at, t.job_id, t.position
                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
-                FROM tasks t JOIN jobs j USING (job_id)
+                FROM candidate t
                 CROSS JOIN LATERAL (
                     SELECT
                         (SELECT count(*)::integer FROM (
@@ -84,21 +103,19 @@ enum Statements {
                                 AND NOT i.dispatched AND i.not_before > now()) AS backoff_end
                     -- Not pulled up into the outer query, which would count the ready instances once per use.
                     OFFSET 0) w
-                WHERE t.state IN \([ExecutionState.runnable, .starting, .running].sql) AND t.env_id IS NOT NULL
-                    AND (t.env_id = ANY($2::text[]) OR t.state_reason IS NULL)
-                    AND (w.ready > 0 OR w.backoff_end IS NOT NULL)
+                WHERE w.ready > 0 OR w.backoff_end IS NOT NULL
             )
             SELECT w.job_id, w.task_name, w.env_id, w.max_concurrent_num, w.state_reason, w.ready, w.backoff_end
             FROM waiting w
             LEFT JOIN unnest($2::text[], $3::integer[]) AS f(env_id, slots) ON f.env_id = w.env_id
             WHERE $4 OR w.state_reason IS NULL OR w.state_reason NOT LIKE 'NO_FREE_NODE%'
                 OR w.ahead < coalesce(f.slots, 0)
-            ORDER BY w.priority DESC, w.created_at, w.job_id, w.position
+            ORDER BY w.job_priority DESC, w.job_created_at, w.job_id, w.position
             """
         let bindings: PostgresBindings
 
-        init(readyCap: Int, envs: [String], slots: [Int], all: Bool) {
-            bindings = Statements.bind(readyCap, envs, slots, all)
+        init(readyCap: Int, envs: [String], slots: [Int], all: Bool, caps: [Int]) {
+            bindings = Statements.bind(readyCap, envs, slots, all, caps)
         }
     }
 

@@ -130,6 +130,7 @@ struct JobScheduler: Sendable {
     private let cache = ConfigCache()
     private let created = CreatedInstances()
     private let keys = NodeKeys()
+    private let pacing = Pacing(share: 20)
     /// Most events in one notification message (an instance's event is about 300 bytes).
     static let eventsPerNotification = 100
 
@@ -177,7 +178,12 @@ struct JobScheduler: Sendable {
 
     /// The watchdog, every second: fails or retries instances past their `Timeout` whose node never reported,
     /// runs again the instances of lost nodes, and dispatches what waited (back-offs that ended, nodes that joined).
+    /// Its pass rewrites the queue positions of every waiting task, which costs in proportion to the tasks waiting:
+    /// it does so at most once a second, and no more often than keeps it under a twentieth of the scheduler's time.
     @Sendable func tick() async throws {
+        let exactPositions = pacing.isDue()
+        let start = ContinuousClock.now
+        defer { if exactPositions { pacing.ran(for: ContinuousClock.now - start) } }
         try await database.transaction { connection in
             _ = try await store.lockScheduling(andFindAlive: [], lostAfter: settings.nodeLostAfter, on: connection)
             var events: [JobID: [SchedulerEvent]] = [:]
@@ -187,7 +193,7 @@ struct JobScheduler: Sendable {
             for lost in try await store.onLostNodes(lostAfter: settings.nodeLostAfter, on: connection) {
                 events[lost.job, default: []].append(.nodeLost(lost))
             }
-            _ = try await apply(events, alive: [:], exactPositions: true, on: connection)
+            _ = try await apply(events, alive: [:], exactPositions: exactPositions, on: connection)
         }
     }
 
@@ -609,8 +615,11 @@ struct JobScheduler: Sendable {
         // wait); the watchdog's pass counts further, for the queue positions it writes. An environment whose nodes
         // left with instances still out has fewer than none free.
         let open = free.filter { $0.value > 0 }
+        var activeTasks: [EnvID: Int] = [:]
+        for (_, out) in active { if let env = out.env { activeTasks[env, default: 0] += 1 } }
         let waiting = try await store.waitingTasks(
-            free: open, all: exactPositions, readyCap: (open.values.max() ?? 0) + (exactPositions ? 1000 : 1),
+            free: open, active: activeTasks, all: exactPositions,
+            readyCap: (open.values.max() ?? 0) + (exactPositions ? 1000 : 1),
             on: connection)
         guard !waiting.isEmpty else { return [] }
         let demands = waiting.map {
@@ -860,6 +869,21 @@ extension Array {
         }
         return (matching, others)
     }
+}
+
+/// Paces work whose cost grows with what waits: after a run of `d`, the next is due `share` × `d` later, so it takes
+/// no more than one part in `share` of the time.
+final class Pacing: Sendable {
+    private let share: Int
+    private let next = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(share: Int) { self.share = share }
+
+    /// Whether the work is due now.
+    func isDue() -> Bool { next.withLock { $0.map { ContinuousClock.now >= $0 } ?? true } }
+
+    /// The work ran for `duration`.
+    func ran(for duration: Duration) { next.withLock { $0 = ContinuousClock.now + duration * (share - 1) } }
 }
 
 /// Instances created since the planner's statistics were last refreshed.
