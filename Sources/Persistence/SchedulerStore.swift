@@ -140,8 +140,6 @@ public struct SchedulerStore: Sendable {
         public var jobStates: [(job: JobID, state: ExecutionState, reason: String?)] = []
 
         public init() {}
-
-        public var isEmpty: Bool { taskStates.isEmpty && skipped.isEmpty && started.isEmpty && jobStates.isEmpty }
     }
 
     /// Writes what was decided: task states first (the last one given for a task counts; a task set back to
@@ -426,9 +424,10 @@ public struct SchedulerStore: Sendable {
     /// the environments in `free` (those with free slots), and tasks without a pending reason yet: a task already
     /// told it waits for a full environment is not looked at again until a slot frees up there.
     ///
-    /// Unless `all`, only the first tasks of each environment in dispatch order are read: as many as it has free
-    /// slots, plus one (to know the next one waits), plus its `active` tasks (those with instances out, which may
-    /// be held by `MaxConcurrentNum`). So a pass costs in proportion to the slots, not to the jobs waiting: with a
+    /// Unless `all`, only the first tasks of each environment in dispatch order with instances ready are read: as
+    /// many as it has free slots, plus one (to know the next one waits), plus its `active` tasks (those with
+    /// instances out, which may be held by `MaxConcurrentNum`); a task whose waiting instances are all in a retry
+    /// back-off holds no place (it is read while it has no pending reason, and by a pass with `all`). So a pass costs in proportion to the slots, not to the jobs waiting: with a
     /// backlog of 20,000 jobs, reading each on every pass would cost more than the pass. Of those read, a task told it
     /// waits for a free node is left out when the instances ready ahead of it fill the free slots; tasks held by
     /// `MaxConcurrentNum` do not count ahead of others. A pass with `all` reads every waiting task of the

@@ -63,8 +63,9 @@ enum Statements {
     }
 
     /// Started tasks with instances waiting for dispatch, in dispatch order (``SchedulerStore/waitingTasks``): in
-    /// each environment of `$2` (with `$3` free slots), its first `$5` tasks with instances not dispatched (all of
-    /// them with `$4`), read in order from the `tasks_dispatch_order` index; and tasks not told yet why they wait.
+    /// each environment of `$2` (with `$3` free slots), its first `$5` tasks with instances ready to dispatch (past
+    /// any back-off; all of them with `$4`), read in order from the `tasks_dispatch_order` index; and tasks not told
+    /// yet why they wait.
     struct WaitingTasks: Bound {
         static let sql = """
             WITH candidate AS (
@@ -76,7 +77,8 @@ enum Statements {
                     WHERE t.env_id = f.env_id AND t.state IN \([ExecutionState.runnable, .starting, .running].sql)
                         AND EXISTS (SELECT 1 FROM task_instances i
                             WHERE i.job_id = t.job_id AND i.task_name = t.task_name
-                                AND i.state = \(ExecutionState.runnable.sql) AND NOT i.dispatched)
+                                AND i.state = \(ExecutionState.runnable.sql) AND NOT i.dispatched
+                                AND (i.not_before IS NULL OR i.not_before <= now()))
                     ORDER BY t.job_priority DESC, t.job_created_at, t.job_id, t.position
                     LIMIT CASE WHEN $4 THEN NULL ELSE f.cap END) c
                 UNION
