@@ -22,7 +22,8 @@ struct APIGateway: AsyncParsableCommand {
         discussion: """
             Example: APIGateway --tls-certificate cert.pem --tls-key key.pem --port 8443
                      APIGateway --insecure-http --port 8080
-            """)
+            """,
+        version: BatchRelease.serviceVersion)
 
     @Option(help: "Address to listen on (BATCH_GATEWAY_HOST, default 127.0.0.1).")
     var host: String = Environment.value("BATCH_GATEWAY_HOST", default: "127.0.0.1")

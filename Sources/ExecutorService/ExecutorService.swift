@@ -22,7 +22,8 @@ struct ExecutorService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ExecutorService",
         abstract: "Run task instances for one compute environment.",
-        discussion: "Example: ExecutorService --env-id env-ab12cd34 --slots 4")
+        discussion: "Example: ExecutorService --env-id env-ab12cd34 --slots 4",
+        version: BatchRelease.version)
 
     @Option(help: "The compute environment whose work this node takes (BATCH_ENV_ID).")
     var envId: String = Environment.value("BATCH_ENV_ID", default: "")

@@ -73,7 +73,8 @@ public final class Database: Sendable, Service {
     }
 
     /// Applies every migration not yet applied, each in its own transaction. Safe when several services start at
-    /// once: they take turns through a PostgreSQL advisory lock.
+    /// once: they take turns through a PostgreSQL advisory lock. Throws a ``DatabaseError`` when the database's
+    /// schema is newer than this build's (``Migration/latest``).
     public func migrate() async throws {
         let lockKey = 0x6261_7463_6800  // "batch"
         try await client.withConnection { connection in
@@ -92,6 +93,13 @@ public final class Database: Sendable, Service {
                     "SELECT version FROM schema_migrations", logger: logger
                 ).decode(Int.self) {
                     applied.insert(version)
+                }
+                // A newer binary migrated this database: an older one would misread what it wrote.
+                if let newest = applied.max(), newest > Migration.latest {
+                    throw DatabaseError(
+                        "the database's schema is version \(newest), newer than this binary knows (\(Migration.latest), "
+                            + "release \(BatchRelease.version)): run binaries of the release that migrated it, or newer"
+                    )
                 }
                 for migration in Migration.all where !applied.contains(migration.version) {
                     try await connection.withTransaction(logger: logger) { connection in

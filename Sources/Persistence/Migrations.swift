@@ -1,3 +1,5 @@
+import BatchCore
+
 /// The schema, as numbered migrations applied in order. Never edit a released migration; add one.
 ///
 /// Each migration is a list of statements (the extended query protocol runs one statement per query) applied in
@@ -361,4 +363,14 @@ extension Migration {
             ]
         ),
     ]
+}
+
+extension Migration {
+    /// The schema version this build knows: that of its last migration.
+    public static var latest: Int { all.last!.version }
+}
+
+extension BatchRelease {
+    /// What a service that migrates the database prints with `--version`: the release and its schema version.
+    public static var serviceVersion: String { "\(version) (database schema \(Migration.latest))" }
 }

@@ -16,7 +16,8 @@ struct ProvisionerService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ProvisionerService",
         abstract: "Keep compute environments' nodes running.",
-        discussion: "Example: BATCH_MASTER_KEY=k1:… ProvisionerService --node-slots 4")
+        discussion: "Example: BATCH_MASTER_KEY=k1:… ProvisionerService --node-slots 4",
+        version: BatchRelease.serviceVersion)
 
     @OptionGroup var connections: ConnectionOptions
 

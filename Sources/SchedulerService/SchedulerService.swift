@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatchCore
 import BatchRuntime
 import Hummingbird
 import Logging
@@ -15,7 +16,8 @@ struct SchedulerService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "SchedulerService",
         abstract: "Run jobs' DAGs: release tasks, dispatch instances, finish jobs.",
-        discussion: "Example: BATCH_MASTER_KEY=k1:… SchedulerService --ops-port 9101")
+        discussion: "Example: BATCH_MASTER_KEY=k1:… SchedulerService --ops-port 9101",
+        version: BatchRelease.serviceVersion)
 
     @OptionGroup var connections: ConnectionOptions
 

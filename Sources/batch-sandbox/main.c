@@ -27,6 +27,8 @@
 // Replies: "S" once the command runs, "F<why>" when it could not start, "E<status>" (a waitpid status, decimal) when
 // it has ended and the slot is clean again.
 #define _GNU_SOURCE
+// The release, as BatchRelease.version in BatchCore says it (a test holds the two together).
+#define BATCH_VERSION "0.1.0"
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -392,7 +394,10 @@ static int serve(void) {
 }
 
 int main(int argc, char **argv) {
-    (void)argv;
+    if (argc == 2 && !strcmp(argv[1], "--version")) {
+        printf("%s\n", BATCH_VERSION);
+        return 0;
+    }
     if (argc != 1 || fcntl(channel, F_GETFD) < 0) {
         fprintf(stderr, "batch-sandbox: started by the executor only, with its channel on descriptor 3\n");
         return 2;

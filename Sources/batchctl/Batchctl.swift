@@ -21,6 +21,7 @@ struct Batchctl: AsyncParsableCommand {
             The key pair and the gateway come from --secret-id/--secret-key/--endpoint, BATCH_SECRET_ID,
             BATCH_SECRET_KEY and BATCH_ENDPOINT, or .batch/credentials (JSON: secretId, secretKey, endpoint).
             """,
+        version: BatchRelease.version,
         subcommands: [
             Submit.self, Jobs.self, Describe.self, Tasks.self, Instances.self, Watch.self, Logs.self, Why.self,
             Graph.self, Terminate.self, Retry.self, Delete.self, Envs.self, Templates.self, Queues.self, Admin.self,

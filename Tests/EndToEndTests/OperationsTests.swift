@@ -1,4 +1,6 @@
+import BatchCore
 import Foundation
+import Persistence
 import TestSupport
 import Testing
 
@@ -39,6 +41,22 @@ struct OperationsTests {
             "/usr/bin/curl", ["-fsS", "http://127.0.0.1:\(port)/metrics"], environment: nil)
         guard result.status == 0 else { throw StackError("no metrics on port \(port): \(result.stderr)") }
         return result.stdout
+    }
+
+    @Test(
+        "every binary prints its release with --version, the services that migrate with their schema",
+        arguments: [
+            ("APIGateway", BatchRelease.serviceVersion), ("SchedulerService", BatchRelease.serviceVersion),
+            ("ProvisionerService", BatchRelease.serviceVersion), ("ExecutorService", BatchRelease.version),
+            ("batchctl", BatchRelease.version), ("batch-sandbox", BatchRelease.version),
+        ])
+    func version(binary: String, expected: String) async throws {
+        let result = try await TestServers.run(
+            Stack.binDirectory.appendingPathComponent(binary).path, ["--version"],
+            environment: ["PATH": "/usr/bin:/bin"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == expected + "\n")
+        #expect(BatchRelease.serviceVersion.hasPrefix(BatchRelease.version + " (database schema \(Migration.latest))"))
     }
 
     @Test("two schedulers at once, the first killed mid-job: the job succeeds, no instance dispatched twice")

@@ -88,6 +88,29 @@ struct DatabaseTests {
         try await TestDatabase.drop(name)
     }
 
+    @Test("a database a newer release migrated is refused at start-up, and left as it was")
+    func newerSchema() async throws {
+        let (name, url) = try await TestDatabase.create()
+        let key = Sealer.Key.generate(id: "k1")
+        let newer = Migration.latest + 1
+        try await TestDatabase.withDatabase(url: url, key: key) { database in
+            try await database.client.query(
+                "INSERT INTO schema_migrations (version, name) VALUES (\(newer), 'from a newer release')")
+        }
+        await #expect {
+            try await TestDatabase.withDatabase(url: url, key: key) { _ in }
+        } throws: { error in
+            let message = "\(error)"
+            return message.contains("schema is version \(newer), newer than this binary knows (\(Migration.latest)")
+                && !message.contains("\n")
+        }
+        let versions = try await TestDatabase.withDatabase(url: url, key: key, prepare: false) { database in
+            try await database.client.query("SELECT max(version) FROM schema_migrations").decode(Int.self).collect()
+        }
+        #expect(versions == [newer])
+        try await TestDatabase.drop(name)
+    }
+
     @Test(
         "a missing or malformed master key is refused with a one-line reason",
         arguments: [nil, "", "k1", "k1:not-base64!", "k1:\(Data(count: 16).base64EncodedString())"])
