@@ -47,6 +47,9 @@ extension BatchAPI {
         "EnableUser": { try await $0.setUserDisabled($1, false) },
         "ModifyUserQuota": { try await $0.modifyUserQuota($1) },
         "DescribeComputeEnvNodeKey": { try await $0.describeComputeEnvNodeKey($1) },
+        "DescribeUserKeyPairs": { try await $0.describeUserKeyPairs($1) },
+        "CreateUserKeyPair": { try await $0.createUserKeyPair($1) },
+        "RevokeUserKeyPair": { try await $0.revokeUserKeyPair($1) },
     ]
 
     /// Runs one action for the caller and returns what goes inside `Response`.
@@ -151,6 +154,8 @@ extension BatchAPI {
 /// What an action gets: the caller, the body and a logger carrying the request id.
 struct ActionContext: Sendable {
     var user: UserID
+    /// The key pair the request is signed with.
+    var secretID: String
     /// The caller may use the admin actions.
     var isOperator: Bool = false
     var body: [UInt8]

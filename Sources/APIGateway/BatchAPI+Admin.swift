@@ -62,6 +62,54 @@ extension BatchAPI {
         return EmptyResponse()
     }
 
+    /// A user's key pairs, active and revoked, without their secrets.
+    func describeUserKeyPairs(_ context: ActionContext) async throws -> AdminAPI.KeyPairsResponse {
+        try Self.requireOperator(context, "DescribeUserKeyPairs")
+        let request = try context.decode(AdminAPI.UserNameRequest.self)
+        guard let pairs = try await UserStore(database: database).keyPairs(name: request.userName) else {
+            throw APIError(.userNotFound, "UserName: no user named \(request.userName.prefix(64))")
+        }
+        return AdminAPI.KeyPairsResponse(
+            userName: request.userName,
+            keyPairs: pairs.map {
+                .init(secretId: $0.secretID, createdTime: $0.createdAt, status: $0.revoked ? "REVOKED" : "ACTIVE")
+            })
+    }
+
+    /// Another key pair for a user (to rotate: add one, move to it, revoke the old).
+    func createUserKeyPair(_ context: ActionContext) async throws -> AdminAPI.KeyPairResponse {
+        try Self.requireOperator(context, "CreateUserKeyPair")
+        let request = try context.decode(AdminAPI.UserNameRequest.self)
+        guard let created = try await UserStore(database: database).createKeyPair(name: request.userName) else {
+            throw APIError(.userNotFound, "UserName: no user named \(request.userName.prefix(64))")
+        }
+        context.logger.notice(
+            "key pair created", metadata: ["name": "\(request.userName)", "secret.id": "\(created.secretID)"])
+        return AdminAPI.KeyPairResponse(
+            userName: created.name, secretId: created.secretID, secretKey: created.secretKey)
+    }
+
+    /// Revokes a user's key pair for good; every gateway refuses it within its credential cache's few seconds. The
+    /// key pair a request is signed with cannot revoke itself (an operator would lock themselves out).
+    func revokeUserKeyPair(_ context: ActionContext) async throws -> EmptyResponse {
+        try Self.requireOperator(context, "RevokeUserKeyPair")
+        let request = try context.decode(AdminAPI.RevokeKeyPairRequest.self)
+        guard request.secretId != context.secretID else {
+            throw APIError(
+                .unsupportedOperation,
+                "SecretId: the request is signed with this key pair; sign with another to revoke it")
+        }
+        guard try await UserStore(database: database).revokeKeyPair(name: request.userName, secretID: request.secretId)
+        else {
+            throw APIError(
+                .keyPairNotFound,
+                "SecretId: user \(request.userName.prefix(64)) has no key pair \(request.secretId.prefix(64))")
+        }
+        context.logger.notice(
+            "key pair revoked", metadata: ["name": "\(request.userName)", "secret.id": "\(request.secretId)"])
+        return EmptyResponse()
+    }
+
     /// The key an environment's nodes hold, for a host attached by hand (`batchctl admin node-key`).
     func describeComputeEnvNodeKey(_ context: ActionContext) async throws -> AdminAPI.NodeKeyResponse {
         try Self.requireOperator(context, "DescribeComputeEnvNodeKey")

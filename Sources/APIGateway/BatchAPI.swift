@@ -76,7 +76,8 @@ struct BatchAPI: Sendable {
         let payload = try await perform(
             action: context.action,
             context: ActionContext(
-                user: caller.userID, isOperator: caller.isOperator, body: context.body, logger: context.logger))
+                user: caller.userID, secretID: caller.secretID, isOperator: caller.isOperator, body: context.body,
+                logger: context.logger))
         return Self.jsonResponse(payload, requestID: context.requestID)
     }
 

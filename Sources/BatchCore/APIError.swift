@@ -69,6 +69,7 @@ public struct APIError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let computeEnvNotFound: Code = "ResourceNotFound.ComputeEnv"
         public static let computeNodeNotFound: Code = "ResourceNotFound.ComputeNode"
         public static let userNotFound: Code = "ResourceNotFound.User"
+        public static let keyPairNotFound: Code = "ResourceNotFound.KeyPair"
         public static let userInUse: Code = "ResourceInUse.User"
         public static let jobInUse: Code = "ResourceInUse.Job"
         public static let unsupportedOperation: Code = "UnsupportedOperation"

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The admin actions' requests and responses (ours, not Tencent Cloud's; only an operator's key pair may call them),
 /// coded with ``BatchJSON`` like every other action: the gateway decodes them and `batchctl admin` sends them.
 public enum AdminAPI {
@@ -66,6 +68,54 @@ public enum AdminAPI {
         public init(envId: String, nodeKey: String) {
             self.envId = envId
             self.nodeKey = nodeKey
+        }
+    }
+
+    /// `DescribeUserKeyPairs`: a user's key pairs, without their secrets.
+    public struct KeyPairsResponse: Codable, Sendable {
+        public struct KeyPair: Codable, Sendable {
+            public var secretId: String
+            public var createdTime: Date
+            /// `ACTIVE` or `REVOKED`.
+            public var status: String
+
+            public init(secretId: String, createdTime: Date, status: String) {
+                self.secretId = secretId
+                self.createdTime = createdTime
+                self.status = status
+            }
+        }
+
+        public var userName: String
+        public var keyPairs: [KeyPair]
+
+        public init(userName: String, keyPairs: [KeyPair]) {
+            self.userName = userName
+            self.keyPairs = keyPairs
+        }
+    }
+
+    /// `CreateUserKeyPair`: the new key pair; its SecretKey is shown only here.
+    public struct KeyPairResponse: Codable, Sendable {
+        public var userName: String
+        public var secretId: String
+        public var secretKey: String
+
+        public init(userName: String, secretId: String, secretKey: String) {
+            self.userName = userName
+            self.secretId = secretId
+            self.secretKey = secretKey
+        }
+    }
+
+    /// `RevokeUserKeyPair`.
+    public struct RevokeKeyPairRequest: Codable, Sendable {
+        public var userName: String
+        public var secretId: String
+
+        public init(userName: String, secretId: String) {
+            self.userName = userName
+            self.secretId = secretId
         }
     }
 

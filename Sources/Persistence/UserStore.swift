@@ -2,8 +2,8 @@ import BatchCore
 import Foundation
 import PostgresNIO
 
-/// Users (tenants) and their API key pairs. Secret keys are sealed; only ``createUser(name:)`` and
-/// ``createKey(for:)`` ever return one in plain text, once.
+/// Users (tenants) and their API key pairs. Secret keys are sealed; only ``createUser(name:operator:)``,
+/// ``createKeyPair(name:)`` and ``operatorKeyPair(name:)`` ever return one in plain text, once.
 public struct UserStore: Sendable {
     public struct NewCredentials: Sendable {
         public var userID: UserID
@@ -14,6 +14,7 @@ public struct UserStore: Sendable {
     }
 
     public struct Credential: Sendable {
+        public var secretID: String
         public var userID: UserID
         public var secretKey: String
         /// The key pair or its user is disabled.
@@ -92,9 +93,66 @@ public struct UserStore: Sendable {
         for try await (userID, sealed, disabled, isOperator) in rows.decode((String, String, Bool, Bool).self) {
             let secretKey = try database.sealer.open(sealed, context: "credentials:\(secretID)")
             return Credential(
-                userID: UserID(rawValue: userID), secretKey: secretKey, disabled: disabled, isOperator: isOperator)
+                secretID: secretID, userID: UserID(rawValue: userID), secretKey: secretKey, disabled: disabled,
+                isOperator: isOperator)
         }
         return nil
+    }
+
+    /// One of a user's key pairs, without its secret.
+    public struct KeyPair: Sendable {
+        public var secretID: String
+        public var createdAt: Date
+        /// Revoked key pairs are refused for good; they stay listed.
+        public var revoked: Bool
+    }
+
+    /// A user's key pairs, oldest first; nil when there is no such user.
+    public func keyPairs(name: String) async throws -> [KeyPair]? {
+        let rows = try await database.client.query(
+            """
+            SELECT c.secret_id, c.created_at, c.disabled FROM users u LEFT JOIN credentials c USING (user_id)
+            WHERE u.name = \(name) ORDER BY c.created_at, c.secret_id
+            """, logger: database.logger)
+        var found = false
+        var pairs: [KeyPair] = []
+        for try await (secretID, createdAt, revoked) in rows.decode((String?, Date?, Bool?).self) {
+            found = true
+            if let secretID, let createdAt {
+                pairs.append(KeyPair(secretID: secretID, createdAt: createdAt, revoked: revoked ?? false))
+            }
+        }
+        return found ? pairs : nil
+    }
+
+    /// A new key pair for the user `name` (to rotate keys: add one, move to it, revoke the old); nil when there is
+    /// no such user.
+    public func createKeyPair(name: String) async throws -> NewCredentials? {
+        let (secretID, secretKey) = Self.generateKeyPair()
+        let sealed = try database.sealer.seal(secretKey, context: "credentials:\(secretID)")
+        let rows = try await database.client.query(
+            """
+            INSERT INTO credentials (secret_id, user_id, secret_key_sealed)
+            SELECT \(secretID), user_id, \(sealed) FROM users WHERE name = \(name)
+            RETURNING user_id, (SELECT operator FROM users WHERE name = \(name))
+            """, logger: database.logger)
+        guard let (userID, isOperator) = try await rows.decode((String, Bool).self).first(where: { _ in true }) else {
+            return nil
+        }
+        return NewCredentials(
+            userID: UserID(rawValue: userID), name: name, secretID: secretID, secretKey: secretKey,
+            isOperator: isOperator)
+    }
+
+    /// Revokes one of the user's key pairs: it is refused from then on, for good. Returns false when the user has
+    /// no key pair of that SecretId.
+    public func revokeKeyPair(name: String, secretID: String) async throws -> Bool {
+        let rows = try await database.client.query(
+            """
+            UPDATE credentials c SET disabled = true FROM users u
+            WHERE u.user_id = c.user_id AND u.name = \(name) AND c.secret_id = \(secretID) RETURNING c.secret_id
+            """, logger: database.logger)
+        return try await rows.decode(String.self).first { _ in true } != nil
     }
 
     /// A user's name; nil when there is no such user.

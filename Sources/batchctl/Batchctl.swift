@@ -50,7 +50,10 @@ struct Admin: AsyncParsableCommand {
             The operator's key pair is the file the gateway writes on first start (APIGateway \
             --operator-credentials FILE), given as BATCH_CREDENTIALS or --secret-id/--secret-key.
             """,
-        subcommands: [CreateUser.self, DisableUser.self, EnableUser.self, SetQuota.self, NodeKeyCommand.self])
+        subcommands: [
+            CreateUser.self, DisableUser.self, EnableUser.self, SetQuota.self, KeyPairs.self, AddKeyPair.self,
+            RevokeKeyPair.self, NodeKeyCommand.self,
+        ])
 
     struct CreateUser: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -132,6 +135,72 @@ struct Admin: AsyncParsableCommand {
         func run() async throws {
             _ = await client.gateway.call(
                 "EnableUser", AdminAPI.UserNameRequest(userName: name), returning: AdminAPI.Empty.self)
+        }
+    }
+
+    struct KeyPairs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "key-pairs",
+            abstract: "List a user's key pairs (never their secrets), active and revoked.",
+            discussion: "Example: batchctl admin key-pairs alice")
+
+        @Argument var name: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let response = await client.gateway.call("DescribeUserKeyPairs", ["UserName": name])
+            client.show(response) {
+                printTable(
+                    ["SECRET ID", "STATUS", "CREATED"],
+                    response.objects("KeyPairs").map {
+                        [$0.string("SecretId"), $0.string("Status"), $0.string("CreatedTime")]
+                    })
+            }
+        }
+    }
+
+    struct AddKeyPair: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add-key-pair",
+            abstract: "Give a user another key pair; prints its SecretId and SecretKey (shown only here).",
+            discussion: """
+                Example: batchctl admin add-key-pair alice
+                To rotate a key pair: add one, move the user's clients to it, revoke the old one.
+                """)
+
+        @Argument var name: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let created = await client.gateway.call(
+                "CreateUserKeyPair", AdminAPI.UserNameRequest(userName: name),
+                returning: AdminAPI.KeyPairResponse.self)
+            switch client.output {
+            case .text:
+                print("SecretId:  \(created.secretId)\nSecretKey: \(created.secretKey)")
+            case .json:
+                let object = ["name": created.userName, "secretId": created.secretId, "secretKey": created.secretKey]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            }
+        }
+    }
+
+    struct RevokeKeyPair: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "revoke-key-pair",
+            abstract: "Revoke one of a user's key pairs for good: refused by every gateway within seconds.",
+            discussion: "Example: batchctl admin revoke-key-pair alice AKID…")
+
+        @Argument var name: String
+        @Argument(help: "The SecretId of the key pair.")
+        var secretId: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            _ = await client.gateway.call(
+                "RevokeUserKeyPair", AdminAPI.RevokeKeyPairRequest(userName: name, secretId: secretId),
+                returning: AdminAPI.Empty.self)
         }
     }
 

@@ -217,6 +217,22 @@ struct GatewayTests {
         }
     }
 
+    /// Whether `user`'s key pair is refused (`AuthFailure.SecretIdNotFound`) within 15 s: the gateway caches
+    /// credentials for at most 5 s.
+    static func refusedSoon(_ user: Stack.User, by stack: Stack) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            do {
+                _ = try await stack.call("DescribeJobs", [:], as: user)
+                try await Task.sleep(for: .milliseconds(250))
+            } catch let error as APICallError {
+                #expect(error.code == "AuthFailure.SecretIdNotFound")
+                return true
+            }
+        }
+        return false
+    }
+
     @Test("authentication: missing, malformed, wrong, stale, unknown and disabled credentials are refused")
     func authentication() async throws {
         try await Stack.run { stack in
@@ -250,22 +266,75 @@ struct GatewayTests {
             let carol = try await stack.createUser("carol")
             #expect(try await stack.call("DescribeJobs", [:], as: carol)["TotalCount"] as? Int == 0)
             #expect(try await stack.admin(["disable-user", "carol"]).status == 0)
-            // Credentials are cached for at most 5 s; the refusal comes within that.
-            let deadline = ContinuousClock.now + .seconds(15)
-            var refused = false
-            while !refused && ContinuousClock.now < deadline {
-                do {
-                    _ = try await stack.call("DescribeJobs", [:], as: carol)
-                    try await Task.sleep(for: .milliseconds(250))
-                } catch let error as APICallError {
-                    #expect(error.code == "AuthFailure.SecretIdNotFound")
-                    refused = true
-                }
-            }
-            #expect(refused)
+            #expect(try await Self.refusedSoon(carol, by: stack))
             let missing = try await stack.admin(["disable-user", "nobody"])
             #expect(missing.status == 1)
             #expect(missing.stderr == "batchctl: ResourceNotFound.User: UserName: no user named nobody\n")
+        }
+    }
+
+    @Test("key pairs: the operator lists, adds and revokes a user's; a revoked one is refused, the others still work")
+    func keyPairs() async throws {
+        try await Stack.run { stack in
+            func json(_ result: TestServers.ProgramResult) throws -> [String: Any] {
+                #expect(result.status == 0, "\(result.stderr)")
+                return try unwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            }
+            func listed() async throws -> [String: String] {
+                let pairs = try json(try await stack.admin(["key-pairs", "dave", "--output", "json"]))["KeyPairs"]
+                var status: [String: String] = [:]
+                for pair in try unwrap(pairs as? [[String: Any]]) {
+                    status[try unwrap(pair["SecretId"] as? String)] = try unwrap(pair["Status"] as? String)
+                    #expect(pair["SecretKey"] == nil)
+                }
+                return status
+            }
+            let dave = try await stack.createUser("dave")
+            let added = try json(try await stack.admin(["add-key-pair", "dave", "--output", "json"]))
+            let second = Stack.User(
+                name: "dave", secretID: try unwrap(added["secretId"] as? String),
+                secretKey: try unwrap(added["secretKey"] as? String))
+            #expect(second.secretID != dave.secretID)
+            #expect(try await stack.call("DescribeJobs", [:], as: second)["TotalCount"] as? Int == 0)
+            #expect(try await listed() == [dave.secretID: "ACTIVE", second.secretID: "ACTIVE"])
+
+            #expect(try await stack.admin(["revoke-key-pair", "dave", dave.secretID]).status == 0)
+            #expect(try await listed() == [dave.secretID: "REVOKED", second.secretID: "ACTIVE"])
+            #expect(try await Self.refusedSoon(dave, by: stack))
+            #expect(try await stack.call("DescribeJobs", [:], as: second)["TotalCount"] as? Int == 0)
+
+            let unknown = try await stack.admin(["revoke-key-pair", "dave", "AKIDnope"])
+            #expect(unknown.status == 1)
+            #expect(
+                unknown.stderr == "batchctl: ResourceNotFound.KeyPair: SecretId: user dave has no key pair AKIDnope\n")
+            for arguments in [["key-pairs", "nobody"], ["add-key-pair", "nobody"]] {
+                let missing = try await stack.admin(arguments)
+                #expect(missing.status == 1)
+                #expect(missing.stderr == "batchctl: ResourceNotFound.User: UserName: no user named nobody\n")
+            }
+            // The operator's own key pair cannot revoke itself; a tenant's key pair may not touch key pairs at all.
+            let operatorFile = try unwrap(stack.environment["BATCH_OPERATOR_CREDENTIALS"])
+            let operatorPair = try unwrap(
+                try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: operatorFile)))
+                    as? [String: Any])
+            let own = try unwrap(operatorPair["secretId"] as? String)
+            let itself = try await stack.admin(["revoke-key-pair", "operator", own])
+            #expect(itself.status == 1)
+            #expect(
+                itself.stderr.hasPrefix("batchctl: UnsupportedOperation: SecretId: the request is signed with this"))
+            #expect(try await stack.admin(["key-pairs", "operator"]).stdout.contains("\(own)  ACTIVE"))
+            for (action, body) in [
+                ("CreateUserKeyPair", ["UserName": "dave"]), ("DescribeUserKeyPairs", ["UserName": "dave"]),
+                ("RevokeUserKeyPair", ["UserName": "operator", "SecretId": own]),
+            ] {
+                do {
+                    _ = try await stack.call(action, body, as: second)
+                    Issue.record("a tenant's key pair was allowed \(action)")
+                } catch let error as APICallError {
+                    #expect(error.code == "UnauthorizedOperation")
+                }
+            }
+            #expect(try await listed().count == 2)
         }
     }
 
