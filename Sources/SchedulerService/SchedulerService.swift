@@ -17,7 +17,8 @@ struct SchedulerService: AsyncParsableCommand {
         commandName: "SchedulerService",
         abstract: "Run jobs' DAGs: release tasks, dispatch instances, finish jobs.",
         discussion: "Example: BATCH_MASTER_KEY=k1:… SchedulerService --ops-port 9101",
-        version: BatchRelease.serviceVersion)
+        version: BatchRelease.serviceVersion,
+        subcommands: [Reseal.self])
 
     @OptionGroup var connections: ConnectionOptions
 
@@ -90,6 +91,52 @@ struct SchedulerService: AsyncParsableCommand {
             try await ServiceGroup(
                 configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             ).run()
+        }
+    }
+}
+
+/// `SchedulerService reseal`: re-seals every sealed value under the current master key, then exits.
+struct Reseal: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-seal every sealed value under the current master key (the first of BATCH_MASTER_KEY), then exit.",
+        discussion: """
+            Example: BATCH_MASTER_KEY=k2:…,k1:… SchedulerService reseal
+            To rotate the master key: put the new key first and the old one after it on every service, restart them,
+            run this (services may keep running), then drop the old key. Nodes are replaced: their keys derive from
+            the master key.
+            """,
+        version: BatchRelease.serviceVersion)
+
+    @Option(help: "PostgreSQL URL (BATCH_DATABASE_URL).")
+    var databaseURL: String = Environment.databaseURL
+
+    func run() async throws {
+        let service = "SchedulerService reseal"
+        let logger = Observability.bootstrap(service: "reseal")
+        let database: Database
+        do {
+            database = Database(
+                configuration: try .init(url: try Environment.checkedDatabaseURL(databaseURL)),
+                sealer: try Sealer(configuration: Environment.value("BATCH_MASTER_KEY")), logger: logger)
+        } catch {
+            exitWithError(service, error)
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await database.run() }
+            do {
+                try await database.prepare()
+                let resealer = Resealer(database: database)
+                let counts = try await resealer.reseal()
+                for (column, count) in counts where count > 0 { print("\(column): \(count) re-sealed") }
+                let total = counts.map(\.count).reduce(0, +)
+                print("\(total) values re-sealed under key \(database.sealer.current.id)")
+                if let left = try await resealer.remaining().first {
+                    throw SealingError("\(left.column): \(left.count) values still under another key; run it again")
+                }
+            } catch {
+                exitWithError(service, error)
+            }
+            group.cancelAll()
         }
     }
 }

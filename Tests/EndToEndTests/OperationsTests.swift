@@ -59,6 +59,36 @@ struct OperationsTests {
         #expect(BatchRelease.serviceVersion.hasPrefix(BatchRelease.version + " (database schema \(Migration.latest))"))
     }
 
+    @Test("SchedulerService reseal re-seals under the first key of BATCH_MASTER_KEY and refuses a missing key")
+    func reseal() async throws {
+        let (name, url) = try await TestDatabase.create()
+        let (old, new) = (Sealer.Key.generate(id: "k1"), Sealer.Key.generate(id: "k2"))
+        try await TestDatabase.withDatabase(url: url, key: old) { database in
+            _ = try await UserStore(database: database).createUser(name: "alice")
+        }
+        let binary = Stack.binDirectory.appendingPathComponent("SchedulerService").path
+        func reseal(_ keys: [Sealer.Key]) async throws -> TestServers.ProgramResult {
+            try await TestServers.run(
+                binary, ["reseal"],
+                environment: [
+                    "PATH": "/usr/bin:/bin", "BATCH_DATABASE_URL": url, "BATCH_LOG_LEVEL": "error",
+                    "BATCH_MASTER_KEY": keys.map(\.configurationString).joined(separator: ","),
+                ])
+        }
+        let missing = try await reseal([new])
+        #expect(missing.status == 1)
+        #expect(
+            missing.stderr.hasPrefix(
+                "SchedulerService reseal: credentials.secret_key_sealed: value sealed with key k1, which is not"))
+        let rotated = try await reseal([new, old])
+        #expect(rotated.status == 0, "\(rotated.stderr)")
+        #expect(rotated.stdout == "credentials.secret_key_sealed: 1 re-sealed\n1 values re-sealed under key k2\n")
+        let alone = try await reseal([new])
+        #expect(alone.status == 0, "\(alone.stderr)")
+        #expect(alone.stdout == "0 values re-sealed under key k2\n")
+        try await TestDatabase.drop(name)
+    }
+
     @Test("two schedulers at once, the first killed mid-job: the job succeeds, no instance dispatched twice")
     func twoSchedulers() async throws {
         try await Stack.run { stack in
