@@ -18,14 +18,16 @@ struct Batchctl: AsyncParsableCommand {
               batchctl submit examples/render/job.json --set Tasks[0].EnvId=env-ab12cd34 --wait
               batchctl jobs; batchctl tasks job-ab12cd34; batchctl logs job-ab12cd34 render 7 -f
               batchctl call DescribeJob '{"JobId": "job-ab12cd34"}'
-            The key pair and the gateway come from --secret-id/--secret-key/--endpoint, BATCH_SECRET_ID,
-            BATCH_SECRET_KEY and BATCH_ENDPOINT, or .batch/credentials (JSON: secretId, secretKey, endpoint).
+            The key pair and the gateway come from --secret-id/--secret-key/--endpoint, a profile named with
+            --profile, BATCH_SECRET_ID, BATCH_SECRET_KEY and BATCH_ENDPOINT, the profile BATCH_PROFILE names or
+            [default] in ~/.config/batch/config (batchctl configure writes it), or .batch/credentials (JSON:
+            secretId, secretKey, endpoint).
             """,
         version: BatchRelease.version,
         subcommands: [
             Submit.self, Jobs.self, Describe.self, Tasks.self, Instances.self, Watch.self, Logs.self, Why.self,
             Graph.self, Terminate.self, Retry.self, Delete.self, Envs.self, Templates.self, Queues.self, Admin.self,
-            Call.self,
+            Call.self, Configure.self,
         ])
 
     /// Prints one line on stderr and exits non-zero, as every failing batchctl command does.
@@ -417,7 +419,7 @@ struct Gateway {
         _ action: String, _ request: Request, returning: Response.Type
     ) async -> Response {
         guard credentials.secretID != nil, credentials.secretKey != nil else {
-            Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
+            Batchctl.fail("no key pair: give --secret-id and --secret-key, or a profile (batchctl configure)")
         }
         do {
             return try await client.call(action, request, returning: Response.self)
@@ -431,7 +433,7 @@ struct Gateway {
     /// The `Response` object of a successful call.
     func call(_ action: String, _ payload: [UInt8]) async -> [String: Any] {
         guard credentials.secretID != nil, credentials.secretKey != nil else {
-            Batchctl.fail("no key pair: give --secret-id and --secret-key, or write .batch/credentials")
+            Batchctl.fail("no key pair: give --secret-id and --secret-key, or a profile (batchctl configure)")
         }
         do {
             return try await client.call(action, payload: payload)
@@ -458,9 +460,12 @@ struct Credentials {
         return endpoint
     }
 
-    static func load(endpoint: String?, secretID: String?, secretKey: String?, caCertificate: String? = nil)
-        -> Credentials
-    {
+    /// Each setting from the first that has it: the option; the profile `--profile` names; the environment
+    /// variable; the profile `BATCH_PROFILE` names, or `[default]` (``ProfileFile``); the JSON file
+    /// `BATCH_CREDENTIALS` (default `.batch/credentials`). A profile named but not in the file is refused.
+    static func load(
+        endpoint: String?, secretID: String?, secretKey: String?, caCertificate: String? = nil, profile: String? = nil
+    ) -> Credentials {
         let environment = ProcessInfo.processInfo.environment
         var file: [String: String] = [:]
         if let data = FileManager.default.contents(atPath: environment["BATCH_CREDENTIALS"] ?? ".batch/credentials"),
@@ -468,11 +473,31 @@ struct Credentials {
         {
             file = object.compactMapValues { $0 as? String }
         }
+        let profiles: ProfileFile
+        do {
+            profiles = try ProfileFile.load()
+        } catch let error as ValidationError {
+            Batchctl.fail(error.message)
+        } catch {
+            Batchctl.fail("\(error)")
+        }
+        let named = profile ?? environment["BATCH_PROFILE"].flatMap { $0.isEmpty ? nil : $0 }
+        var settings = profiles.profiles["default"] ?? [:]
+        if let named {
+            guard let found = profiles.profiles[named] else {
+                Batchctl.fail(
+                    "profile \(named) is not in \(profiles.path): write it with batchctl configure --profile \(named)")
+            }
+            settings = found
+        }
+        func pick(_ option: String?, _ variable: String, _ key: String, _ legacy: String) -> String? {
+            option ?? (profile != nil ? settings[key] : nil) ?? environment[variable] ?? settings[key] ?? file[legacy]
+        }
         return Credentials(
-            endpoint: endpoint ?? environment["BATCH_ENDPOINT"] ?? file["endpoint"] ?? "127.0.0.1:8080",
-            secretID: secretID ?? environment["BATCH_SECRET_ID"] ?? file["secretId"],
-            secretKey: secretKey ?? environment["BATCH_SECRET_KEY"] ?? file["secretKey"],
-            caCertificate: caCertificate ?? environment["BATCH_CA_CERTIFICATE"] ?? file["caCertificate"])
+            endpoint: pick(endpoint, "BATCH_ENDPOINT", "endpoint", "endpoint") ?? "127.0.0.1:8080",
+            secretID: pick(secretID, "BATCH_SECRET_ID", "secret_id", "secretId"),
+            secretKey: pick(secretKey, "BATCH_SECRET_KEY", "secret_key", "secretKey"),
+            caCertificate: pick(caCertificate, "BATCH_CA_CERTIFICATE", "ca_certificate", "caCertificate"))
     }
 }
 

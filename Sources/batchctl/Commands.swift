@@ -19,13 +19,16 @@ struct ClientOptions: ParsableArguments {
     var secretId: String?
     @Option(help: "The key pair's SecretKey (BATCH_SECRET_KEY)")
     var secretKey: String?
+    @Option(help: "A profile of ~/.config/batch/config (BATCH_PROFILE; written by batchctl configure)")
+    var profile: String?
     @Option(help: "text (tables) or json (the API's answer, for scripts)")
     var output: OutputFormat = .text
 
     var gateway: Gateway {
         Gateway(
             credentials: Credentials.load(
-                endpoint: endpoint, secretID: secretId, secretKey: secretKey, caCertificate: caCertificate))
+                endpoint: endpoint, secretID: secretId, secretKey: secretKey, caCertificate: caCertificate,
+                profile: profile))
     }
 
     /// Prints the answer as JSON with `--output json`; otherwise runs `text`.

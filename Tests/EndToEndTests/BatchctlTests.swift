@@ -2,6 +2,10 @@ import Foundation
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// batchctl against the running stack: every command, its tables and `--output json`, and its errors.
 @Suite("batchctl: the command-line client", .serialized, .timeLimit(.minutes(5)))
 struct BatchctlTests {
@@ -207,6 +211,73 @@ struct BatchctlTests {
             environment["BATCH_CA_CERTIFICATE"] = stack.certificatePath
             let listed = try await TestServers.run(Self.binary, ["envs"], environment: environment)
             #expect(listed.status == 0 && listed.stdout.contains(env), "\(listed.stderr)")
+        }
+    }
+
+    @Test("profiles: configure writes them for the owner alone; --profile, BATCH_PROFILE and [default] pick one")
+    func profiles() async throws {
+        try await Stack.run { stack in
+            let home = stack.directory.appendingPathComponent("config-home")
+            let file = home.appendingPathComponent("batch/config").path
+            func run(_ arguments: [String], _ extra: [String: String] = [:]) async throws -> TestServers.ProgramResult {
+                try await TestServers.run(
+                    Self.binary, arguments,
+                    environment: [
+                        "PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": home.path,
+                        "BATCH_CREDENTIALS": "/nonexistent/credentials",
+                    ].merging(extra) { $1 })
+            }
+            var gateway = ["--endpoint", stack.baseURL]
+            if stack.tls { gateway += ["--ca-certificate", stack.certificatePath] }
+            // The default profile names the gateway and no key pair; the named one a key pair too, its secret key
+            // given on stdin.
+            #expect(try await run(["configure"] + gateway).status == 0)
+            let written = try await TestServers.run(
+                "/bin/sh",
+                [
+                    "-c", #"key="$0"; batchctl="$1"; shift; printf '%s\n' "$key" | "$batchctl" configure "$@""#,
+                    stack.secretKey, Self.binary, "--profile", "e2e", "--secret-key", "-",
+                ] + gateway + ["--secret-id", stack.secretID],
+                environment: ["PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": home.path])
+            #expect(written.status == 0, "\(written.stderr)")
+            #expect(written.stdout == "profile e2e written to \(file)\n")
+            let mode = try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int
+            #expect(mode == 0o600)
+            let text = try String(contentsOfFile: file, encoding: .utf8)
+            #expect(text.hasPrefix("[default]\nendpoint = \(stack.baseURL)\n"))
+            #expect(text.contains("\n\n[profile e2e]\nendpoint = \(stack.baseURL)\nsecret_id = \(stack.secretID)\n"))
+            #expect(text.contains("secret_key = \(stack.secretKey)\n"))
+
+            #expect(try await run(["envs", "--profile", "e2e"]).status == 0)
+            #expect(try await run(["envs"], ["BATCH_PROFILE": "e2e"]).status == 0)
+            // --profile wins over the environment; BATCH_PROFILE and [default] do not.
+            let wrong = ["BATCH_SECRET_ID": "AKID" + String(repeating: "0", count: 32)]
+            #expect(try await run(["envs", "--profile", "e2e"], wrong).status == 0)
+            let overridden = try await run(["envs"], wrong.merging(["BATCH_PROFILE": "e2e"]) { $1 })
+            #expect(overridden.status == 1)
+            #expect(overridden.stderr.contains("AuthFailure.SecretIdNotFound"), "\(overridden.stderr)")
+            let keyless = try await run(["envs"])
+            #expect(
+                keyless.stderr
+                    == "batchctl: no key pair: give --secret-id and --secret-key, or a profile (batchctl configure)\n")
+
+            let unknown = try await run(["envs", "--profile", "nope"])
+            #expect(unknown.status == 1)
+            #expect(
+                unknown.stderr
+                    == "batchctl: profile nope is not in \(file): write it with batchctl configure --profile nope\n")
+            // A file others may read refuses to serve its secret key.
+            #expect(chmod(file, 0o644) == 0)
+            let exposed = try await run(["envs", "--profile", "e2e"])
+            #expect(exposed.status == 1)
+            #expect(
+                exposed.stderr
+                    == "batchctl: \(file) holds a secret key and others may read it (mode 644): chmod 600 it\n")
+            #expect(chmod(file, 0o600) == 0)
+            try "[profile e2e]\nregion = x\n".write(toFile: file, atomically: true, encoding: .utf8)
+            let malformed = try await run(["envs"])
+            #expect(malformed.status == 1)
+            #expect(malformed.stderr.hasPrefix("batchctl: \(file):2: expected KEY = VALUE under a section"))
         }
     }
 
