@@ -50,11 +50,11 @@ public enum Observability {
 
     /// An HTTP server with only the operational routes, for services without an API of their own.
     public static func operationalServer(
-        port: Int, logger: Logger, ready: @escaping @Sendable () async -> Bool
+        host: String = "127.0.0.1", port: Int, logger: Logger, ready: @escaping @Sendable () async -> Bool
     ) -> some ApplicationProtocol {
         let router = Router()
         addOperationalRoutes(to: router, ready: ready)
         return Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: logger)
+            router: router, configuration: .init(address: .hostname(host, port: port)), logger: logger)
     }
 }

@@ -119,8 +119,11 @@ struct ExecutorService: AsyncParsableCommand {
     @Option(help: "This machine's id, as AttachInstances names it (BATCH_INSTANCE_ID, default the host name).")
     var instanceId: String = Environment.value("BATCH_INSTANCE_ID", default: ProcessInfo.processInfo.hostName)
 
-    @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_EXECUTOR_OPS_PORT).")
+    @Option(help: "Port for /healthz and /metrics (on --ops-host), 0 for none (BATCH_EXECUTOR_OPS_PORT).")
     var opsPort: Int = Environment.int("BATCH_EXECUTOR_OPS_PORT", default: 0)
+
+    @Option(help: "Address of /healthz, /readyz and /metrics (BATCH_OPS_HOST, default 127.0.0.1).")
+    var opsHost: String = Environment.value("BATCH_OPS_HOST", default: "127.0.0.1")
 
     @Option(
         help: "File holding the environment's node key (else BATCH_NODE_KEY; `batchctl admin node-key` prints it).")
@@ -317,7 +320,10 @@ struct ExecutorService: AsyncParsableCommand {
         var operational: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if opsPort > 0 {
             operational.append(
-                .init(service: Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected }))
+                .init(
+                    service: Observability.operationalServer(host: opsHost, port: opsPort, logger: logger) {
+                        amqp.isConnected
+                    }))
         }
         let group = ServiceGroup(
             configuration: .init(

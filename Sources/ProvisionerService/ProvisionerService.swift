@@ -37,8 +37,11 @@ struct ProvisionerService: AsyncParsableCommand {
     @Option(help: "Where nodes keep their work dirs and logs (BATCH_NODES_DIR, default .batch/nodes).")
     var nodesDir: String = Environment.value("BATCH_NODES_DIR", default: ".batch/nodes")
 
-    @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_PROVISIONER_OPS_PORT).")
+    @Option(help: "Port for /healthz and /metrics (on --ops-host), 0 for none (BATCH_PROVISIONER_OPS_PORT).")
     var opsPort: Int = Environment.int("BATCH_PROVISIONER_OPS_PORT", default: 0)
+
+    @Option(help: "Address of /healthz, /readyz and /metrics (BATCH_OPS_HOST, default 127.0.0.1).")
+    var opsHost: String = Environment.value("BATCH_OPS_HOST", default: "127.0.0.1")
 
     static var siblingExecutable: String {
         let me =
@@ -97,7 +100,8 @@ struct ProvisionerService: AsyncParsableCommand {
                 provisioner,
             ]
             if opsPort > 0 {
-                services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })
+                services.append(
+                    Observability.operationalServer(host: opsHost, port: opsPort, logger: logger) { amqp.isConnected })
             }
             try await ServiceGroup(
                 configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

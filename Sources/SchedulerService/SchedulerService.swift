@@ -22,9 +22,12 @@ struct SchedulerService: AsyncParsableCommand {
 
     @OptionGroup var connections: ConnectionOptions
 
-    /// Port of /healthz, /readyz and /metrics on 127.0.0.1; 0 for none. Default `BATCH_SCHEDULER_OPS_PORT` or 0.
-    @Option(help: "Port for /healthz and /metrics on 127.0.0.1, 0 for none (BATCH_SCHEDULER_OPS_PORT).")
+    /// Port of /healthz, /readyz and /metrics on `opsHost`; 0 for none. Default `BATCH_SCHEDULER_OPS_PORT` or 0.
+    @Option(help: "Port for /healthz and /metrics (on --ops-host), 0 for none (BATCH_SCHEDULER_OPS_PORT).")
     var opsPort: Int = Environment.int("BATCH_SCHEDULER_OPS_PORT", default: 0)
+
+    @Option(help: "Address of /healthz, /readyz and /metrics (BATCH_OPS_HOST, default 127.0.0.1).")
+    var opsHost: String = Environment.value("BATCH_OPS_HOST", default: "127.0.0.1")
 
     /// Events handled in one transaction at most. Default 500.
     @Option(help: "Events handled in one transaction at most (BATCH_SCHEDULER_BATCH).")
@@ -86,7 +89,8 @@ struct SchedulerService: AsyncParsableCommand {
                     JobRetention(jobs: JobStore(database: database), retention: .seconds(jobRetention), logger: logger))
             }
             if opsPort > 0 {
-                services.append(Observability.operationalServer(port: opsPort, logger: logger) { amqp.isConnected })
+                services.append(
+                    Observability.operationalServer(host: opsHost, port: opsPort, logger: logger) { amqp.isConnected })
             }
             try await ServiceGroup(
                 configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

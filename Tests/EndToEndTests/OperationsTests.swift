@@ -36,9 +36,9 @@ struct OperationsTests {
         .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
     }
 
-    static func scrape(_ port: Int) async throws -> String {
+    static func scrape(_ port: Int, host: String = "127.0.0.1") async throws -> String {
         let result = try await TestServers.run(
-            "/usr/bin/curl", ["-fsS", "http://127.0.0.1:\(port)/metrics"], environment: nil)
+            "/usr/bin/curl", ["-fsS", "http://\(host):\(port)/metrics"], environment: nil)
         guard result.status == 0 else { throw StackError("no metrics on port \(port): \(result.stderr)") }
         return result.stdout
     }
@@ -120,16 +120,21 @@ struct OperationsTests {
     @Test("every service's /metrics moves during a job; batchctl queues shows the queues with their consumers")
     func metricsAndQueues() async throws {
         let (schedulerPort, provisionerPort) = (try Self.freePort(), try Self.freePort())
+        let opsHost = "127.0.0.2"
         try await Stack.run(
             settings: [
                 "BATCH_SCHEDULER_OPS_PORT": "\(schedulerPort)", "BATCH_PROVISIONER_OPS_PORT": "\(provisionerPort)",
+                // Another loopback address than the default: --ops-host is where /metrics answers.
+                "BATCH_OPS_HOST": opsHost,
             ]
         ) { stack in
             let env = try await stack.createEnv(nodes: 1)
             let before = (
                 gateway: Self.total("batch_api_requests_total", in: try await Self.scrape(stack.port)),
-                scheduler: Self.total("batch_messages_consumed_total", in: try await Self.scrape(schedulerPort)),
-                provisioner: Self.total("batch_messages_consumed_total", in: try await Self.scrape(provisionerPort))
+                scheduler: Self.total(
+                    "batch_messages_consumed_total", in: try await Self.scrape(schedulerPort, host: opsHost)),
+                provisioner: Self.total(
+                    "batch_messages_consumed_total", in: try await Self.scrape(provisionerPort, host: opsHost))
             )
             let jobID = try await stack.submit(
                 "observed", env: env,
@@ -142,18 +147,19 @@ struct OperationsTests {
             #expect(try await stack.waitForJob(jobID)["JobState"] as? String == "SUCCEED")
             #expect(Self.total("batch_api_requests_total", in: try await Self.scrape(stack.port)) > before.gateway)
             #expect(
-                Self.total("batch_messages_consumed_total", in: try await Self.scrape(schedulerPort)) > before.scheduler
+                Self.total("batch_messages_consumed_total", in: try await Self.scrape(schedulerPort, host: opsHost))
+                    > before.scheduler
             )
             try await waitUntil("the provisioner has taken heartbeats") {
-                Self.total("batch_messages_consumed_total", in: try await Self.scrape(provisionerPort))
+                Self.total("batch_messages_consumed_total", in: try await Self.scrape(provisionerPort, host: opsHost))
                     > before.provisioner
             }
             // What was published (the gateway's outbox relay sent job.submitted), and the gauges read from the
             // database every few seconds: instances by state, the outbox backlog, nodes by state.
             #expect(Self.total("batch_messages_published_total", in: try await Self.scrape(stack.port)) >= 1)
             try await waitUntil("the gauges show the finished instances and the running node") {
-                let scheduler = try await Self.scrape(schedulerPort)
-                let provisioner = try await Self.scrape(provisionerPort)
+                let scheduler = try await Self.scrape(schedulerPort, host: opsHost)
+                let provisioner = try await Self.scrape(provisionerPort, host: opsHost)
                 return Self.total("batch_instances{state=\"SUCCEED\"}", in: scheduler) == 5
                     && scheduler.contains("batch_outbox_backlog")
                     && Self.total("batch_nodes{state=\"RUNNING\"}", in: provisioner) == 1
