@@ -1,6 +1,7 @@
 import BatchCore
 import Foundation
 import Logging
+import NIOSSL
 import PostgresNIO
 import ServiceLifecycle
 
@@ -9,13 +10,31 @@ import ServiceLifecycle
 /// Run it as a `Service` (it runs the pool) before using it; ``prepare()`` then applies migrations and checks
 /// the master key against the database.
 public final class Database: Sendable, Service {
-    /// Where the database is: `postgres://user:password@host:port/database`.
+    /// Where the database is: `postgres://user:password@host:port/database[?sslmode=…&sslrootcert=FILE]`.
     public struct Configuration: Sendable {
+        /// TLS to the server, as libpq's `sslmode` names it.
+        public enum SSLMode: String, Sendable, CaseIterable {
+            /// Plain TCP.
+            case disable
+            /// TLS when the server offers it, without checking its certificate (`allow` reads the same).
+            case prefer
+            /// TLS or no connection; the certificate is checked against `sslrootcert` when one is given.
+            case require
+            /// TLS with a certificate that chains to `sslrootcert` (or the system's roots).
+            case verifyCA = "verify-ca"
+            /// As `verify-ca`, and the certificate names the host.
+            case verifyFull = "verify-full"
+        }
+
         public var host: String
         public var port: Int
         public var user: String
         public var password: String?
         public var database: String
+        /// Default `prefer`, as libpq's.
+        public var sslMode: SSLMode
+        /// A PEM file of the roots the server's certificate must chain to; the system's when nil.
+        public var sslRootCertificate: String?
         /// Most connections the pool opens. Default `BATCH_DATABASE_POOL_SIZE` or 20.
         public var maximumConnections: Int
 
@@ -37,14 +56,76 @@ public final class Database: Sendable, Service {
             let database = String(components.path.dropFirst())
             self.database = database.isEmpty ? self.user : database
             self.maximumConnections = maximumConnections
+            var mode = SSLMode.prefer
+            var root: String?
+            for item in components.queryItems ?? [] {
+                switch item.name {
+                case "sslmode":
+                    let value = item.value ?? ""
+                    guard let parsed = SSLMode(rawValue: value == "allow" ? "prefer" : value) else {
+                        throw DatabaseError(
+                            "BATCH_DATABASE_URL: sslmode \(value.prefix(32)) is not one of disable, allow, prefer, "
+                                + "require, verify-ca, verify-full")
+                    }
+                    mode = parsed
+                case "sslrootcert":
+                    guard let path = item.value, FileManager.default.isReadableFile(atPath: path) else {
+                        throw DatabaseError(
+                            "BATCH_DATABASE_URL: sslrootcert \(item.value ?? "") is not a readable file")
+                    }
+                    root = path
+                default:
+                    throw DatabaseError(
+                        "BATCH_DATABASE_URL: parameter \(item.name.prefix(32)) is not one of sslmode, sslrootcert")
+                }
+            }
+            self.sslMode = mode
+            self.sslRootCertificate = root
         }
 
         var client: PostgresClient.Configuration {
-            var configuration = PostgresClient.Configuration(
-                host: host, port: port, username: user, password: password, database: database, tls: .disable)
-            configuration.options.maximumConnections = maximumConnections
-            configuration.options.minimumConnections = 0
-            return configuration
+            get throws {
+                var configuration = PostgresClient.Configuration(
+                    host: host, port: port, username: user, password: password, database: database, tls: try tls)
+                configuration.options.maximumConnections = maximumConnections
+                configuration.options.minimumConnections = 0
+                return configuration
+            }
+        }
+
+        /// What `sslMode` and `sslRootCertificate` ask of a connection: how to check the server, and whether TLS
+        /// is required (nil when it is disabled).
+        var tlsDemand: (configuration: TLSConfiguration, required: Bool)? {
+            get throws {
+                var tls = TLSConfiguration.makeClientConfiguration()
+                if let sslRootCertificate {
+                    tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(sslRootCertificate))
+                }
+                switch sslMode {
+                case .disable: return nil
+                case .prefer: tls.certificateVerification = .none
+                case .require: tls.certificateVerification = sslRootCertificate == nil ? .none : .noHostnameVerification
+                case .verifyCA: tls.certificateVerification = .noHostnameVerification
+                case .verifyFull: tls.certificateVerification = .fullVerification
+                }
+                return (tls, sslMode != .prefer)
+            }
+        }
+
+        var tls: PostgresClient.Configuration.TLS {
+            get throws {
+                guard let demand = try tlsDemand else { return .disable }
+                return demand.required ? .require(demand.configuration) : .prefer(demand.configuration)
+            }
+        }
+
+        /// The same for a single `PostgresConnection`.
+        var connectionTLS: PostgresConnection.Configuration.TLS {
+            get throws {
+                guard let demand = try tlsDemand else { return .disable }
+                let context = try NIOSSLContext(configuration: demand.configuration)
+                return demand.required ? .require(context) : .prefer(context)
+            }
         }
     }
 
@@ -56,8 +137,16 @@ public final class Database: Sendable, Service {
     /// Where a transaction's outbox rows go on commit while this process's relay runs: straight to it.
     public let outboxHandoff = OutboxHandoff()
 
-    public init(configuration: Configuration, sealer: Sealer, logger: Logger) {
-        self.client = PostgresClient(configuration: configuration.client, backgroundLogger: logger)
+    /// Throws a ``DatabaseError`` when `sslrootcert` does not hold a PEM certificate.
+    public init(configuration: Configuration, sealer: Sealer, logger: Logger) throws {
+        let client: PostgresClient.Configuration
+        do {
+            client = try configuration.client
+        } catch {
+            throw DatabaseError(
+                "BATCH_DATABASE_URL: sslrootcert \(configuration.sslRootCertificate ?? "") holds no PEM certificate")
+        }
+        self.client = PostgresClient(configuration: client, backgroundLogger: logger)
         self.sealer = sealer
         self.logger = logger
     }

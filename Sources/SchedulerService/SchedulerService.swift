@@ -119,7 +119,7 @@ struct Reseal: AsyncParsableCommand {
         let logger = Observability.bootstrap(service: "reseal")
         let database: Database
         do {
-            database = Database(
+            database = try Database(
                 configuration: try .init(url: try Environment.checkedDatabaseURL(databaseURL)),
                 sealer: try Sealer(configuration: Environment.value("BATCH_MASTER_KEY")), logger: logger)
         } catch {

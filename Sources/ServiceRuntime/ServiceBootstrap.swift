@@ -19,7 +19,7 @@ public struct ServiceBootstrap: Sendable {
         self.logger = logger
         do {
             let sealer = try Sealer(configuration: Environment.value("BATCH_MASTER_KEY"))
-            database = Database(
+            database = try Database(
                 configuration: try .init(url: try Environment.checkedDatabaseURL(databaseURL)), sealer: sealer,
                 logger: logger)
             amqp = AMQPClient(

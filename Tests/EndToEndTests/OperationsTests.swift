@@ -67,11 +67,16 @@ struct OperationsTests {
             _ = try await UserStore(database: database).createUser(name: "alice")
         }
         let binary = Stack.binDirectory.appendingPathComponent("SchedulerService").path
+        guard let ca = ProcessInfo.processInfo.environment["BATCH_POSTGRES_CA"] else {
+            throw TestServers.Missing(description: "BATCH_POSTGRES_CA is not set: eval \"$(scripts/servers env)\"")
+        }
         func reseal(_ keys: [Sealer.Key]) async throws -> TestServers.ProgramResult {
             try await TestServers.run(
                 binary, ["reseal"],
                 environment: [
-                    "PATH": "/usr/bin:/bin", "BATCH_DATABASE_URL": url, "BATCH_LOG_LEVEL": "error",
+                    "PATH": "/usr/bin:/bin", "BATCH_LOG_LEVEL": "error",
+                    // Over TLS, checking the server's certificate (scripts/servers makes it).
+                    "BATCH_DATABASE_URL": url + "?sslmode=verify-full&sslrootcert=\(ca)",
                     "BATCH_MASTER_KEY": keys.map(\.configurationString).joined(separator: ","),
                 ])
         }

@@ -1,5 +1,6 @@
 import BatchCore
 import Foundation
+import Logging
 import Messaging
 import PostgresNIO
 import TestSupport
@@ -109,6 +110,62 @@ struct DatabaseTests {
         }
         #expect(versions == [newer])
         try await TestDatabase.drop(name)
+    }
+
+    @Test("sslmode: prefer and require encrypt, verify-full checks the server's certificate, disable does not encrypt")
+    func sslModes() async throws {
+        _ = try TestServers.postgreSQL()
+        guard let ca = ProcessInfo.processInfo.environment["BATCH_POSTGRES_CA"] else {
+            throw TestServers.Missing(description: "BATCH_POSTGRES_CA is not set: eval \"$(scripts/servers env)\"")
+        }
+        let base = TestServers.databaseURLString
+        /// Whether a connection made as `query` asks is encrypted, as the server sees it.
+        func encrypted(_ query: String) async throws -> Bool {
+            let configuration = try Database.Configuration(url: base + query)
+            let connection = try await PostgresConnection.connect(
+                configuration: .init(
+                    host: configuration.host, port: configuration.port, username: configuration.user,
+                    password: configuration.password, database: configuration.database,
+                    tls: try configuration.connectionTLS),
+                id: 1, logger: .test("test.ssl", level: .error))
+            defer { Task { try? await connection.close() } }
+            return try await connection.query(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", logger: Logger(label: "test.ssl")
+            ).decode(Bool.self).collect() == [true]
+        }
+        #expect(try await encrypted(""))
+        #expect(try await encrypted("?sslmode=require"))
+        #expect(try await encrypted("?sslmode=verify-full&sslrootcert=\(ca)"))
+        #expect(try await encrypted("?sslmode=verify-ca&sslrootcert=\(ca)"))
+        #expect(try await !encrypted("?sslmode=disable"))
+
+        // A certificate the server's was not signed by: refused before anything is sent.
+        let other = FileManager.default.temporaryDirectory.appendingPathComponent("other-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: other) }
+        let made = try await TestServers.run(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", other.appendingPathComponent("key").path,
+                "-out", other.appendingPathComponent("ca.pem").path, "-days", "2", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1",
+            ], environment: nil)
+        #expect(made.status == 0, "\(made.stderr)")
+        await #expect(throws: (any Error).self) {
+            _ = try await encrypted("?sslmode=verify-full&sslrootcert=\(other.appendingPathComponent("ca.pem").path)")
+        }
+
+        for (query, message) in [
+            ("?sslmode=sometimes", "BATCH_DATABASE_URL: sslmode sometimes is not one of disable, allow, prefer"),
+            ("?sslcert=client.pem", "BATCH_DATABASE_URL: parameter sslcert is not one of sslmode, sslrootcert"),
+            ("?sslmode=verify-full&sslrootcert=/nonexistent.pem", "BATCH_DATABASE_URL: sslrootcert /nonexistent.pem"),
+        ] {
+            #expect {
+                _ = try Database.Configuration(url: base + query)
+            } throws: { error in
+                "\(error)".hasPrefix(message)
+            }
+        }
     }
 
     @Test(

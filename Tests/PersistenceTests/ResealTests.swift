@@ -13,7 +13,7 @@ struct ResealTests {
     func withDatabase<R: Sendable>(_ url: String, _ sealer: Sealer, _ body: (Database) async throws -> R)
         async throws -> R
     {
-        let database = Database(
+        let database = try Database(
             configuration: try Database.Configuration(url: url), sealer: sealer,
             logger: .test("test.reseal", level: .error))
         return try await withThrowingTaskGroup(of: Void.self) { group in

@@ -56,7 +56,7 @@ public enum TestDatabase {
     public static func withDatabase<R: Sendable>(
         url: String, key: Sealer.Key, prepare: Bool = true, _ body: (Database) async throws -> R
     ) async throws -> R {
-        let database = Database(
+        let database = try Database(
             configuration: try Database.Configuration(url: url), sealer: Sealer(current: key),
             logger: .test("test.database", level: .error))
         return try await withThrowingTaskGroup(of: Void.self) { group in
