@@ -45,6 +45,18 @@ struct APIGateway: AsyncParsableCommand {
 
     var insecureHTTP: Bool { insecureHTTPFlag || Environment.value("BATCH_INSECURE_HTTP") == "1" }
 
+    @Option(
+        help: """
+            Without --tls-certificate: where the gateway keeps the CA and certificate it makes on first start             (BATCH_TLS_DIRECTORY, default .batch/tls); clients trust its ca.pem.
+            """)
+    var tlsDirectory: String = Environment.value("BATCH_TLS_DIRECTORY", default: ".batch/tls")
+
+    @Option(
+        help: """
+            Names the made certificate is for besides localhost, 127.0.0.1, ::1, this host's name and --host,             comma-separated (BATCH_TLS_NAMES).
+            """)
+    var tlsNames: String = Environment.value("BATCH_TLS_NAMES", default: "")
+
     @Option(help: "Write the port listened on to this file once listening; with --port 0 (BATCH_GATEWAY_PORT_FILE).")
     var portFile: String?
 
@@ -99,7 +111,7 @@ struct APIGateway: AsyncParsableCommand {
         let logger = Observability.bootstrap(service: "gateway")
         let server: HTTPServerBuilder
         do {
-            server = try makeServer()
+            server = try makeServer(logger: logger)
         } catch {
             exitWithError("APIGateway", error)
         }
@@ -152,7 +164,7 @@ struct APIGateway: AsyncParsableCommand {
                         "gateway listening",
                         metadata: [
                             "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
-                            "tls": "\(tlsCertificate != nil)",
+                            "tls": "\(tlsCertificate != nil || !insecureHTTP)",
                         ])
                 },
                 logger: logger)
@@ -189,20 +201,32 @@ struct APIGateway: AsyncParsableCommand {
             "operator key pair written", metadata: ["path": "\(path)", "user.id": "\(created.userID)"])
     }
 
-    /// HTTPS with the given certificate and key; plain HTTP only with `--insecure-http`.
-    func makeServer() throws -> HTTPServerBuilder {
-        switch (tlsCertificate, tlsKey) {
-        case (let certificate?, let key?):
+    /// HTTPS with the operator's certificate and key, or with those the gateway made in `--tls-directory` (on
+    /// first start); plain HTTP only with `--insecure-http`.
+    func makeServer(logger: Logger) throws -> HTTPServerBuilder {
+        func https(certificate: String, key: String) throws -> HTTPServerBuilder {
             let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
             let configuration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
             return try .tls(.http1(), tlsConfiguration: configuration)
+        }
+        switch (tlsCertificate, tlsKey) {
+        case (let certificate?, let key?):
+            return try https(certificate: certificate, key: key)
         case (nil, nil) where insecureHTTP:
             return .http1()
         case (nil, nil):
-            throw StartupError(
-                "give --tls-certificate and --tls-key (BATCH_TLS_CERTIFICATE, BATCH_TLS_KEY), or --insecure-http for "
-                    + "local development")
+            let generated = GeneratedTLS(directory: tlsDirectory)
+            var names = ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName]
+            if !["0.0.0.0", "::", ""].contains(host) { names.append(host) }
+            names += tlsNames.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            var seen: Set<String> = []
+            if try generated.ensure(names: names.filter { !$0.isEmpty && seen.insert($0).inserted }) {
+                logger.notice(
+                    "made a CA and the gateway's certificate; clients trust the CA",
+                    metadata: ["ca": "\(generated.caPath)", "certificate": "\(generated.certificatePath)"])
+            }
+            return try https(certificate: generated.certificatePath, key: generated.keyPath)
         default:
             throw StartupError("give both --tls-certificate and --tls-key")
         }

@@ -194,7 +194,7 @@ struct BatchctlTests {
                 "BATCH_ENDPOINT": "https://\(stack.endpoint)", "BATCH_SECRET_ID": stack.secretID,
                 "BATCH_SECRET_KEY": stack.secretKey,
             ]
-            // The gateway's certificate is its own CA here; the system's roots do not know it.
+            // The gateway made its own CA; the system's roots do not know it.
             let untrusted = try await TestServers.run(
                 Self.binary, ["envs", "create", "no-ca"], environment: environment)
             #expect(untrusted.status != 0)
@@ -211,6 +211,37 @@ struct BatchctlTests {
             environment["BATCH_CA_CERTIFICATE"] = stack.certificatePath
             let listed = try await TestServers.run(Self.binary, ["envs"], environment: environment)
             #expect(listed.status == 0 && listed.stdout.contains(env), "\(listed.stderr)")
+
+            // What it made: the CA (never its key), the certificate and the key, readable by the gateway alone.
+            let directory = (stack.certificatePath as NSString).deletingLastPathComponent
+            let manager = FileManager.default
+            #expect(
+                try manager.contentsOfDirectory(atPath: directory).sorted() == ["ca.pem", "gateway.key", "gateway.pem"])
+            func mode(_ path: String) throws -> Int? {
+                try manager.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+            }
+            #expect(try mode(directory) == 0o700)
+            #expect(try mode(directory + "/gateway.key") == 0o600)
+            // Another gateway on the same directory serves what the first made: clients that trust the CA reach it.
+            let ca = try String(contentsOfFile: stack.certificatePath, encoding: .utf8)
+            let portFile = stack.directory.appendingPathComponent("second-gateway.port").path
+            let second = try ServiceProcess(
+                Stack.binDirectory.appendingPathComponent("APIGateway").path, [],
+                environment: stack.environment.merging(["BATCH_GATEWAY_PORT_FILE": portFile]) { $1 },
+                log: stack.directory.appendingPathComponent("second-gateway.log").path)
+            defer { second.signal(SIGTERM) }
+            var port = 0
+            try await waitUntil("the second gateway listens") {
+                port =
+                    Int(
+                        (try? String(contentsOfFile: portFile, encoding: .utf8))?
+                            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+                return port > 0
+            }
+            environment["BATCH_ENDPOINT"] = "https://127.0.0.1:\(port)"
+            let again = try await TestServers.run(Self.binary, ["envs"], environment: environment)
+            #expect(try String(contentsOfFile: stack.certificatePath, encoding: .utf8) == ca)
+            #expect(again.status == 0 && again.stdout.contains(env), "\(again.stderr)")
         }
     }
 

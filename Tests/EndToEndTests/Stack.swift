@@ -66,7 +66,7 @@ final class Stack: @unchecked Sendable {
     }
 
     /// Starts gateway, scheduler and provisioner (which starts the executors); waits until the gateway is ready.
-    /// With `tls`, the gateway serves HTTPS with a certificate for 127.0.0.1 made here (``certificatePath``).
+    /// With `tls`, the gateway serves HTTPS with the CA and certificate it makes on first start (``certificatePath``).
     /// `settings` are more environment variables for the services (quotas, limits).
     static func start(tls: Bool = false, settings: [String: String] = [:]) async throws -> Stack {
         let amqp = try TestServers.rabbitMQ()
@@ -83,16 +83,9 @@ final class Stack: @unchecked Sendable {
         }
         var security = ["BATCH_INSECURE_HTTP": "1"]
         if tls {
-            let certificate = directory.appendingPathComponent("gateway.pem").path
-            let key = directory.appendingPathComponent("gateway.key").path
-            let made = try await TestServers.run(
-                "/usr/bin/openssl",
-                [
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                ], environment: nil)
-            guard made.status == 0 else { throw StackError("openssl could not make a certificate: \(made.stderr)") }
-            security = ["BATCH_TLS_CERTIFICATE": certificate, "BATCH_TLS_KEY": key]
+            // The gateway makes its own CA and certificate on first start (no certificate given, no plain HTTP);
+            // clients trust the CA (``certificatePath``).
+            security = ["BATCH_TLS_DIRECTORY": directory.appendingPathComponent("tls").path]
         }
         let encodedVhost = vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         // Each service connects as its own broker user, as `scripts/servers env` sets them up, on this vhost.
@@ -147,7 +140,8 @@ final class Stack: @unchecked Sendable {
     let tls: Bool
     /// A storage root that instances (as the node's unprivileged user) may write: `file://` data goes here.
     var data: URL { directory.appendingPathComponent("data") }
-    var certificatePath: String { directory.appendingPathComponent("gateway.pem").path }
+    /// With `tls`, the CA the gateway made and signed its certificate with.
+    var certificatePath: String { directory.appendingPathComponent("tls/ca.pem").path }
     var endpoint: String { "127.0.0.1:\(port)" }
 
     private init(
