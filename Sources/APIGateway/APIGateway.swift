@@ -217,11 +217,15 @@ struct APIGateway: AsyncParsableCommand {
             return .http1()
         case (nil, nil):
             let generated = GeneratedTLS(directory: tlsDirectory)
-            var names = ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName]
-            if !["0.0.0.0", "::", ""].contains(host) { names.append(host) }
-            names += tlsNames.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-            var seen: Set<String> = []
-            if try generated.ensure(names: names.filter { !$0.isEmpty && seen.insert($0).inserted }) {
+            // This host's name costs a lookup: taken only when the certificate is made.
+            func names() -> [String] {
+                var names = ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName]
+                if !["0.0.0.0", "::", ""].contains(host) { names.append(host) }
+                names += tlsNames.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                var seen: Set<String> = []
+                return names.filter { !$0.isEmpty && seen.insert($0).inserted }
+            }
+            if try generated.ensure(names: names()) {
                 logger.notice(
                     "made a CA and the gateway's certificate; clients trust the CA",
                     metadata: ["ca": "\(generated.caPath)", "certificate": "\(generated.certificatePath)"])

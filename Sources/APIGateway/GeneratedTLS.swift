@@ -17,11 +17,12 @@ struct GeneratedTLS {
     var certificatePath: String { directory + "/gateway.pem" }
     var keyPath: String { directory + "/gateway.key" }
 
-    /// Makes the CA, the certificate (for `names`: host names or IP addresses) and its key unless all three are
-    /// there. Returns whether it made them. Throws a ``StartupError`` with a one-line reason.
-    func ensure(names: [String]) throws -> Bool {
+    /// Makes the CA, the certificate (for `names`: host names or IP addresses, asked for only then) and its key
+    /// unless all three are there. Returns whether it made them. Throws a ``StartupError`` with a one-line reason.
+    func ensure(names: @autoclosure () -> [String]) throws -> Bool {
         let manager = FileManager.default
         if [caPath, certificatePath, keyPath].allSatisfy(manager.fileExists(atPath:)) { return false }
+        let names = names()
         do {
             try manager.createDirectory(
                 atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])

@@ -73,14 +73,14 @@ public struct Resealer: Sendable {
                     unsafeSQL: """
                         SELECT count(*) FROM \(column.table)
                         WHERE \(column.column) IS NOT NULL AND NOT starts_with(\(column.column), $1)
-                        """, binds: try bindings(database.sealer.current.id + ":")), logger: database.logger)
+                        """, binds: bindings(database.sealer.current.id + ":")), logger: database.logger)
             let count = try await rows.decode(Int.self).first { _ in true } ?? 0
             if count > 0 { counts.append((column.name, count)) }
         }
         return counts
     }
 
-    private func bindings(_ values: String...) throws -> PostgresBindings {
+    private func bindings(_ values: String...) -> PostgresBindings {
         var binds = PostgresBindings()
         for value in values { binds.append(value) }
         return binds
@@ -102,7 +102,7 @@ public struct Resealer: Sendable {
             var old: [String] = []
             var new: [String] = []
             let rows = try await database.client.query(
-                PostgresQuery(unsafeSQL: select, binds: try bindings(prefix)), logger: database.logger)
+                PostgresQuery(unsafeSQL: select, binds: bindings(prefix)), logger: database.logger)
             for try await row in rows {
                 var values: [String] = []
                 for cell in row { values.append(try cell.decode(String.self)) }

@@ -45,7 +45,7 @@ struct ProfileFile {
                 } else {
                     throw ValidationError("\(path):\(number + 1): a section is [default] or [profile NAME]")
                 }
-                file.profiles[section!, default: [:]] = file.profiles[section!] ?? [:]
+                file.profiles[section!] = file.profiles[section!] ?? [:]
                 continue
             }
             let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
