@@ -3,10 +3,30 @@ import Foundation
 import Messaging
 
 /// Reads `BATCH_*` environment variables, the fallback for every command-line option of the services.
+///
+/// A variable may instead name a file that holds its value, as `NAME_FILE` (as the official database images
+/// take their passwords): a compose secret, say, so that a secret never sits in a container's environment. The
+/// file's content is the value, without its last line break; a `NAME_FILE` that cannot be read stops the service
+/// with one line naming it.
 public enum Environment {
     public static func value(_ name: String) -> String? {
-        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
-        return value
+        do {
+            return try value(name, in: ProcessInfo.processInfo.environment)
+        } catch {
+            exitWithError(ProcessInfo.processInfo.processName, error)
+        }
+    }
+
+    /// `name`'s value in `environment`, from `NAME_FILE`'s file when `name` is unset or empty.
+    static func value(_ name: String, in environment: [String: String]) throws -> String? {
+        if let value = environment[name], !value.isEmpty { return value }
+        guard let path = environment[name + "_FILE"], !path.isEmpty else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw StartupError("\(name)_FILE: cannot read \(path)")
+        }
+        var value = String(decoding: data, as: UTF8.self)
+        if value.hasSuffix("\n") { value.removeLast() }
+        return value.isEmpty ? nil : value
     }
 
     public static func value(_ name: String, default fallback: String) -> String {

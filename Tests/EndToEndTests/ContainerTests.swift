@@ -41,19 +41,17 @@ struct ContainerTests {
             let container = "\(project)-executor"
             let file = TestServers.repositoryRoot.appendingPathComponent("compose/docker-compose.yml").path
             let composeEnvironment = [
-                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "BATCH_ENV_ID": env,
-                "BATCH_NODE_KEY": try stack.nodeKey(env).base64, "EXECUTOR_SLOTS": "2",
+                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "EXECUTOR_SLOTS": "2",
                 // A node that joins by hand takes its instances' memory limit from its own settings.
-                "EXECUTOR_INSTANCE_MEMORY": "256",
-                // The control plane's settings, which the file requires and the executor never gets.
-                "BATCH_MASTER_KEY": "unused", "POSTGRES_PASSWORD": "unused", "RABBITMQ_PASSWORD": "unused",
+                "EXECUTOR_INSTANCE_MEMORY": "256", "BATCH_SHARED_DIR": stack.directory.path,
             ]
+            // An executor that joins by hand: its environment and node key given, not bootstrap's.
             let started = try await TestServers.run(
                 compose,
                 [
                     "-p", project, "-f", file, "-f", override.path, "run", "-d", "--no-deps", "--name", container,
                     "-e", "BATCH_AMQP_URL=amqp://\(Topology.nodeUser(env: env))@\(broker.host):\(broker.port)/\(vhost)",
-                    "executor",
+                    "-e", "BATCH_ENV_ID=\(env)", "-e", "BATCH_NODE_KEY=\(try stack.nodeKey(env).base64)", "executor",
                 ], environment: composeEnvironment)
             /// Removes the container and what compose made for the project (its network).
             func remove() async throws -> Int32 {
