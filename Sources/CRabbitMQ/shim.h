@@ -4,11 +4,13 @@
 /* rabbitmq-c >= 0.12 installs <rabbitmq-c/amqp.h>; Debian 12's 0.11.0 installs <amqp.h> at top level. */
 #if __has_include(<rabbitmq-c/amqp.h>)
 #include <rabbitmq-c/amqp.h>
+#include <rabbitmq-c/ssl_socket.h>
 #include <rabbitmq-c/tcp_socket.h>
 #else
 #include <amqp.h>
-#include <amqp_tcp_socket.h>
 #include <amqp_framing.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
 #endif
 #include <string.h>
 

@@ -372,15 +372,8 @@ final class ConnectionDriver: @unchecked Sendable {
             throw MessagingError(.connectionFailed, "out of memory")
         }
         self.connection = connection
-        guard let socket = amqp_tcp_socket_new(connection) else {
-            throw MessagingError(.connectionFailed, "cannot create a socket")
-        }
         let url = configuration.url
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        let status = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &timeout)
-        guard status == AMQP_STATUS_OK.rawValue else {
-            throw MessagingError(.connectionFailed, "cannot reach \(url): \(Self.describe(status: status))")
-        }
+        try Self.openSocket(connection, url: url)
         var rpcTimeout = timeval(tv_sec: 30, tv_usec: 0)
         _ = amqp_set_rpc_timeout(connection, &rpcTimeout)
         try Self.check(
@@ -403,6 +396,47 @@ final class ConnectionDriver: @unchecked Sendable {
         let waiting = deferred
         deferred = []
         waiting.forEach(apply)
+    }
+
+    /// Opens `connection`'s socket to the broker: TCP, or TLS for an `amqps` URL (the handshake and the certificate's
+    /// checks included).
+    static func openSocket(_ connection: amqp_connection_state_t, url: AMQPURL) throws {
+        let socket = try url.tls ? tlsSocket(connection, url: url) : amqp_tcp_socket_new(connection)
+        guard let socket else {
+            throw MessagingError(.connectionFailed, "cannot create a socket")
+        }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        let status = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &timeout)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            throw MessagingError(.connectionFailed, "cannot reach \(url): \(describe(status: status))")
+        }
+    }
+
+    /// Opens a socket to the broker as ``openSocket(_:url:)`` does, and closes it again.
+    static func probe(_ url: AMQPURL) throws {
+        guard let connection = amqp_new_connection() else {
+            throw MessagingError(.connectionFailed, "out of memory")
+        }
+        defer { amqp_destroy_connection(connection) }
+        try openSocket(connection, url: url)
+    }
+
+    /// The system's CAs, for an `amqps` URL that names no `cacertfile`.
+    static let systemCAFile = "/etc/ssl/certs/ca-certificates.crt"
+
+    /// A TLS socket that accepts only a broker whose certificate chains to the URL's CA file (else the system's CAs)
+    /// and names the URL's host.
+    private static func tlsSocket(_ connection: amqp_connection_state_t, url: AMQPURL) throws -> OpaquePointer? {
+        guard let socket = amqp_ssl_socket_new(connection) else { return nil }
+        let caFile = url.caCertificateFile ?? systemCAFile
+        let status = amqp_ssl_socket_set_cacert(socket, caFile)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            throw MessagingError(
+                .connectionFailed, "cannot read the CA file \(caFile) for \(url): \(describe(status: status))")
+        }
+        amqp_ssl_socket_set_verify_peer(socket, 1)
+        amqp_ssl_socket_set_verify_hostname(socket, 1)
+        return socket
     }
 
     /// Drops the connection. Unconfirmed publishes go back to the front of the queue, to be published again on

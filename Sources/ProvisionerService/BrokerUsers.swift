@@ -45,9 +45,10 @@ actor BrokerUsers {
     /// The URL `env`'s nodes connect with, once its user exists with its permissions.
     func nodeURL(_ env: EnvID) async throws -> String {
         try await ensure(env)
-        let vhost = broker.vhost == "/" ? "" : broker.vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics)
-        return
-            "amqp://\(Topology.nodeUser(env: env.rawValue)):\(sealer(env).brokerPassword)@\(broker.host):\(broker.port)/\(vhost ?? "")"
+        var url = broker
+        url.user = Topology.nodeUser(env: env.rawValue)
+        url.password = sealer(env).brokerPassword
+        return url.string
     }
 
     /// Makes (again) `env`'s nodes' user with its permissions on the nodes' vhost; once per environment for the

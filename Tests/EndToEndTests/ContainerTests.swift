@@ -40,10 +40,16 @@ struct ContainerTests {
             let project = "batch-\(UUID().uuidString.prefix(8).lowercased())"
             let container = "\(project)-executor"
             let file = TestServers.repositoryRoot.appendingPathComponent("compose/docker-compose.yml").path
+            // The executor service's one secret, the compose broker's CA, which this executor does not use: it joins
+            // the test's broker over plain AMQP.
+            let secrets = stack.directory.appendingPathComponent("secrets")
+            try FileManager.default.createDirectory(at: secrets, withIntermediateDirectories: true)
+            try Data().write(to: secrets.appendingPathComponent("rabbitmq-ca.pem"))
             let composeEnvironment = [
                 "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "EXECUTOR_SLOTS": "2",
                 // A node that joins by hand takes its instances' memory limit from its own settings.
                 "EXECUTOR_INSTANCE_MEMORY": "256", "BATCH_SHARED_DIR": stack.directory.path,
+                "BATCH_SECRETS": secrets.path,
             ]
             // An executor that joins by hand: its environment and node key given, not bootstrap's.
             let started = try await TestServers.run(

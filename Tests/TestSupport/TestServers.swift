@@ -40,6 +40,22 @@ public enum TestServers {
         return url
     }
 
+    /// The broker's TLS URL (`BATCH_AMQPS_URL`, which `scripts/servers env` prints with its CA file), after
+    /// checking that it accepts TCP connections; otherwise a clear error.
+    public static func rabbitMQOverTLS() throws -> AMQPURL {
+        guard let string = ProcessInfo.processInfo.environment["BATCH_AMQPS_URL"] else {
+            throw Missing(description: "BATCH_AMQPS_URL is not set: eval \"$(scripts/servers env)\"")
+        }
+        let url = try AMQPURL(string)
+        guard canConnect(host: url.host, port: url.port) else {
+            throw Missing(
+                description:
+                    "RabbitMQ's TLS port is not reachable at \(url.host):\(url.port); start it with "
+                    + "`scripts/servers start`")
+        }
+        return url
+    }
+
     /// PostgreSQL's URL, after checking that it accepts TCP connections; otherwise a clear error.
     public static func postgreSQL() throws -> URLComponents {
         guard let url = URLComponents(string: databaseURLString), let host = url.host else {
