@@ -64,7 +64,12 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The URL in full, its password included, as ``init(_:)`` reads it.
-    public var string: String {
+    public var string: String { format(withPassword: true) }
+
+    /// The URL without its password or query, fit for logs.
+    public var description: String { format(withPassword: false) }
+
+    private func format(withPassword: Bool) -> String {
         var components = URLComponents()
         components.scheme = tls ? "amqps" : "amqp"
         components.host = host
@@ -72,18 +77,14 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
         // RFC 3986's unreserved characters as they are; everything else percent-encoded.
         let unreserved = CharacterSet(charactersIn: "-._~").union(.alphanumerics)
         components.percentEncodedUser = user.addingPercentEncoding(withAllowedCharacters: unreserved)
-        components.percentEncodedPassword = password.addingPercentEncoding(withAllowedCharacters: unreserved)
         components.percentEncodedPath =
             "/" + (vhost == "/" ? "" : vhost.addingPercentEncoding(withAllowedCharacters: unreserved) ?? "")
-        if let caCertificateFile {
-            components.queryItems = [URLQueryItem(name: "cacertfile", value: caCertificateFile)]
+        if withPassword {
+            components.percentEncodedPassword = password.addingPercentEncoding(withAllowedCharacters: unreserved)
+            if let caCertificateFile {
+                components.queryItems = [URLQueryItem(name: "cacertfile", value: caCertificateFile)]
+            }
         }
-        return components.string ?? description
-    }
-
-    /// The URL without its password, fit for logs.
-    public var description: String {
-        let vhostPath = vhost == "/" ? "" : vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
-        return "\(tls ? "amqps" : "amqp")://\(user)@\(host):\(port)/\(vhostPath)"
+        return components.string ?? "\(components.scheme ?? "amqp")://\(host):\(port)/"
     }
 }
